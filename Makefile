@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` (the whole pipeline, locally) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test run lock clean
+
+$(VENV)/.installed: setup.cfg requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[tf,pipeline,test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -v -rs
+
+run: venv
+	$(BIN)/python pipelines/compile.py
+	$(BIN)/python pipelines/run_local.py
+
+# Re-pin requirements.lock from a fresh resolve of setup.cfg.
+lock:
+	rm -rf /tmp/mnistkit-lock && $(PYTHON) -m venv /tmp/mnistkit-lock
+	/tmp/mnistkit-lock/bin/pip install -q '.[tf,pipeline,test]'
+	(head -2 requirements.lock; /tmp/mnistkit-lock/bin/pip freeze | grep -v '^mnistkit') > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) local_runs

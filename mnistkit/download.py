@@ -1,0 +1,30 @@
+"""`mnist-download`: fetch the four MNIST files from a mirror and verify them."""
+
+from absl import flags, logging
+
+from mnistkit import cli, fetch
+
+FLAGS = flags.DEFINE_string("data_dir", None, "Directory that receives the four files.", required=True)
+SOURCE = flags.DEFINE_string(
+    "source", fetch.DEFAULT_SOURCE, "gs://bucket/prefix, an http(s):// base URL or a local directory.")
+VERIFY = flags.DEFINE_boolean(
+    "verify_checksums", True,
+    "Check each file's SHA-256 against the original MNIST files. --noverify_checksums accepts other "
+    "well-formed IDX data (a subset, another mirror) and says loudly that checksums were not checked.")
+ATTEMPTS = flags.DEFINE_integer("attempts", 4, "Tries per file before giving up.", lower_bound=1)
+
+
+def main(argv):
+    del argv
+    sums = fetch.download(fetch.DownloadConfig(
+        data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value))
+    for name, digest in sums.items():
+        logging.info("%s  %s", digest, name)
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

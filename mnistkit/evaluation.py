@@ -1,0 +1,37 @@
+"""Evaluating a trained model on the test split: accuracy, per-class figures, confusion matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mnistkit import idx, training
+from mnistkit.model import for_inference
+
+
+def evaluate(model_dir: str, data_dir: str, batch_size: int = 1000) -> dict:
+    """Evaluates the model in `model_dir` on the test split of `data_dir`.
+
+    Returns:
+      loss, accuracy, per-class precision and recall, and the 10x10 confusion
+      matrix (rows: true label, columns: predicted label).
+    """
+    model = for_inference(training.load_model(model_dir))
+    images, labels = idx.load_split(data_dir, idx.TEST)
+    logits = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
+    loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    predicted = np.argmax(logits, axis=1)
+    confusion = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    true_positives = np.diag(confusion).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(true_positives / confusion.sum(axis=0))
+        recall = np.nan_to_num(true_positives / confusion.sum(axis=1))
+    return {
+        "examples": int(len(labels)),
+        "loss": float(np.mean(loss)),
+        "accuracy": float(true_positives.sum() / len(labels)),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "confusion_matrix": confusion.tolist(),
+    }

@@ -1,0 +1,26 @@
+"""`mnist-export`: write a SavedModel with the seed's `classify` signature under EXPORT_DIR/<timestamp>."""
+
+from absl import flags, logging
+
+from mnistkit import cli
+
+MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
+EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Receives a timestamped SavedModel directory.",
+                                 required=True)
+
+
+def main(argv):
+    del argv
+    from mnistkit import exporting
+
+    path = exporting.export(MODEL_DIR.value, EXPORT_DIR.value)
+    logging.info("exported %s", path)
+    print(path)
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""Exporting a trained model as a SavedModel with the seed's `classify` signature."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import tensorflow as tf
+
+from mnistkit import training
+from mnistkit.model import for_inference
+
+SIGNATURE = "classify"
+
+
+class _Serving(tf.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # Keras 3 variables wrap tf.Variables that tf.Module does not find on
+        # its own; listing them makes the SavedModel carry the weights.
+        self.weights = [v.value for v in model.variables]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="image")])
+    def classify(self, image):
+        logits = self.model(image, training=False)
+        return {"classes": tf.argmax(logits, axis=1), "probabilities": tf.nn.softmax(logits)}
+
+
+def export(model_dir: str, export_dir: str) -> str:
+    """Writes the model in `model_dir` as a SavedModel to `export_dir/<timestamp>`.
+
+    The signatures `classify` and `serving_default` take `image` float32
+    [None, 28, 28] in [0, 1] and return `classes` int64 [None] and
+    `probabilities` float32 [None, 10]. The SavedModel is written beside its
+    final place and renamed into it, so a reader never sees half of one.
+
+    Returns:
+      The path of the new SavedModel.
+    """
+    module = _Serving(for_inference(training.load_model(model_dir)))
+    os.makedirs(export_dir, exist_ok=True)
+    if not os.access(export_dir, os.W_OK):
+        raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
+    stamp = int(time.time())
+    while os.path.exists(os.path.join(export_dir, str(stamp))):
+        stamp += 1
+    final = os.path.join(export_dir, str(stamp))
+    partial = os.path.join(export_dir, f".partial-{stamp}")
+    try:
+        tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
+                                                         "serving_default": module.classify})
+        os.replace(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final

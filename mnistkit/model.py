@@ -1,0 +1,59 @@
+"""The CNN of tensorflow/models official/r1/mnist, in Keras 3."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+keras = tf.keras
+
+NUM_PARAMETERS = 3_274_634
+
+
+def default_data_format() -> str:
+    """channels_first where a GPU is present (faster with cuDNN), else channels_last, as the seed chose."""
+    return "channels_first" if tf.config.list_physical_devices("GPU") else "channels_last"
+
+
+def create_model(data_format: str | None = None, dtype_policy: str = "float32") -> keras.Model:
+    """Builds the seed's model: takes float32 images [N, 28, 28] in [0, 1], returns logits [N, 10].
+
+    Args:
+      data_format: 'channels_first' or 'channels_last'; None picks by hardware.
+      dtype_policy: 'float32', or 'mixed_bfloat16' to compute in bfloat16 with
+        float32 weights. Logits are float32 either way.
+    """
+    data_format = data_format or default_data_format()
+    if data_format not in ("channels_first", "channels_last"):
+        raise ValueError(f"data_format: expected 'channels_first' or 'channels_last', found {data_format!r}")
+    image_shape = (1, 28, 28) if data_format == "channels_first" else (28, 28, 1)
+    conv = dict(kernel_size=5, padding="same", activation="relu", data_format=data_format, dtype=dtype_policy)
+    pool = dict(pool_size=2, strides=2, padding="same", data_format=data_format, dtype=dtype_policy)
+    layers = [
+        keras.Input((28, 28), name="image"),
+        keras.layers.Reshape(image_shape, dtype=dtype_policy),
+        keras.layers.Conv2D(32, **conv),
+        keras.layers.MaxPooling2D(**pool),
+        keras.layers.Conv2D(64, **conv),
+        keras.layers.MaxPooling2D(**pool),
+        keras.layers.Flatten(data_format=data_format, dtype=dtype_policy),
+        keras.layers.Dense(1024, activation="relu", dtype=dtype_policy),
+        keras.layers.Dropout(0.4, dtype=dtype_policy),
+        keras.layers.Dense(10, dtype=dtype_policy),
+        # Softmax and the loss want float32 whatever the compute precision.
+        keras.layers.Activation("linear", dtype="float32", name="logits"),
+    ]
+    return keras.Sequential(layers, name="mnist_cnn")
+
+
+def for_inference(model: keras.Model) -> keras.Model:
+    """A float32 channels_last copy of a trained model, for serving on any CPU.
+
+    TensorFlow's CPU kernels do not run NCHW convolutions, and bfloat16 buys
+    little at batch 1, so a model trained channels_first on a GPU or in mixed
+    precision is rebuilt before it is evaluated or exported. The weights carry
+    over unchanged: Keras' Flatten already orders features channels_last in
+    both formats, and mixed precision keeps float32 weights.
+    """
+    copy = create_model("channels_last", "float32")
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,56 @@
+"""`mnist-train`: train the seed's CNN, evaluating every few epochs, stopping at a threshold."""
+
+import sys
+
+from absl import flags, logging
+
+from mnistkit import cli
+
+RECIPE = flags.DEFINE_enum("recipe", "fast", ["fast", "seed"],
+                           "Hyperparameter set: 'seed' is tensorflow/models r1 (Adam 1e-4, batch 100, 40 "
+                           "epochs); 'fast' reaches its accuracy in a few epochs. Flags below override it.")
+flags.DEFINE_string("data_dir", None, "Directory holding the four MNIST files.", required=True)
+flags.DEFINE_string("model_dir", None, "Checkpoints, summaries, history.json and model.keras go here.",
+                    required=True)
+flags.DEFINE_integer("batch_size", None, "Global batch size (recipe: seed 100).")
+flags.DEFINE_integer("train_epochs", None, "Epochs to train at most (recipe: seed 40).")
+flags.DEFINE_integer("epochs_between_evals", 1, "Evaluate on the test split every this many epochs.")
+flags.DEFINE_float("stop_threshold", None, "Stop once test accuracy reaches this (0 to 1).")
+flags.DEFINE_float("learning_rate", None, "Adam's (peak) learning rate (recipe: seed 1e-4).")
+flags.DEFINE_enum("schedule", None, ["constant", "cosine"], "Learning-rate schedule.")
+flags.DEFINE_enum("precision", None, ["auto", "float32", "mixed_bfloat16"], "Compute precision.")
+flags.DEFINE_enum("data_format", None, ["channels_first", "channels_last"],
+                  "Tensor layout; by default channels_first on GPUs, channels_last elsewhere.")
+flags.DEFINE_enum("distribution_strategy", "default",
+                  ["default", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu"],
+                  "tf.distribute strategy; 'default' chooses from the hardware and TF_CONFIG.")
+flags.DEFINE_integer("num_gpus", None, "GPUs to use (default: all visible).")
+flags.DEFINE_string("tpu", None, "TPU name or address for the cluster resolver; 'local' on a TPU VM.")
+flags.DEFINE_boolean("clean", False, "Delete model_dir before training instead of resuming from it.")
+flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the shuffling.")
+flags.DEFINE_integer("max_train_examples", None, "Train on only this many examples (quick looks).")
+
+_FIELDS = ("data_dir", "model_dir", "batch_size", "train_epochs", "epochs_between_evals", "stop_threshold",
+           "learning_rate", "schedule", "precision", "data_format", "distribution_strategy", "num_gpus",
+           "tpu", "clean", "seed", "max_train_examples")
+
+
+def main(argv):
+    del argv
+    from mnistkit import training  # TensorFlow loads here, after flags are parsed.
+
+    config = training.TrainConfig.from_recipe(RECIPE.value, **{f: flags.FLAGS[f].value for f in _FIELDS})
+    try:
+        result = training.train(config)
+    except training.Interrupted as e:
+        logging.warning("%s", e)
+        sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
+    logging.info("trained %d epochs; evaluations: %s", result["epochs"], result["evaluations"])
+
+
+def run():
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()
