@@ -60,8 +60,8 @@ SHA256 = {
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
     """Returns the decompressed contents of a gzipped IDX file."""
-    if not os.path.exists(path):
-        raise DataError(path, "file", "an existing file", "no such file")
+    if not os.path.isfile(path):
+        raise DataError(path, "file", "an existing file", "a directory" if os.path.isdir(path) else "no such file")
     with open(path, "rb") as f:
         raw = f.read()
     if not raw:

@@ -1,0 +1,279 @@
+"""Download: every kind of source, checksums, atomic writes, retries with backoff, no refetching."""
+
+import http.server
+import logging
+import os
+import shutil
+
+import pytest
+
+from mnistkit import fetch, idx
+from tests import synthetic
+from tests.conftest import serve_directory, upload_dir
+
+LABELS = ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz")  # The small real files.
+
+
+def _counting_handler(requests: list, fail=None):
+    """An HTTP handler that records each GET and may answer `fail(name, nth_request_for_name)` as an error status."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.split("?")[0].rsplit("/", 1)[-1]
+            requests.append(name)
+            status = fail(name, requests.count(name)) if fail else None
+            if status:
+                self.send_error(status)
+            else:
+                super().do_GET()
+
+    return Handler
+
+
+def _leftovers(data_dir) -> list[str]:
+    return sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+
+
+@pytest.fixture()
+def labels_source(tmp_path, mnist_dir) -> str:
+    """A local mirror holding only the two (small) real label files."""
+    source = tmp_path / "mirror"
+    source.mkdir()
+    for name in LABELS:
+        shutil.copyfile(os.path.join(mnist_dir, name), source / name)
+    return str(source)
+
+
+def _assert_all_four_verified(data_dir, sums):
+    assert sums == idx.SHA256
+    assert _leftovers(data_dir) == sorted(idx.FILES)
+    for name in idx.FILES:
+        assert fetch.sha256_of(os.path.join(data_dir, name)) == idx.SHA256[name]
+
+
+def test_local_directory_source(tmp_path, mnist_dir):
+    data_dir = tmp_path / "data"
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=mnist_dir))
+    _assert_all_four_verified(data_dir, sums)
+
+
+def test_file_url_source(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source="file://" + labels_source,
+                                               files=LABELS))
+    assert sums == {name: idx.SHA256[name] for name in LABELS}
+
+
+def test_http_source(tmp_path, mnist_dir):
+    data_dir = tmp_path / "data"
+    requests = []
+    with serve_directory(mnist_dir, _counting_handler(requests)) as url:
+        sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url))
+    _assert_all_four_verified(data_dir, sums)
+    assert sorted(requests) == sorted(idx.FILES)
+
+
+def test_gcs_source_through_the_emulator(tmp_path, gcs_mnist):
+    assert gcs_mnist == "gs://cvdf-datasets/mnist/"
+    data_dir = tmp_path / "data"
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=gcs_mnist))
+    _assert_all_four_verified(data_dir, sums)
+
+
+def test_gcs_source_without_a_trailing_slash_or_prefix(tmp_path, gcs_emulator, labels_source):
+    upload_dir("mnistkit-test-flat", "deep/prefix", labels_source)
+    data_dir = tmp_path / "data"
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source="gs://mnistkit-test-flat/deep/prefix",
+                                               files=LABELS))
+    assert sums == {name: idx.SHA256[name] for name in LABELS}
+
+
+def test_gcs_missing_object_names_file_and_source(tmp_path, gcs_emulator, labels_source):
+    upload_dir("mnistkit-test-partial", "mnist", labels_source)
+    data_dir = tmp_path / "data"
+    sleeps = []
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source="gs://mnistkit-test-partial/mnist/",
+                                            attempts=2), sleep=sleeps.append)
+    message = str(e.value)
+    assert "train-images-idx3-ubyte.gz" in message and "gs://mnistkit-test-partial/mnist/" in message
+    assert "after 2 attempts" in message
+    assert sleeps == [1.0]
+    assert _leftovers(data_dir) == []
+
+
+def test_synthetic_data_fails_checksums_and_leaves_nothing(tmp_path):
+    source = synthetic.write_dataset(tmp_path / "mirror", n_train=20, n_test=10)
+    data_dir = tmp_path / "data"
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=source, attempts=1))
+    message = str(e.value)
+    assert message.startswith("train-images-idx3-ubyte.gz:")
+    assert f"sha256 expected {idx.SHA256['train-images-idx3-ubyte.gz']}, found " in message
+    assert source in message
+    assert _leftovers(data_dir) == []
+
+
+def test_noverify_checksums_accepts_synthetic_data_and_warns_loudly(tmp_path, caplog):
+    source = synthetic.write_dataset(tmp_path / "mirror", n_train=20, n_test=10)
+    data_dir = tmp_path / "data"
+    with caplog.at_level(logging.WARNING, logger="mnistkit.fetch"):
+        sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=source, verify_checksums=False))
+    assert "CHECKSUMS NOT VERIFIED" in caplog.text
+    assert source in caplog.text
+    assert sums == {name: fetch.sha256_of(os.path.join(source, name)) for name in idx.FILES}
+    assert _leftovers(data_dir) == sorted(idx.FILES)
+
+
+def test_noverify_checksums_still_rejects_files_that_are_not_idx(tmp_path):
+    source = tmp_path / "mirror"
+    source.mkdir()
+    (source / "t10k-labels-idx1-ubyte.gz").write_bytes(b"<html>not found</html>")
+    data_dir = tmp_path / "data"
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=str(source), verify_checksums=False,
+                                            files=("t10k-labels-idx1-ubyte.gz",), attempts=1))
+    assert "t10k-labels-idx1-ubyte.gz: not a valid IDX file" in str(e.value)
+    assert "format: expected gzip data" in str(e.value)
+    assert _leftovers(data_dir) == []
+
+
+def test_present_and_verified_file_is_not_fetched_again(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    requests = []
+    with serve_directory(labels_source, _counting_handler(requests)) as url:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, files=LABELS))
+        assert sorted(requests) == sorted(LABELS)
+        mtimes = {n: os.stat(data_dir / n).st_mtime_ns for n in LABELS}
+        sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, files=LABELS))
+    assert sorted(requests) == sorted(LABELS), "the second download asked the mirror again"
+    assert sums == {name: idx.SHA256[name] for name in LABELS}
+    assert {n: os.stat(data_dir / n).st_mtime_ns for n in LABELS} == mtimes
+
+
+def test_present_file_works_after_the_source_lost_it(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS))
+    for name in LABELS:
+        os.remove(os.path.join(labels_source, name))
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS, attempts=1))
+    assert sums == {name: idx.SHA256[name] for name in LABELS}
+
+
+def test_present_but_corrupt_file_is_fetched_again(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    name = LABELS[1]
+    (data_dir / name).write_bytes(b"garbage")
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=(name,)))
+    assert sums == {name: idx.SHA256[name]}
+    assert fetch.sha256_of(data_dir / name) == idx.SHA256[name]
+
+
+def test_wrong_bytes_are_retried_with_backoff_then_fail_leaving_nothing(tmp_path, labels_source):
+    name = LABELS[1]
+    # The mirror serves a well-formed labels file with the wrong contents.
+    idx.write_idx(os.path.join(labels_source, name), synthetic.digits(10)[1])
+    data_dir = tmp_path / "data"
+    requests, sleeps = [], []
+    with serve_directory(labels_source, _counting_handler(requests)) as url:
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, files=(name,), attempts=4,
+                                                backoff_seconds=0.5), sleep=sleeps.append)
+    assert requests == [name] * 4
+    assert sleeps == [0.5, 1.0, 2.0]
+    message = str(e.value)
+    assert message.startswith(f"{name}: could not fetch a verified copy from {url} after 4 attempts")
+    assert f"sha256 expected {idx.SHA256[name]}" in message
+    assert _leftovers(data_dir) == []
+
+
+def test_transient_http_errors_are_retried_until_the_file_arrives(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    requests, sleeps = [], []
+    handler = _counting_handler(requests, fail=lambda name, n: 503 if n <= 2 else None)
+    with serve_directory(labels_source, handler) as url:
+        sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, files=LABELS,
+                                                   backoff_seconds=0.25), sleep=sleeps.append)
+    assert sums == {name: idx.SHA256[name] for name in LABELS}
+    assert requests == [LABELS[0]] * 3 + [LABELS[1]] * 3
+    assert sleeps == [0.25, 0.5, 0.25, 0.5]  # The backoff starts over for each file.
+    assert _leftovers(data_dir) == sorted(LABELS)
+
+
+def test_http_404_names_the_file_and_the_source(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    with serve_directory(labels_source) as url:
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, attempts=2), sleep=lambda s: None)
+    message = str(e.value)
+    assert "train-images-idx3-ubyte.gz" in message and url in message and "404" in message
+    assert _leftovers(data_dir) == []
+
+
+def test_a_truncated_http_body_is_retried_and_never_lands(tmp_path, labels_source):
+    name = LABELS[0]
+    requests = []
+
+    class Truncating(http.server.SimpleHTTPRequestHandler):
+        """Announces the whole file but closes the connection halfway through it, every time."""
+
+        def do_GET(self):
+            requests.append(name)
+            body = open(os.path.join(labels_source, name), "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+
+    data_dir = tmp_path / "data"
+    with serve_directory(labels_source, Truncating) as url:
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=url, files=(name,), attempts=3),
+                           sleep=lambda s: None)
+    assert len(requests) == 3
+    assert name in str(e.value)
+    assert _leftovers(data_dir) == []
+
+
+def test_an_interrupted_attempt_leaves_no_partial_file(tmp_path, labels_source):
+    name = LABELS[0]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+
+    def copy_then_interrupt(n, dest):
+        # Half a file on disk, then the user presses Ctrl-C.
+        with open(dest, "wb") as f:
+            f.write(open(os.path.join(labels_source, n), "rb").read()[:1000])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch.fetch_file(copy_then_interrupt, name, fetch.DownloadConfig(data_dir=str(data_dir)))
+    assert _leftovers(data_dir) == []
+
+
+def test_partials_left_by_a_killed_run_are_removed(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / ".partial-t10k-labels-idx1-ubyte.gz.abc123").write_bytes(b"half")
+    fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS))
+    assert _leftovers(data_dir) == sorted(LABELS)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("gs://", "expected gs://BUCKET[/PREFIX], found no bucket name"),
+    ("ftp://example.com/mnist", "expected gs://..., http(s)://... or a local directory"),
+    ("/no/such/mirror", "expected an existing local directory, found none"),
+])
+def test_bad_source_is_refused_before_anything_is_written(tmp_path, source, expected):
+    data_dir = tmp_path / "data"
+    with pytest.raises(ValueError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=source))
+    assert f"--source {source!r}: {expected}" in str(e.value)
+    assert not data_dir.exists()
+
+
+def test_attempts_below_one_is_refused(tmp_path, labels_source):
+    with pytest.raises(ValueError, match="attempts: expected at least 1, found 0"):
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "d"), source=labels_source, attempts=0))
