@@ -1,0 +1,64 @@
+"""The one place where the URIs of the pipeline's container images are built.
+
+An image is `{registry}/mnistkit-{kind}:{tag}`. The registry defaults to
+`localhost` (what a local `docker build` tags and what kfp's DockerRunner finds
+without pulling) and the tag to the package version, so a compiled pipeline
+names the images that hold the code that compiled it. Both are chosen at
+compile time: by argument, or by the MNISTKIT_IMAGE_REGISTRY and
+MNISTKIT_IMAGE_TAG environment variables.
+
+Run as a script, it prints the URI of one kind: `python components/images.py gpu`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+KINDS = ("cpu", "gpu", "tpu")
+DEFAULT_REGISTRY = "localhost"
+REGISTRY_ENV = "MNISTKIT_IMAGE_REGISTRY"
+TAG_ENV = "MNISTKIT_IMAGE_TAG"
+
+# Docker's rule for a tag: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -.
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def default_tag() -> str:
+    import mnistkit  # Cheap: the package's __init__ loads nothing heavy.
+
+    return mnistkit.__version__
+
+
+def image_uri(kind: str, registry: str | None = None, tag: str | None = None) -> str:
+    """Returns the URI of the image for `kind`.
+
+    Args:
+      kind: 'cpu' (every step), 'gpu' or 'tpu' (the training step on accelerators).
+      registry: e.g. 'us-central1-docker.pkg.dev/PROJECT/REPO'; default
+        $MNISTKIT_IMAGE_REGISTRY, else 'localhost'.
+      tag: default $MNISTKIT_IMAGE_TAG, else the mnistkit version.
+
+    Raises:
+      ValueError: an unknown kind, an empty registry or a malformed tag.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"image kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+    registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
+    tag = tag or os.environ.get(TAG_ENV) or default_tag()
+    if not registry or "://" in registry or any(c.isspace() for c in registry):
+        raise ValueError(f"image registry: expected a host[/path] such as us-central1-docker.pkg.dev/PROJECT/REPO, "
+                         f"found {registry!r}")
+    if not _TAG.match(tag):
+        raise ValueError(f"image tag: expected 1-128 of [A-Za-z0-9_.-] not starting with '.' or '-', found {tag!r}")
+    return f"{registry}/mnistkit-{kind}:{tag}"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: {os.path.basename(sys.argv[0])} {{{'|'.join(KINDS)}}}")
+    try:
+        print(image_uri(sys.argv[1]))
+    except ValueError as e:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
