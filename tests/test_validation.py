@@ -1,0 +1,115 @@
+"""Validation: the report's figures (JSON and Markdown) and the refusal of data that is not MNIST's."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mnistkit import fetch, idx, validation
+from tests import synthetic
+
+# From ../shared/data/mnist/README.md.
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_report_of_synthetic_data(synthetic_data):
+    report = validation.validate(synthetic_data, canonical=False)
+    assert report["data_dir"] == os.path.abspath(synthetic_data)
+    assert report["canonical"] is False
+    for split, n, seed in ((idx.TRAIN, 600, 0), (idx.TEST, 200, 1)):
+        images, labels = synthetic.digits(n, seed)
+        figures = report["splits"][split.name]
+        assert figures["examples"] == n
+        assert figures["class_counts"] == [n // 10] * 10
+        assert figures["pixel_mean"] == pytest.approx(images.mean() / 255.0, rel=1e-9)
+        assert figures["pixel_std"] == pytest.approx((images / 255.0).std(), rel=1e-9)
+    assert report["sha256"] == {name: fetch.sha256_of(os.path.join(synthetic_data, name)) for name in idx.FILES}
+
+
+def test_report_of_the_real_data_is_canonical(mnist_dir):
+    report = validation.validate(mnist_dir, canonical=True)
+    assert report["splits"]["train"]["examples"] == 60_000
+    assert report["splits"]["test"]["examples"] == 10_000
+    assert report["splits"]["train"]["class_counts"] == TRAIN_COUNTS
+    assert report["splits"]["test"]["class_counts"] == TEST_COUNTS
+    # The normalisation constants every MNIST tutorial quotes.
+    assert report["splits"]["train"]["pixel_mean"] == pytest.approx(0.1307, abs=1e-4)
+    assert report["splits"]["train"]["pixel_std"] == pytest.approx(0.3081, abs=1e-4)
+    assert report["sha256"] == idx.SHA256
+    markdown = validation.to_markdown(report)
+    assert "| train | 60,000 | 0.1307 | 0.3081 |" in markdown and "| test | 10,000 |" in markdown
+
+
+def test_json_and_markdown_reports(synthetic_data, tmp_path):
+    report = validation.validate(synthetic_data, canonical=False)
+    json_path, md_path = tmp_path / "r" / "report.json", tmp_path / "r" / "report.md"
+    validation.write_report(report, str(json_path), str(md_path))
+
+    assert json.loads(json_path.read_text()) == report
+    markdown = md_path.read_text()
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| split | examples | pixel mean | pixel std |")
+    train = report["splits"]["train"]
+    assert (f"| train | 600 | {train['pixel_mean']:.4f} | {train['pixel_std']:.4f} | "
+            + ", ".join(["60"] * 10) + " |") in lines
+    assert any(line.startswith("| test | 200 |") for line in lines)
+    for name, digest in report["sha256"].items():
+        assert f"| {name} | `{digest}` |" in lines
+    assert sorted(os.listdir(tmp_path / "r")) == ["report.json", "report.md"]  # No temporary files left.
+
+
+def test_canonical_refuses_a_subset(synthetic_data):
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(synthetic_data, canonical=True)
+    assert e.value.path == os.path.join(synthetic_data, idx.TRAIN.images)
+    assert e.value.field == "count"
+    assert str(e.value).endswith("count: expected 60000, found 600")
+
+
+def test_canonical_refuses_a_short_test_split(tmp_path, mnist_dir):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in idx.TRAIN.images, idx.TRAIN.labels:
+        shutil.copyfile(os.path.join(mnist_dir, name), data_dir / name)
+    images, labels = synthetic.digits(10_001)
+    idx.write_idx(data_dir / idx.TEST.images, images)
+    idx.write_idx(data_dir / idx.TEST.labels, labels)
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(data_dir))
+    assert str(e.value) == f"{data_dir / idx.TEST.images}: count: expected 10000, found 10001"
+
+
+def test_empty_split_is_refused_even_without_canonical(tmp_path):
+    synthetic.write_dataset(tmp_path, n_train=10, n_test=10)
+    idx.write_idx(tmp_path / idx.TEST.images, np.zeros((0, 28, 28), np.uint8))
+    idx.write_idx(tmp_path / idx.TEST.labels, np.zeros((0,), np.uint8))
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(tmp_path), canonical=False)
+    assert str(e.value) == f"{tmp_path / idx.TEST.images}: count: expected at least 1 example, found 0"
+
+
+@pytest.mark.parametrize("breakage, field", [
+    ("bad_label", "label"),
+    ("count_mismatch", "count"),
+    ("missing", "file"),
+    ("not_gzip", "format"),
+])
+def test_bad_data_names_the_file_and_field(tmp_path, breakage, field):
+    synthetic.write_dataset(tmp_path, n_train=20, n_test=10)
+    target = tmp_path / idx.TEST.labels
+    if breakage == "bad_label":
+        idx.write_idx(target, np.full(10, 11, np.uint8))
+    elif breakage == "count_mismatch":
+        idx.write_idx(target, np.zeros(9, np.uint8))
+        target = tmp_path / idx.TEST.images
+    elif breakage == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(b"plain text")
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(tmp_path), canonical=False)
+    assert e.value.path == str(target)
+    assert e.value.field == field
