@@ -1,0 +1,199 @@
+"""The seed's model and the trainer: history, stop threshold, checkpoints, resume, --clean, bad model_dir."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnistkit import idx, model, training
+
+keras = tf.keras
+
+TINY = dict(batch_size=20, max_train_examples=200)  # 10 steps an epoch: a second or two.
+
+
+def _config(data_dir, model_dir, **overrides) -> training.TrainConfig:
+    return training.TrainConfig(data_dir=data_dir, model_dir=str(model_dir), **{**TINY, **overrides})
+
+
+@pytest.fixture()
+def epochs_run(monkeypatch) -> list[int]:
+    """Records the epoch index of every epoch the trainer actually trains (a spy: the real method still runs)."""
+    calls = []
+    real = training.Trainer._train_epoch
+
+    def spy(self, epoch, stop):
+        calls.append(epoch)
+        return real(self, epoch, stop)
+
+    monkeypatch.setattr(training.Trainer, "_train_epoch", spy)
+    return calls
+
+
+# --- The model. -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("dtype_policy", ["float32", "mixed_bfloat16"])
+def test_model_has_the_seeds_layers_and_parameter_count(data_format, dtype_policy):
+    m = model.create_model(data_format, dtype_policy)
+    assert m.count_params() == model.NUM_PARAMETERS == 3_274_634
+    assert m.input_shape == (None, 28, 28)
+    assert m.output_shape == (None, 10)
+    convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
+        (32, (5, 5), "same", "relu"), (64, (5, 5), "same", "relu")]
+    assert all(c.data_format == data_format for c in convs)
+    dense = [layer for layer in m.layers if isinstance(layer, keras.layers.Dense)]
+    assert [d.units for d in dense] == [1024, 10]
+    assert [d.rate for d in m.layers if isinstance(d, keras.layers.Dropout)] == [0.4]
+    assert m.layers[-1].dtype_policy.compute_dtype == "float32"  # Logits in float32 whatever the policy.
+
+
+def test_bad_data_format_is_refused():
+    with pytest.raises(ValueError, match="data_format: expected 'channels_first' or 'channels_last', found 'NHWC'"):
+        model.create_model("NHWC")
+
+
+def test_for_inference_copies_weights_into_a_float32_channels_last_model():
+    trained = model.create_model("channels_first", "mixed_bfloat16")
+    copy = model.for_inference(trained)
+    assert copy.layers[1].data_format == "channels_last"
+    assert copy.dtype_policy.name == "float32"
+    for a, b in zip(trained.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- Training. --------------------------------------------------------------------
+
+
+def test_training_writes_model_history_checkpoints_and_summaries(synthetic_data, tmp_path, epochs_run):
+    model_dir = tmp_path / "model"
+    result = training.train(_config(synthetic_data, model_dir, train_epochs=2))
+
+    assert epochs_run == [0, 1]
+    assert result["epochs"] == 2 and result["stopped_early"] is False
+    assert [h["epoch"] for h in result["evaluations"]] == [1, 2]
+    assert result["evaluations"][-1]["accuracy"] >= 0.9  # The synthetic digits are easy to learn.
+    assert json.loads((model_dir / training.HISTORY_FILE).read_text()) == result
+    assert json.loads((model_dir / training.CONFIG_FILE).read_text())["train_epochs"] == 2
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-2")
+    loaded = training.load_model(str(model_dir))
+    assert loaded.count_params() == model.NUM_PARAMETERS
+    assert not [n for n in os.listdir(model_dir) if n.startswith(".tmp")]
+
+    tags = set()
+    for root, _, names in os.walk(model_dir / "logs"):
+        for name in names:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                tags.update(v.tag for v in event.summary.value)
+    assert {"train/loss", "train/learning_rate", "eval/accuracy", "eval/loss"} <= tags
+
+
+def test_trained_model_beats_chance_on_the_test_split(synthetic_data, tmp_path):
+    training.train(_config(synthetic_data, tmp_path, train_epochs=1))
+    m = training.load_model(str(tmp_path))
+    images, labels = idx.load_split(synthetic_data, idx.TEST)
+    predicted = np.argmax(m.predict(images / 255.0, verbose=0), axis=1)
+    assert np.mean(predicted == labels) >= 0.9
+
+
+def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epochs_run):
+    result = training.train(_config(synthetic_data, tmp_path, train_epochs=5, stop_threshold=0.9))
+    assert epochs_run == [0]
+    assert result["epochs"] == 1 and result["stopped_early"] is True
+    assert len(result["evaluations"]) == 1 and result["evaluations"][0]["accuracy"] >= 0.9
+
+
+def test_evaluations_every_n_epochs_and_after_the_last(synthetic_data, tmp_path):
+    result = training.train(_config(synthetic_data, tmp_path, train_epochs=3, epochs_between_evals=2,
+                                    max_train_examples=60))
+    assert [h["epoch"] for h in result["evaluations"]] == [2, 3]
+
+
+def test_resume_continues_from_the_saved_epoch(synthetic_data, tmp_path, epochs_run):
+    model_dir = tmp_path / "model"
+    first = training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    assert epochs_run == [0]
+
+    trainer = training.Trainer(_config(synthetic_data, model_dir, train_epochs=2))
+    second = trainer.train()
+    assert epochs_run == [0, 1], "the second run should train epoch 2 only"
+    assert int(trainer.optimizer.iterations) == 2 * trainer.steps_per_epoch
+    assert second["epochs"] == 2
+    # Epoch 1's evaluation is carried over from the first run, not redone.
+    assert second["evaluations"][0] == first["evaluations"][0]
+    assert [h["epoch"] for h in second["evaluations"]] == [1, 2]
+
+
+def test_a_finished_run_does_not_train_again(synthetic_data, tmp_path, epochs_run):
+    training.train(_config(synthetic_data, tmp_path, train_epochs=1))
+    result = training.train(_config(synthetic_data, tmp_path, train_epochs=1))
+    assert epochs_run == [0]
+    assert result["epochs"] == 1
+
+
+def test_clean_starts_over(synthetic_data, tmp_path, epochs_run):
+    model_dir = tmp_path / "model"
+    training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    (model_dir / "stale.txt").write_text("from an older run")
+    result = training.train(_config(synthetic_data, model_dir, train_epochs=1, clean=True))
+    assert epochs_run == [0, 0]
+    assert result["epochs"] == 1
+    assert not (model_dir / "stale.txt").exists()
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-1")
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(model_dir / "checkpoints"), 1).save()
+
+    with pytest.raises(ValueError) as e:
+        training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    message = str(e.value)
+    assert message.startswith(f"{model_dir}: expected a checkpoint of this model to resume from, found ")
+    assert "ckpt-1" in message and "--clean" in message
+    assert not (model_dir / training.MODEL_FILE).exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=0), "batch_size: expected at least 1, found 0"),
+    (dict(train_epochs=0), "train_epochs: expected at least 1, found 0"),
+    (dict(stop_threshold=1.5), "stop_threshold: expected in [0, 1], found 1.5"),
+    (dict(learning_rate=-1.0), "learning_rate: expected above 0, found -1.0"),
+    (dict(batch_size=500), "batch_size: expected at most the 200 training examples, found 500"),
+])
+def test_bad_parameters_are_refused(synthetic_data, tmp_path, overrides, message):
+    with pytest.raises(ValueError) as e:
+        training.train(_config(synthetic_data, tmp_path / "model", **overrides))
+    assert message in str(e.value)
+
+
+def test_recipes():
+    seed = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m")
+    assert (seed.batch_size, seed.train_epochs, seed.learning_rate, seed.precision) == (100, 40, 1e-4, "float32")
+    assert seed.epochs_between_evals == 1 and seed.stop_threshold is None
+    overridden = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m", batch_size=None,
+                                                  train_epochs=2)
+    assert (overridden.batch_size, overridden.train_epochs) == (100, 2)
+    with pytest.raises(ValueError, match="recipe: expected one of seed, fast, found 'slow'"):
+        training.TrainConfig.from_recipe("slow", data_dir="d", model_dir="m")
+
+
+def test_missing_data_is_a_data_error(tmp_path):
+    with pytest.raises(idx.DataError) as e:
+        training.train(_config(str(tmp_path / "nowhere"), tmp_path / "model"))
+    assert e.value.field == "data directory"
+
+
+def test_load_model_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        training.load_model(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path / training.MODEL_FILE}: expected a trained model "
+                            f"({training.MODEL_FILE} written by mnist-train), found none")
+    (tmp_path / training.MODEL_FILE).write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="expected a Keras model saved by mnist-train, found one that does not load"):
+        training.load_model(str(tmp_path))
