@@ -39,6 +39,8 @@ def export(model_dir: str, export_dir: str) -> str:
     Returns:
       The path of the new SavedModel.
     """
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(f"{export_dir}: expected a directory to export into, found a file")
     module = _Serving(for_inference(training.load_model(model_dir)))
     os.makedirs(export_dir, exist_ok=True)
     if not os.access(export_dir, os.W_OK):

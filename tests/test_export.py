@@ -1,0 +1,160 @@
+"""Evaluation (metrics, confusion matrix) and export (a SavedModel with the seed's signatures)."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnistkit import evaluation, exporting, idx, model, training
+
+
+@pytest.fixture(scope="module")
+def model_dir(synthetic_data, tmp_path_factory) -> str:
+    """One tiny trained model shared by this module's tests (a few seconds of training)."""
+    path = str(tmp_path_factory.mktemp("model"))
+    training.train(training.TrainConfig(data_dir=synthetic_data, model_dir=path, batch_size=20,
+                                        train_epochs=1, max_train_examples=200))
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_images(synthetic_data):
+    images, labels = idx.load_split(synthetic_data, idx.TEST)
+    return (images / 255.0).astype(np.float32), labels
+
+
+# --- Evaluate. --------------------------------------------------------------------
+
+
+def test_evaluate_returns_consistent_metrics(model_dir, synthetic_data, test_images):
+    metrics = evaluation.evaluate(model_dir, synthetic_data)
+    images, labels = test_images
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (10, 10)
+    assert confusion.sum() == metrics["examples"] == 200
+    assert confusion.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()  # Rows are true labels.
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / 200)
+    assert metrics["accuracy"] >= 0.9
+
+    # The same figures, computed from the model's own predictions.
+    logits = model.for_inference(training.load_model(model_dir)).predict(images, verbose=0)
+    predicted = np.argmax(logits, axis=1)
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    for c in range(10):
+        assert metrics["recall"][c] == pytest.approx(np.mean(predicted[labels == c] == c))
+        if (predicted == c).any():
+            assert metrics["precision"][c] == pytest.approx(np.mean(labels[predicted == c] == c))
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert metrics["loss"] == pytest.approx(-np.mean(log_softmax[np.arange(200), labels]), rel=1e-4)
+
+
+def test_evaluate_missing_model_and_missing_data(model_dir, synthetic_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected a trained model"):
+        evaluation.evaluate(str(tmp_path), synthetic_data)
+    with pytest.raises(idx.DataError) as e:
+        evaluation.evaluate(model_dir, str(tmp_path))
+    assert e.value.path == str(tmp_path / idx.TEST.images)
+
+
+# --- Export. ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir, tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("export")
+    before = int(time.time())
+    path = exporting.export(model_dir, str(export_dir))
+    return export_dir, path, before
+
+
+def test_export_goes_to_a_timestamped_directory(exported):
+    export_dir, path, before = exported
+    assert os.path.dirname(path) == str(export_dir)
+    stamp = os.path.basename(path)
+    assert stamp.isdigit() and before <= int(stamp) <= time.time() + 1
+    assert os.listdir(export_dir) == [stamp]  # Nothing half-written beside it.
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def test_export_signatures_have_the_exact_dtypes_and_shapes(exported):
+    loaded = tf.saved_model.load(exported[1], tags=["serve"])
+    assert set(loaded.signatures) == {"classify", "serving_default"}
+    for name in ("classify", "serving_default"):
+        signature = loaded.signatures[name]
+        args, kwargs = signature.structured_input_signature
+        assert args == ()
+        assert set(kwargs) == {"image"}
+        assert kwargs["image"].dtype == tf.float32 and kwargs["image"].shape.as_list() == [None, 28, 28]
+        outputs = signature.structured_outputs
+        assert set(outputs) == {"classes", "probabilities"}
+        assert outputs["classes"].dtype == tf.int64 and outputs["classes"].shape.as_list() == [None]
+        assert outputs["probabilities"].dtype == tf.float32
+        assert outputs["probabilities"].shape.as_list() == [None, 10]
+
+
+def test_exported_model_classifies_like_the_trained_one(exported, model_dir, test_images):
+    images, labels = test_images
+    classify = tf.saved_model.load(exported[1]).signatures["classify"]
+    out = classify(image=tf.constant(images))
+    classes, probabilities = out["classes"].numpy(), out["probabilities"].numpy()
+    assert classes.shape == (200,) and probabilities.shape == (200, 10)
+    np.testing.assert_array_equal(classes, np.argmax(probabilities, axis=1))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probabilities >= 0).all()
+    keras_logits = training.load_model(model_dir).predict(images, verbose=0)
+    np.testing.assert_array_equal(classes, np.argmax(keras_logits, axis=1))
+    assert np.mean(classes == labels) >= 0.9
+    # One image at a time works too (batch of 1, as online prediction sends).
+    single = classify(image=tf.constant(images[:1]))
+    assert single["classes"].numpy().tolist() == classes[:1].tolist()
+
+
+def test_exporting_twice_gives_two_versions(model_dir, tmp_path):
+    first = exporting.export(model_dir, str(tmp_path))
+    second = exporting.export(model_dir, str(tmp_path))
+    assert first != second
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(second)])
+
+
+def test_a_gpu_trained_mixed_precision_model_exports_for_cpu(tmp_path, test_images):
+    # What a GPU run writes: channels_first, mixed_bfloat16. The export must serve on a CPU.
+    trained = model.create_model("channels_first", "mixed_bfloat16")
+    trained.save(tmp_path / training.MODEL_FILE)
+    path = exporting.export(str(tmp_path), str(tmp_path / "export"))
+    out = tf.saved_model.load(path).signatures["classify"](image=tf.constant(test_images[0][:8]))
+    assert out["probabilities"].dtype == tf.float32
+    expected = tf.nn.softmax(model.for_inference(trained)(test_images[0][:8])).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_export_of_a_missing_model_leaves_nothing(tmp_path):
+    export_dir = tmp_path / "export"
+    with pytest.raises(FileNotFoundError, match="expected a trained model"):
+        exporting.export(str(tmp_path / "no-model"), str(export_dir))
+    assert not export_dir.exists() or os.listdir(export_dir) == []
+
+
+def test_export_dir_that_is_a_file_is_a_clear_error(model_dir, tmp_path):
+    export_dir = tmp_path / "export"
+    export_dir.write_text("in the way")
+    with pytest.raises(ValueError) as e:
+        exporting.export(model_dir, str(export_dir))
+    assert str(e.value) == f"{export_dir}: expected a directory to export into, found a file"
+
+
+def test_a_failed_save_leaves_no_partial_directory(model_dir, tmp_path, monkeypatch):
+    # Fault injection (no real way to make the SavedModel writer fail midway):
+    # the real writer runs, then the disk "fills up" before the rename.
+    real_save = tf.saved_model.save
+
+    def save_then_fail(obj, export_path, signatures=None, **kwargs):
+        real_save(obj, export_path, signatures=signatures, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_fail)
+    export_dir = tmp_path / "export"
+    with pytest.raises(OSError, match="No space left"):
+        exporting.export(model_dir, str(export_dir))
+    assert os.listdir(export_dir) == []
