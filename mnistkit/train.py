@@ -29,10 +29,14 @@ flags.DEFINE_string("tpu", None, "TPU name or address for the cluster resolver; 
 flags.DEFINE_boolean("clean", False, "Delete model_dir before training instead of resuming from it.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the shuffling.")
 flags.DEFINE_integer("max_train_examples", None, "Train on only this many examples (quick looks).")
+flags.DEFINE_integer("steps_per_loop", None, "Training steps per compiled call; SIGTERM is honoured between calls.")
+flags.DEFINE_float("collective_timeout_seconds", None,
+                   "Multi-worker: fail when a peer does not answer a collective within this many seconds "
+                   "(default 300).")
 
 _FIELDS = ("data_dir", "model_dir", "batch_size", "train_epochs", "epochs_between_evals", "stop_threshold",
            "learning_rate", "schedule", "precision", "data_format", "distribution_strategy", "num_gpus",
-           "tpu", "clean", "seed", "max_train_examples")
+           "tpu", "clean", "seed", "max_train_examples", "steps_per_loop", "collective_timeout_seconds")
 
 
 def main(argv):
@@ -45,6 +49,9 @@ def main(argv):
     except training.Interrupted as e:
         logging.warning("%s", e)
         sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
+    except training.PeerFailure as e:
+        logging.error("%s", e)
+        sys.exit(1)
     logging.info("trained %d epochs; evaluations: %s", result["epochs"], result["evaluations"])
 
 

@@ -9,6 +9,7 @@ on TF 2.21), it resumes mid-epoch after a SIGTERM, and it runs many steps per
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,16 @@ def resolve_precision(precision: str, tpu: str | None = None) -> str:
 
 class Interrupted(Exception):
     """Training stopped on SIGTERM after saving a checkpoint; rerun to resume."""
+
+
+class PeerFailure(RuntimeError):
+    """A multi-worker run lost a peer (it died or stopped answering); rerun every worker to resume."""
+
+
+# What a collective raises when a peer dies (Unavailable: connection reset),
+# hangs past the collective timeout (DeadlineExceeded) or was aborted.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError)
 
 
 @dataclasses.dataclass
@@ -165,8 +176,11 @@ class Trainer:
             self.model = create_model(config.data_format, self.precision)
             self.optimizer = keras.optimizers.Adam(learning_rate_schedule(config, self.steps_per_epoch))
             self.optimizer.build(self.model.trainable_variables)
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        # Bookkeeping, not model state: plain variables outside the scope, so
+        # under MultiWorkerMirroredStrategy they are not MirroredVariables
+        # (which `int()` cannot read); every worker counts the same anyway.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch)
         # Every worker saves (saving can involve collectives); only the chief's
@@ -262,8 +276,24 @@ class Trainer:
         """Trains until `train_epochs` or the stop threshold; returns the history.
 
         Resumes from the newest checkpoint in `model_dir`, mid-epoch if it was
-        saved on SIGTERM. Raises Interrupted after saving on SIGTERM.
+        saved on SIGTERM. Raises Interrupted after saving on SIGTERM, and
+        PeerFailure when a multi-worker peer dies or stops answering.
         """
+        try:
+            return self._train()
+        except _PEER_ERRORS as e:
+            if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            raise PeerFailure(
+                f"multi-worker training stopped at epoch {int(self.epoch) + 1}: a peer died or did not answer "
+                f"within {self.config.collective_timeout_seconds} s ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0]}); restart every worker to resume from the last checkpoint "
+                f"in {self.config.model_dir}") from e
+        finally:
+            if not self.chief:
+                shutil.rmtree(self.write_dir, ignore_errors=True)
+
+    def _train(self) -> dict:
         config = self.config
         latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
         if latest:
@@ -274,7 +304,8 @@ class Trainer:
                                  f"{latest}, which does not match it ({str(e).splitlines()[0]}); "
                                  "use --clean or another --model_dir") from e
             log.info("resumed from %s at epoch %d, step %d", latest, int(self.epoch), int(self.step_in_epoch))
-        history = self._load_history() if latest else []
+        # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
+        history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))
         writer = tf.summary.create_file_writer(os.path.join(self.write_dir, "logs")) if self.chief \
             else tf.summary.create_noop_writer()
@@ -291,6 +322,9 @@ class Trainer:
                     self._write_json(HISTORY_FILE, {"evaluations": history})
                 if _reached(history, config.stop_threshold) or epoch >= config.train_epochs:
                     break
+                if stop.raised:  # Between epochs: the last epoch's checkpoint is already saved.
+                    raise Interrupted(f"SIGTERM before epoch {epoch + 1}: nothing lost since the last checkpoint; "
+                                      "rerun to resume")
                 loss = self._train_epoch(epoch, stop)
                 tf.summary.scalar("train/loss", loss, step=epoch + 1)
                 tf.summary.scalar("train/learning_rate", self._current_lr(), step=epoch + 1)
@@ -298,8 +332,8 @@ class Trainer:
                   and int(self.epoch) < config.train_epochs, "epochs": int(self.epoch)}
         self._write_json(HISTORY_FILE, result)
         _save_model_atomically(self.model, os.path.join(self.write_dir, MODEL_FILE))
-        if not self.chief:
-            shutil.rmtree(self.write_dir, ignore_errors=True)
+        # Every worker logs it: in a multi-worker run they must agree.
+        log.info("trained weights sha256 %s", weights_digest(self.model))
         return result
 
     def _train_epoch(self, epoch: int, stop: "_SigtermFlag") -> float:
@@ -310,6 +344,7 @@ class Trainer:
             n = min(self.config.steps_per_loop, self.steps_per_epoch - step)
             total += float(self.train_steps(iterator, tf.constant(n)))
             step += n
+            log.info("epoch %d: step %d of %d", epoch + 1, step, self.steps_per_epoch)
             if stop.raised and step < self.steps_per_epoch:
                 self.step_in_epoch.assign(step)
                 path = self.manager.save()
@@ -322,6 +357,14 @@ class Trainer:
     def _current_lr(self) -> float:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 over every weight's bytes, in order: equal digests mean identical weights."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
 
 
 def _reached(history: list[dict], threshold: float | None) -> bool:
@@ -367,7 +410,22 @@ def train(config: TrainConfig) -> dict:
     if config.clean and distribution.is_chief() and os.path.isdir(config.model_dir):
         shutil.rmtree(config.model_dir)
     os.makedirs(config.model_dir, exist_ok=True)
+    if distribution.is_chief():
+        _remove_leftovers(config.model_dir)
     return Trainer(config).train()
+
+
+def _remove_leftovers(model_dir: str) -> None:
+    """Deletes the temporary files a killed run left; they never hold anything a reader needs."""
+    for directory in (model_dir, os.path.join(model_dir, "checkpoints")):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.listdir(directory):
+            path = os.path.join(directory, entry)
+            if entry.startswith(".tmp-") and os.path.isfile(path):
+                os.remove(path)
+            elif directory != model_dir and entry.endswith("_temp") and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)  # A checkpoint whose save did not finish.
 
 
 def load_model(model_dir: str) -> keras.Model:
