@@ -1,6 +1,7 @@
 """What every `mnist-*` command shares: clean errors instead of tracebacks."""
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -8,6 +9,25 @@ from absl import app
 
 class UserError(Exception):
     """An input a user gave is wrong; the message says which and why."""
+
+
+def prog_name() -> str:
+    """The command's name as users know it: `mnist-download` also under `python -m mnistkit.download`."""
+    name = os.path.basename(sys.argv[0])
+    return f"mnist-{name[:-3]}" if name.endswith(".py") else name
+
+
+def exit_on_sigterm() -> None:
+    """Makes SIGTERM unwind the stack (exit 143) so that `finally` blocks remove temporary files.
+
+    Python's default on SIGTERM ends the process on the spot, which would leave
+    a half-written download or export behind.
+    """
+
+    def handle(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def run(main) -> None:
@@ -20,8 +40,7 @@ def run(main) -> None:
         try:
             return main(argv)
         except expected as e:
-            prog = os.path.basename(sys.argv[0])
-            print(f"{prog}: error: {e}", file=sys.stderr)
+            print(f"{prog_name()}: error: {e}", file=sys.stderr)
             sys.exit(1)
 
     app.run(guarded)

@@ -16,6 +16,7 @@ ATTEMPTS = flags.DEFINE_integer("attempts", 4, "Tries per file before giving up.
 
 def main(argv):
     del argv
+    cli.exit_on_sigterm()
     sums = fetch.download(fetch.DownloadConfig(
         data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value))
     for name, digest in sums.items():

@@ -11,6 +11,7 @@ EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Receives a timestamped Sav
 
 def main(argv):
     del argv
+    cli.exit_on_sigterm()
     from mnistkit import exporting
 
     path = exporting.export(MODEL_DIR.value, EXPORT_DIR.value)

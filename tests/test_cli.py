@@ -1,0 +1,208 @@
+"""The commands as users run them: real subprocesses, exit codes, one-line errors, the seed's saved_model_cli line."""
+
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mnistkit import fetch, idx
+from tests import synthetic
+from tests.conftest import REPO, serve_directory
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(module: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m mnistkit.MODULE ARGS` the way a user or a container would."""
+    return subprocess.run([sys.executable, "-m", f"mnistkit.{module}", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+# --- mnist-download. ---------------------------------------------------------------
+
+
+def test_download_from_the_default_source(tmp_path, gcs_mnist):
+    # No --source: the CVDF mirror gs://cvdf-datasets/mnist/, here served by the emulator.
+    data_dir = tmp_path / "data"
+    result = _run("download", "--data_dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(data_dir)) == sorted(idx.FILES)
+    for name, digest in idx.SHA256.items():
+        assert f"{digest}  {name}" in result.stderr
+        assert fetch.sha256_of(data_dir / name) == digest
+
+
+def test_download_refuses_unknown_data_in_one_line(tmp_path):
+    source = synthetic.write_dataset(tmp_path / "mirror", n_train=20, n_test=10)
+    data_dir = tmp_path / "data"
+    result = _run("download", "--data_dir", data_dir, "--source", source, "--attempts=1")
+    assert result.returncode == 1
+    line = _error_line(result)
+    assert line.startswith(f"mnist-download: error: train-images-idx3-ubyte.gz: could not fetch a verified copy "
+                           f"from {source} after 1 attempts")
+    assert f"sha256 expected {idx.SHA256['train-images-idx3-ubyte.gz']}, found " in line
+    assert "Traceback" not in result.stderr
+    assert os.listdir(data_dir) == []
+
+
+def test_download_noverify_checksums_accepts_synthetic_data_loudly(tmp_path):
+    source = synthetic.write_dataset(tmp_path / "mirror", n_train=20, n_test=10)
+    data_dir = tmp_path / "data"
+    result = _run("download", "--data_dir", data_dir, "--source", source, "--noverify_checksums")
+    assert result.returncode == 0, result.stderr
+    assert "CHECKSUMS NOT VERIFIED" in result.stderr
+    assert sorted(os.listdir(data_dir)) == sorted(idx.FILES)
+
+
+def test_download_bad_source_and_missing_flag(tmp_path):
+    result = _run("download", "--data_dir", tmp_path / "d", "--source", "ftp://example.com/mnist")
+    assert result.returncode == 1
+    assert _error_line(result) == ("mnist-download: error: --source 'ftp://example.com/mnist': expected gs://..., "
+                                   "http(s)://... or a local directory")
+    result = _run("download")
+    assert result.returncode == 1
+    assert "--data_dir must have a value other than None" in result.stderr
+
+
+def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
+    release = threading.Event()
+
+    class Stalling(http.server.SimpleHTTPRequestHandler):
+        """Sends the headers and the first kilobyte, then stalls like a dying connection."""
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + bytes(1022))
+            self.wfile.flush()
+            release.wait(60)
+
+    data_dir = tmp_path / "data"
+    with serve_directory(str(tmp_path), Stalling) as url:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "mnistkit.download", f"--data_dir={data_dir}",
+                                     f"--source={url}"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 60
+            while not (data_dir.exists() and any(n.startswith(".partial-") for n in os.listdir(data_dir))):
+                assert time.time() < deadline and proc.poll() is None, "no partial file ever appeared"
+                time.sleep(0.05)
+            time.sleep(0.5)  # Let the client get into its read of the stalled body.
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            release.set()
+    assert proc.returncode == 143, stderr
+    assert os.listdir(data_dir) == []
+
+
+# --- mnist-validate. ---------------------------------------------------------------
+
+
+def test_validate_writes_json_and_markdown_reports(synthetic_data, tmp_path):
+    # The console script, as installed by setup.cfg.
+    result = subprocess.run([os.path.join(BIN, "mnist-validate"), f"--data_dir={synthetic_data}",
+                             f"--report_dir={tmp_path}", "--nocanonical"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["splits"]["train"]["examples"] == 600 and report["splits"]["test"]["examples"] == 200
+    assert report["splits"]["test"]["class_counts"] == [20] * 10
+    assert set(report["sha256"]) == set(idx.FILES)
+    assert "| test | 200 |" in (tmp_path / "report.md").read_text()
+
+
+def test_validate_refuses_a_subset_as_canonical(synthetic_data, tmp_path):
+    result = _run("validate", "--data_dir", synthetic_data, "--report_dir", tmp_path)
+    assert result.returncode == 1
+    assert _error_line(result) == (f"mnist-validate: error: {os.path.join(synthetic_data, idx.TRAIN.images)}: "
+                                   "count: expected 60000, found 600")
+    assert os.listdir(tmp_path) == []  # No report for bad data.
+
+
+def test_validate_names_a_bad_label(tmp_path):
+    data_dir = synthetic.write_dataset(tmp_path / "data", n_train=20, n_test=10)
+    labels = synthetic.digits(10, 1)[1]
+    labels[7] = 12
+    idx.write_idx(os.path.join(data_dir, idx.TEST.labels), labels)
+    result = _run("validate", "--data_dir", data_dir, "--nocanonical")
+    assert result.returncode == 1
+    assert _error_line(result) == (f"mnist-validate: error: {os.path.join(data_dir, idx.TEST.labels)}: label: "
+                                   "expected values in 0..9, found 12 at index 7")
+
+
+# --- mnist-train, mnist-evaluate, mnist-export and the seed's saved_model_cli line. -
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data, tmp_path_factory) -> str:
+    model_dir = tmp_path_factory.mktemp("cli-model")
+    result = _run("train", "--data_dir", synthetic_data, "--model_dir", model_dir, "--train_epochs=1",
+                  "--batch_size=20", "--max_train_examples=200", "--stop_threshold=0.5")
+    assert result.returncode == 0, result.stderr
+    return str(model_dir)
+
+
+def test_train_writes_history_and_model(trained):
+    history = json.loads(open(os.path.join(trained, "history.json")).read())
+    assert history["epochs"] == 1
+    assert history["evaluations"][0]["accuracy"] >= 0.9
+    assert os.path.exists(os.path.join(trained, "model.keras"))
+    config = json.loads(open(os.path.join(trained, "train_config.json")).read())
+    assert (config["batch_size"], config["train_epochs"], config["stop_threshold"]) == (20, 1, 0.5)
+
+
+def test_evaluate_writes_metrics(trained, synthetic_data, tmp_path):
+    output = tmp_path / "metrics.json"
+    result = _run("evaluate", "--model_dir", trained, "--data_dir", synthetic_data, "--output", output)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(output.read_text())
+    assert np.array(metrics["confusion_matrix"]).sum() == 200
+    assert metrics["accuracy"] >= 0.9 and len(metrics["precision"]) == len(metrics["recall"]) == 10
+
+
+def test_export_and_the_seeds_saved_model_cli_line(trained, synthetic_data, tmp_path):
+    export_dir = tmp_path / "export"
+    result = _run("export", "--model_dir", trained, "--export_dir", export_dir)
+    assert result.returncode == 0, result.stderr
+    path = result.stdout.strip().splitlines()[-1]
+    assert os.path.dirname(path) == str(export_dir) and os.path.basename(path).isdigit()
+    assert os.listdir(export_dir) == [os.path.basename(path)]
+
+    images, labels = idx.load_split(synthetic_data, idx.TEST)
+    np.save(tmp_path / "examples.npy", (images[:6] / 255.0).astype(np.float32))
+    # The line from the seed's README, verbatim but for the paths.
+    result = subprocess.run([os.path.join(BIN, "saved_model_cli"), "run", "--dir", path, "--tag_set", "serve",
+                             "--signature_def", "classify", "--inputs", "image=examples.npy"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"Result for output key classes:\s*\[([\d\s]+)\]", result.stdout)
+    assert found, result.stdout
+    assert [int(c) for c in found.group(1).split()] == labels[:6].tolist()
+    assert "Result for output key probabilities:" in result.stdout
+
+
+def test_train_rejects_a_bad_threshold_in_one_line(synthetic_data, tmp_path):
+    result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", "--stop_threshold=2")
+    assert result.returncode == 1
+    assert _error_line(result) == "mnist-train: error: stop_threshold: expected in [0, 1], found 2.0"
+
+
+def test_export_of_a_missing_model_in_one_line(tmp_path):
+    export_dir = tmp_path / "export"
+    result = _run("export", "--model_dir", tmp_path / "none", "--export_dir", export_dir)
+    assert result.returncode == 1
+    assert _error_line(result) == (f"mnist-export: error: {tmp_path / 'none'}: expected a trained model "
+                                   "(model.keras written by mnist-train), found none")
+    assert not export_dir.exists()
