@@ -1,0 +1,113 @@
+"""Two `mnist-train` processes on 127.0.0.1 training together under MultiWorkerMirroredStrategy."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import synthetic
+from tests.conftest import REPO, free_port
+
+# 400 examples in global batches of 20 (10 per worker): 20 steps, logged
+# every 5, so both workers report the same four progress lines.
+STEPS_PER_EPOCH = 20
+
+
+def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30):
+    """Starts a chief and a worker as Vertex AI would (TF_CONFIG); returns [(process, log path)]."""
+    cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
+    processes = []
+    for task_type in ("chief", "worker"):
+        scratch = tmp_path / f"tmp-{task_type}"
+        scratch.mkdir()
+        env = {**os.environ, "TMPDIR": str(scratch),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}})}
+        log_path = tmp_path / f"{task_type}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", model_dir,
+                 "--distribution_strategy", "multi_worker_mirrored", "--recipe", "seed", "--learning_rate", "1e-3",
+                 "--batch_size", "20", "--train_epochs", str(train_epochs), "--steps_per_loop", "5",
+                 "--collective_timeout_seconds", str(collective_timeout)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        processes.append((proc, log_path))
+    return processes
+
+
+def wait_all(processes, timeout):
+    deadline = time.time() + timeout
+    codes = []
+    for proc, log_path in processes:
+        try:
+            codes.append(proc.wait(timeout=max(deadline - time.time(), 1)))
+        except subprocess.TimeoutExpired:
+            for p, _ in processes:
+                p.kill()
+            pytest.fail(f"{log_path.stem} still running after {timeout} s:\n{log_path.read_text()[-3000:]}")
+    return codes
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return synthetic.write_dataset(tmp_path_factory.mktemp("multiworker-data"), n_train=400, n_test=100)
+
+
+def test_two_workers_train_in_step_and_only_the_chief_writes(data_dir, tmp_path):
+    import tensorflow as tf
+
+    from mnistkit import exporting
+
+    model_dir = str(tmp_path / "model")
+    processes = start_cluster(data_dir, model_dir, tmp_path)
+    codes = wait_all(processes, timeout=240)
+    logs = {log_path.stem: log_path.read_text() for _, log_path in processes}
+    assert codes == [0, 0], {k: v[-3000:] for k, v in logs.items()}
+
+    # Both took part: each ran every step and ended with bit-identical weights.
+    for log in logs.values():
+        assert "MultiWorkerMirroredStrategy with cluster_spec" in log and "num_workers = 2" in log
+        steps = [int(s) for s in re.findall(rf"epoch 1: step (\d+) of {STEPS_PER_EPOCH}", log)]
+        assert steps == [5, 10, 15, 20]
+    digests = {name: re.search(r"trained weights sha256 ([0-9a-f]{64})", log).group(1) for name, log in logs.items()}
+    assert digests["chief"] == digests["worker"], digests
+
+    # Only the chief wrote model_dir; the worker's private copy is gone.
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "history.json", "logs", "model.keras",
+                                             "train_config.json"]
+    assert os.listdir(tmp_path / "tmp-worker") == []
+    with open(os.path.join(model_dir, "history.json")) as f:
+        assert json.load(f)["epochs"] == 1
+
+    # The chief's model exports and its `classify` signature answers.
+    path = exporting.export(model_dir, str(tmp_path / "export"))
+    images, labels = synthetic.digits(100, seed=1)
+    out = tf.saved_model.load(path).signatures["classify"](image=tf.constant(images / 255.0, tf.float32))
+    assert out["classes"].dtype == tf.int64 and out["probabilities"].shape == (100, 10)
+    assert np.mean(out["classes"].numpy() == labels) > 0.9
+
+
+def test_a_worker_that_dies_makes_the_chief_fail_clearly(data_dir, tmp_path):
+    model_dir = str(tmp_path / "model")
+    processes = start_cluster(data_dir, model_dir, tmp_path, train_epochs=20, collective_timeout=20)
+    (chief, chief_log), (worker, worker_log) = processes
+    deadline = time.time() + 180
+    while "epoch 1: step 5 of" not in chief_log.read_text():
+        if time.time() > deadline or chief.poll() is not None:
+            wait_all(processes, timeout=1)
+            pytest.fail(f"the cluster never started training:\n{chief_log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    worker.kill()
+    killed_at = time.time()
+    # Bounded: a dead peer must end the chief well within the collective timeout plus shutdown.
+    assert wait_all([(chief, chief_log)], timeout=90) == [1]
+    assert time.time() - killed_at < 90
+    log = chief_log.read_text()
+    assert re.search(r"multi-worker training stopped at epoch \d+: a peer died or did not answer within 20.0 s "
+                     r"\(\w+Error: .+\); restart every worker to resume from the last checkpoint", log), log[-3000:]
+    assert "Traceback" not in log
+    worker.wait(timeout=10)
