@@ -1,0 +1,89 @@
+"""The model steps: train, evaluate, gate on accuracy, export a SavedModel."""
+
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+def train_model(data: Input[Dataset], model: Output[Model], recipe: str = "fast", batch_size: int = 128,
+                train_epochs: int = 3, epochs_between_evals: int = 1, stop_threshold: float = 0.99,
+                learning_rate: float = 0.002, max_train_examples: int = 0, tpu: str = ""):
+    """Trains the seed's CNN, evaluating every few epochs and stopping at a threshold.
+
+    Args:
+      data: The validated MNIST directory.
+      model: model.keras, history.json, checkpoints and TensorBoard logs.
+      recipe: 'fast' (cosine schedule with warmup) or 'seed' (constant rate, float32).
+      batch_size: Global batch size.
+      train_epochs: Epochs to train at most.
+      epochs_between_evals: Evaluate on the test split every this many epochs.
+      stop_threshold: Stop once test accuracy reaches this (0 to 1).
+      learning_rate: Adam's (peak) learning rate.
+      max_train_examples: Train on only this many examples; 0 means all.
+      tpu: 'local' on a TPU VM; empty elsewhere.
+    """
+    from mnistkit import training
+
+    config = training.TrainConfig.from_recipe(
+        recipe, data_dir=data.path, model_dir=model.path, batch_size=batch_size, train_epochs=train_epochs,
+        epochs_between_evals=epochs_between_evals, stop_threshold=stop_threshold, learning_rate=learning_rate,
+        max_train_examples=max_train_examples or None, tpu=tpu or None)
+    result = training.train(config)
+    model.metadata.update({"framework": "keras", "epochs": result["epochs"], "stopped_early": result["stopped_early"]})
+
+
+def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
+                   confusion_matrix: Output[ClassificationMetrics]) -> float:
+    """Evaluates the trained model on the test split.
+
+    Args:
+      data: The validated MNIST directory.
+      model: The trained model.
+      metrics: Test accuracy, loss and number of examples.
+      confusion_matrix: Rows are true digits, columns predicted ones.
+
+    Returns:
+      The test accuracy, for the export gate.
+    """
+    from mnistkit import evaluation
+
+    result = evaluation.evaluate(model.path, data.path)
+    for name in ("accuracy", "loss", "examples"):
+        metrics.log_metric(name, result[name])
+    confusion_matrix.log_confusion_matrix([str(d) for d in range(10)], result["confusion_matrix"])
+    return result["accuracy"]
+
+
+def check_accuracy(accuracy: float, min_accuracy: float, verdict: Output[Markdown]) -> bool:
+    """The export gate: passes when the test accuracy reaches `min_accuracy`.
+
+    Args:
+      accuracy: The test accuracy evaluate_model measured.
+      min_accuracy: The accuracy a model needs to be exported (0 to 1).
+      verdict: One sentence saying whether the model is exported, and why.
+
+    Returns:
+      Whether the model is exported.
+    """
+    passed = accuracy >= min_accuracy
+    text = (f"**Exported**: test accuracy {accuracy:.4f} reached min_accuracy {min_accuracy:.4f}.\n" if passed else
+            f"**Not exported**: test accuracy {accuracy:.4f} is below min_accuracy {min_accuracy:.4f}.\n")
+    with open(verdict.path, "w") as f:
+        f.write(text)
+    print(text)
+    return passed
+
+
+def export_model(model: Input[Model], saved_model: Output[Model]):
+    """Exports the trained model as a SavedModel with the `classify` signature.
+
+    Args:
+      model: The trained model.
+      saved_model: Holds one timestamped SavedModel directory; metadata
+        `export_uri` is its full URI, the one to serve or register.
+    """
+    import os
+
+    from mnistkit import exporting
+
+    path = exporting.export(model.path, saved_model.path)
+    saved_model.metadata.update({"framework": "tensorflow", "signature": exporting.SIGNATURE,
+                                 "export_uri": saved_model.uri.rstrip("/") + "/" + os.path.basename(path)})

@@ -1,0 +1,1 @@
+"""The mnist-training pipeline, its compiler, local runner and Vertex AI submitter."""

@@ -1,0 +1,77 @@
+"""`python pipelines/compile.py`: write the compiled mnist-training pipeline YAML, offline, in seconds.
+
+The flags choose what KFP cannot take at run time: the training hardware and
+the image registry and tag. Everything else is a pipeline parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from components import images  # noqa: E402
+from pipelines import hardware  # noqa: E402
+
+DEFAULT_OUTPUT = os.path.join(REPO, "mnist_pipeline.yaml")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compile.py", description=__doc__.splitlines()[0])
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help="Where the YAML goes (default: %(default)s).")
+    p.add_argument("--hardware", default="cpu", help=f"Training hardware: {', '.join(hardware.KINDS)}.")
+    p.add_argument("--machine_type", help="Machine type of the training step (gpu, multiworker: a Compute Engine "
+                   f"type such as g2-standard-8; tpu: one of {', '.join(hardware.TPU_MACHINES)}).")
+    p.add_argument("--accelerator_type", help=f"GPU ({', '.join(hardware.GPU_TYPES)}) or TPU type "
+                   "(TPU_V2, TPU_V3, TPU_V5_LITEPOD, TPU_V6E).")
+    p.add_argument("--accelerator_count", type=int, help="GPUs per machine, or TPU chips per host.")
+    p.add_argument("--replica_count", type=int, help="Machines of a multi-worker (or multi-host TPU) job.")
+    p.add_argument("--tpu_topology", help="Slice shape of a multi-host TPU v5e/v6e job, e.g. 4x4.")
+    p.add_argument("--registry", help=f"Image registry (default ${images.REGISTRY_ENV} or {images.DEFAULT_REGISTRY}).")
+    p.add_argument("--tag", help=f"Image tag (default ${images.TAG_ENV} or the mnistkit version).")
+    return p
+
+
+def compile_pipeline(output: str, hw: hardware.Hardware, registry: str | None = None, tag: str | None = None) -> str:
+    """Compiles the pipeline for `hw` to `output`, atomically; returns the path."""
+    from kfp import compiler
+
+    from pipelines import pipeline
+
+    for kind in ("cpu", hw.image_kind):
+        images.image_uri(kind, registry, tag)  # Refuses a bad registry or tag before compiling.
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise ValueError(f"--output {output}: expected a path in an existing directory, found no {directory}")
+    partial = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(output)}")
+    try:
+        compiler.Compiler().compile(pipeline.build(hw, registry, tag), partial)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        hw = hardware.resolve(args.hardware, args.machine_type, args.accelerator_type, args.accelerator_count,
+                              args.replica_count, args.tpu_topology)
+        path = compile_pipeline(args.output, hw, args.registry, args.tag)
+    except ValueError as e:
+        print(f"compile.py: error: {e}", file=sys.stderr)
+        return 1
+    where = f"{hw.kind}" + (f", {hw.machine_type}" if hw.machine_type else "") + \
+        (f", {hw.accelerator_count} x {hw.accelerator_type}" if hw.accelerator_type else "") + \
+        (f", {hw.replica_count} replicas" if hw.replica_count > 1 else "") + \
+        (f", topology {hw.tpu_topology}" if hw.tpu_topology else "")
+    print(f"wrote {path} (training on {where}; images {images.image_uri(hw.image_kind, args.registry, args.tag)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Checking `NAME=VALUE` overrides against a compiled pipeline before a run starts.
+
+The compiled template gives each parameter's type; `pipeline.PARAMETER_RULES`
+adds the ranges the types cannot say (a threshold in [0, 1], at least one
+epoch). A bad override is refused here, before anything leaves the machine,
+with a message that names it, says what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import math
+
+import yaml
+
+from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_RULES
+
+_TYPE_NAMES = {"STRING": "a string", "NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number",
+               "BOOLEAN": "true or false", "LIST": "a JSON list", "STRUCT": "a JSON object"}
+
+
+class ParameterError(ValueError):
+    """An override the pipeline cannot take."""
+
+
+def template_parameters(template_path: str) -> dict[str, dict]:
+    """The pipeline parameters of a compiled template: name -> {parameterType, defaultValue, ...}."""
+    try:
+        with open(template_path) as f:
+            template = yaml.safe_load(f)
+    except OSError as e:
+        raise ParameterError(f"{template_path}: expected a compiled pipeline (python pipelines/compile.py), "
+                             f"found none ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{template_path}: expected a compiled pipeline YAML, found unparsable text") from e
+    try:
+        return dict(template["root"]["inputDefinitions"]["parameters"])
+    except (KeyError, TypeError) as e:
+        raise ParameterError(f"{template_path}: expected a KFP pipeline spec with root.inputDefinitions, "
+                             "found none") from e
+
+
+def _convert(name: str, text: str, kind: str):
+    expected = _TYPE_NAMES.get(kind, kind)
+    try:
+        if kind == "NUMBER_INTEGER":
+            return int(text.strip())
+        if kind == "NUMBER_DOUBLE":
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        if kind == "BOOLEAN":
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false"):
+                raise ValueError
+            return lowered == "true"
+        if kind in ("LIST", "STRUCT"):
+            import json
+
+            value = json.loads(text)
+            if not isinstance(value, list if kind == "LIST" else dict):
+                raise ValueError
+            return value
+        return text
+    except ValueError:
+        raise ParameterError(f"parameter {name}: expected {expected}, found {text!r}") from None
+
+
+def _check_range(name: str, value) -> None:
+    low, high, choices = PARAMETER_RULES.get(name, (None, None, None))
+    if choices is not None and value not in choices:
+        raise ParameterError(f"parameter {name}: expected one of {', '.join(choices)}, found {value!r}")
+    exclusive = name in EXCLUSIVE_MINIMUM
+    too_low = low is not None and (value <= low if exclusive else value < low)
+    if too_low or (high is not None and value > high):
+        if low is not None and high is not None:
+            expected = f"a value in {'(' if exclusive else '['}{low}, {high}]"
+        elif low is not None:
+            expected = f"above {low}" if exclusive else f"at least {low}"
+        else:
+            expected = f"at most {high}"
+        raise ParameterError(f"parameter {name}: expected {expected}, found {value!r}")
+
+
+def parse_overrides(overrides: list[str], parameters: dict[str, dict]) -> dict:
+    """Turns ['NAME=VALUE', ...] into typed values the pipeline accepts.
+
+    Args:
+      overrides: each 'NAME=VALUE'; VALUE is read as the parameter's type.
+      parameters: template_parameters() of the pipeline.
+
+    Raises:
+      ParameterError: a malformed item, an unknown name, a repeated name, a
+        value of the wrong type or out of range.
+    """
+    values = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"override {item!r}: expected NAME=VALUE")
+        if name not in parameters:
+            raise ParameterError(f"parameter {name}: unknown; the pipeline takes {', '.join(sorted(parameters))}")
+        if name in values:
+            raise ParameterError(f"parameter {name}: given more than once")
+        values[name] = _convert(name, text, parameters[name]["parameterType"])
+    check_values(values, parameters)
+    return values
+
+
+def check_values(values: dict, parameters: dict[str, dict]) -> None:
+    """Checks already-typed values (names, types, ranges); raises ParameterError."""
+    for name, value in values.items():
+        if name not in parameters:
+            raise ParameterError(f"parameter {name}: unknown; the pipeline takes {', '.join(sorted(parameters))}")
+        kind = parameters[name]["parameterType"]
+        ok = {"NUMBER_INTEGER": isinstance(value, int) and not isinstance(value, bool),
+              "NUMBER_DOUBLE": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "BOOLEAN": isinstance(value, bool), "STRING": isinstance(value, str),
+              "LIST": isinstance(value, list), "STRUCT": isinstance(value, dict)}.get(kind, True)
+        if not ok:
+            raise ParameterError(f"parameter {name}: expected {_TYPE_NAMES.get(kind, kind)}, found {value!r}")
+        _check_range(name, value)
+    missing = [n for n, p in parameters.items() if not p.get("isOptional") and n not in values]
+    if missing:
+        raise ParameterError(f"parameters {', '.join(missing)}: required by the pipeline, not given")

@@ -1,0 +1,124 @@
+"""`python pipelines/submit.py`: submit the compiled mnist-training pipeline to Vertex AI Pipelines.
+
+Everything is checked here before anything leaves the machine: the template,
+each `--param NAME=VALUE` against the template's parameter types and the
+pipeline's ranges, the labels, the pipeline root and the service account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from pipelines import parameters  # noqa: E402
+
+DEFAULT_TEMPLATE = os.path.join(REPO, "mnist_pipeline.yaml")
+_PROJECT = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]+$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_REGISTRY_HOST = re.compile(r"^https?://\S+/\S+$")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="submit.py", description=__doc__.splitlines()[0])
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="Compiled pipeline YAML (default %(default)s).")
+    p.add_argument("--project", required=True, help="Google Cloud project ID.")
+    p.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1.")
+    p.add_argument("--pipeline_root", required=True, help="gs://BUCKET/PATH where the run's artifacts go.")
+    p.add_argument("--service_account", required=True,
+                   help="Service account the run acts as (NAME@PROJECT.iam.gserviceaccount.com).")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="Override a pipeline parameter, e.g. --param train_epochs=5 (repeatable).")
+    p.add_argument("--caching", choices=("on", "off"),
+                   help="Reuse results of identical earlier steps; default: the template's per-step setting.")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="Run label (repeatable).")
+    p.add_argument("--display_name", help="Run name in the console (default: the pipeline's name).")
+    p.add_argument("--wait", action="store_true", help="Wait for the run to end; exit 1 unless it succeeded.")
+    p.add_argument("--upload_to", metavar="URL",
+                   help="Also upload the template to a KFP repository in Artifact Registry, "
+                        "https://REGION-kfp.pkg.dev/PROJECT/REPO.")
+    p.add_argument("--upload_tag", action="append", default=[], help="Tag of the uploaded template (repeatable).")
+    p.add_argument("--api_endpoint", help="Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com).")
+    return p
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise ValueError(f"--label {item!r}: expected KEY=VALUE, the key a lowercase letter then up to 62 of "
+                             "[a-z0-9_-], the value up to 63 of [a-z0-9_-]")
+        labels[key] = value
+    return labels
+
+
+def check(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Checks every argument; returns (parameter values, labels). Raises ValueError."""
+    if not _PROJECT.match(args.project):
+        raise ValueError(f"--project: expected a project ID (6-30 of [a-z0-9-], starting with a letter), "
+                         f"found {args.project!r}")
+    if not _REGION.match(args.region):
+        raise ValueError(f"--region: expected a region such as us-central1, found {args.region!r}")
+    if not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", args.pipeline_root):
+        raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH] with a bucket name of 3-222 of "
+                         f"[a-z0-9._-], found {args.pipeline_root!r}")
+    if not _ACCOUNT.match(args.service_account):
+        raise ValueError(f"--service_account: expected an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, "
+                         f"found {args.service_account!r}")
+    if args.upload_to and not _REGISTRY_HOST.match(args.upload_to):
+        raise ValueError(f"--upload_to: expected https://REGION-kfp.pkg.dev/PROJECT/REPO, found {args.upload_to!r}")
+    if args.upload_tag and not args.upload_to:
+        raise ValueError("--upload_tag: expected together with --upload_to, found no --upload_to")
+    values = parameters.parse_overrides(args.param, parameters.template_parameters(args.template))
+    return values, _labels(args.label)
+
+
+def submit(args: argparse.Namespace, values: dict, labels: dict):
+    """Uploads the template when asked, then creates the pipeline job; returns it."""
+    from google.cloud import aiplatform
+
+    if args.upload_to:
+        from kfp.registry import RegistryClient
+
+        package, version = RegistryClient(host=args.upload_to).upload_pipeline(
+            args.template, tags=args.upload_tag or None)
+        print(f"uploaded {args.template} to {args.upload_to} as {package} {version}")
+    aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
+    job = aiplatform.PipelineJob(
+        display_name=args.display_name or "mnist-training", template_path=args.template,
+        pipeline_root=args.pipeline_root, parameter_values=values, labels=labels or None,
+        enable_caching=None if args.caching is None else args.caching == "on")
+    job.submit(service_account=args.service_account)
+    print(f"submitted {job.resource_name}")
+    if args.wait:
+        job.wait()
+    return job
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        values, labels = check(args)
+    except ValueError as e:
+        print(f"submit.py: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        job = submit(args, values, labels)
+    except RuntimeError as e:  # What PipelineJob.wait raises when the run failed or was cancelled.
+        print(f"submit.py: error: {e}", file=sys.stderr)
+        return 1
+    if args.wait:
+        print(f"{job.resource_name}: {job.state.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
