@@ -42,7 +42,11 @@ def export(model_dir: str, export_dir: str) -> str:
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir}: expected a directory to export into, found a file")
     module = _Serving(for_inference(training.load_model(model_dir)))
-    os.makedirs(export_dir, exist_ok=True)
+    try:
+        os.makedirs(export_dir, exist_ok=True)
+    except OSError as e:  # A parent that is a file, a read-only file system, no permission.
+        raise PermissionError(f"{export_dir}: expected a writable export directory, found that it cannot be "
+                              f"created ({e.strerror})") from e
     if not os.access(export_dir, os.W_OK):
         raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
     stamp = int(time.time())

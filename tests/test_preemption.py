@@ -14,12 +14,12 @@ import pytest
 from tests import synthetic
 from tests.conftest import REPO
 
-# 1,200 examples in batches of 40 with 3 steps per compiled call: an epoch
+# 800 examples in batches of 40 with 2 steps per compiled call: an epoch
 # lasts a few seconds here and logs ten progress lines, so a test can aim a
 # signal at the middle of one.
-STEPS_PER_EPOCH = 30
+STEPS_PER_EPOCH = 20
 TRAIN_FLAGS = ["--recipe", "seed", "--learning_rate", "1e-3", "--batch_size", "40", "--train_epochs", "2",
-               "--steps_per_loop", "3"]
+               "--steps_per_loop", "2"]
 # Synthetic digits are learnt in an epoch; resumed and uninterrupted runs must
 # land this close on 200 test examples.
 ACCURACY_NOISE = 0.05
@@ -96,7 +96,7 @@ def assert_checkpoint_restores(model_dir) -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return synthetic.write_dataset(tmp_path_factory.mktemp("preemption-data"), n_train=1200, n_test=200)
+    return synthetic.write_dataset(tmp_path_factory.mktemp("preemption-data"), n_train=800, n_test=200)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +120,12 @@ def assert_same_outcome(model_dir, uninterrupted):
 def test_sigterm_saves_mid_epoch_and_the_rerun_resumes_at_that_step(data_dir, tmp_path, uninterrupted):
     model_dir = str(tmp_path / "model")
     first = Trainer(data_dir, model_dir, tmp_path / "first.log")
-    first.wait_for(r"epoch 1: step 9 of 30")
+    first.wait_for(r"epoch 1: step 6 of 20")
     first.proc.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 143, first.log()[-3000:]
     assert re.search(r"SIGTERM at epoch 1, step \d+: saved .*ckpt-\d+; rerun to resume", first.log())
     epoch, step = checkpoint_position(model_dir)
-    assert epoch == 0 and 9 <= step < STEPS_PER_EPOCH, (epoch, step)
+    assert epoch == 0 and 6 <= step < STEPS_PER_EPOCH, (epoch, step)
 
     second = Trainer(data_dir, model_dir, tmp_path / "second.log")
     assert second.wait() == 0, second.log()[-3000:]
@@ -139,7 +139,7 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_resumes_at_that_step(data_dir, tm
 def test_sigkill_mid_epoch_loses_at_most_that_epoch(data_dir, tmp_path, uninterrupted):
     model_dir = str(tmp_path / "model")
     first = Trainer(data_dir, model_dir, tmp_path / "first.log")
-    first.wait_for(r"epoch 2: step 9 of 30")  # Epoch 1 is checkpointed and evaluated; epoch 2 is running.
+    first.wait_for(r"epoch 2: step 6 of 20")  # Epoch 1 is checkpointed and evaluated; epoch 2 is running.
     first.proc.kill()
     assert first.wait(timeout=30) == -signal.SIGKILL
     assert checkpoint_position(model_dir) == (1, 0)

@@ -1,0 +1,181 @@
+"""Bad inputs through the real commands: each exits non-zero with one line naming the input, expected and found."""
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnistkit import idx
+from tests import synthetic
+from tests.conftest import REPO
+
+LABELS = os.path.join("{d}", idx.TRAIN.labels)
+IMAGES = os.path.join("{d}", idx.TRAIN.images)
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(result, prog) -> str:
+    """The one error line a command printed; fails unless it exited 1 with exactly that and no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def write_raw(path, payload: bytes, compress=True):
+    with open(path, "wb") as f:
+        f.write(gzip.compress(payload, mtime=0) if compress else payload)
+
+
+def truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def idx_bytes(array) -> bytes:
+    """The uncompressed IDX encoding of `array` (as write_idx would gzip it)."""
+    array = np.asarray(array, dtype=np.uint8)
+    return (bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes())
+
+
+# Each case breaks one file of a good data directory; the message must name
+# the file, the field, what was expected and what was found.
+CASES = {
+    "wrong magic": (lambda d: write_raw(LABELS.format(d=d), idx_bytes(np.zeros((600, 28, 28)))),
+                    idx.TRAIN.labels, "magic number: expected 2049, found 2051"),
+    "truncated idx": (lambda d: write_raw(IMAGES.format(d=d), idx_bytes(np.zeros((600, 28, 28)))[:-100]),
+                      idx.TRAIN.images, "length: expected 470416 bytes for shape (600, 28, 28), found 470316 bytes"),
+    "truncated gzip": (lambda d: truncate(IMAGES.format(d=d), 500),
+                       idx.TRAIN.images, "gzip stream: expected a complete gzip stream, found a broken one"),
+    "not gzip": (lambda d: write_raw(LABELS.format(d=d), idx_bytes(np.zeros(600)), compress=False),
+                 idx.TRAIN.labels, "format: expected gzip data (first bytes 1f 8b), found first bytes 00 00"),
+    "label out of range": (lambda d: write_raw(LABELS.format(d=d), idx_bytes([3] * 599 + [12])),
+                           idx.TRAIN.labels, "label: expected values in 0..9, found 12 at index 599"),
+    "counts disagree": (lambda d: write_raw(LABELS.format(d=d), idx_bytes([1] * 500)),
+                        idx.TRAIN.images, "count: expected 500 images, as many as train-labels-idx1-ubyte.gz has "
+                        "labels, found 600"),
+    "wrong image size": (lambda d: write_raw(IMAGES.format(d=d), idx_bytes(np.zeros((600, 20, 20)))),
+                         idx.TRAIN.images, "image size: expected 28x28, found 20x20"),
+    "empty file": (lambda d: write_raw(LABELS.format(d=d), b"", compress=False),
+                   idx.TRAIN.labels, "size: expected a gzipped IDX file, found an empty file (0 bytes)"),
+    "missing file": (lambda d: os.remove(IMAGES.format(d=d)),
+                     idx.TRAIN.images, "file: expected an existing file, found no such file"),
+    "no data dir": (lambda d: shutil.rmtree(d), "", "data directory: expected an existing directory, "
+                    "found no such directory"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_data_is_refused_by_mnist_validate(case, tmp_path):
+    data_dir = synthetic.write_dataset(tmp_path / "data")
+    breaks, name, message = CASES[case]
+    breaks(data_dir)
+    line = error_line(run("-m", "mnistkit.validate", "--data_dir", data_dir, "--nocanonical", "--report_dir",
+                          str(tmp_path / "report")), "mnist-validate")
+    named = os.path.join(data_dir, name) if name else data_dir
+    assert line.startswith(f"mnist-validate: error: {named}: {message}"), line
+    assert not (tmp_path / "report").exists()  # Nothing half-written.
+
+
+def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
+    data_dir = synthetic.write_dataset(tmp_path / "data")
+    write_raw(LABELS.format(d=data_dir), idx_bytes([3] * 599 + [12]))
+    model_dir = tmp_path / "model"
+    line = error_line(run("-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", str(model_dir)),
+                      "mnist-train")
+    assert f"{LABELS.format(d=data_dir)}: label: expected values in 0..9, found 12 at index 599" in line
+    assert not os.listdir(model_dir)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--train_epochs", "0", "train_epochs: expected at least 1, found 0"),
+    ("--batch_size", "0", "batch_size: expected at least 1, found 0"),
+    ("--stop_threshold", "1.5", "stop_threshold: expected in [0, 1], found 1.5"),
+])
+def test_training_parameters_out_of_range(flag, value, message, synthetic_data, tmp_path):
+    line = error_line(run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir",
+                          str(tmp_path / "model"), flag, value), "mnist-train")
+    assert line == f"mnist-train: error: {message}"
+
+
+def test_a_checkpoint_of_another_model_is_refused(synthetic_data, tmp_path):
+    import tensorflow as tf
+
+    from mnistkit.model import keras
+
+    model_dir = tmp_path / "model"
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    saved = tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(model_dir / "checkpoints"), 1).save()
+    line = error_line(run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir", str(model_dir)),
+                      "mnist-train")
+    assert line.startswith(f"mnist-train: error: {model_dir}: expected a checkpoint of this model to resume from, "
+                           f"found {saved}, which does not match it"), line
+    assert line.endswith("use --clean or another --model_dir")
+    assert not (model_dir / "model.keras").exists()
+
+
+def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
+    from mnistkit.model import create_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    create_model("channels_last").save(model_dir / "model.keras")
+    # Tests run as root, for whom chmod does not make a directory read-only:
+    # a path under a regular file cannot be created by anyone.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    export_dir = blocker / "export"
+    line = error_line(run("-m", "mnistkit.export", "--model_dir", str(model_dir), "--export_dir", str(export_dir)),
+                      "mnist-export")
+    assert line == (f"mnist-export: error: {export_dir}: expected a writable export directory, found that it "
+                    "cannot be created (Not a directory)")
+
+
+# --- Pipeline and submission parameters (pipelines/compile.py, pipelines/submit.py). -----------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hardware", "quantum"], "--hardware: expected one of cpu, gpu, multiworker, tpu, found 'quantum'"),
+    (["--hardware", "gpu", "--accelerator_type", "NVIDIA_TESLA_Z9"],
+     "--accelerator_type: expected one of NVIDIA_L4, "),
+])
+def test_compile_refuses_unknown_hardware(args, message, tmp_path):
+    output = tmp_path / "pipeline.yaml"
+    line = error_line(run("pipelines/compile.py", "--output", str(output), *args), "compile.py")
+    assert line.startswith(f"compile.py: error: {message}"), line
+    assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("template") / "pipeline.yaml"
+    result = run("pipelines/compile.py", "--output", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pipeline_root", "/tmp/artifacts"], "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    (["--pipeline_root", "s3://bucket/root"], "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    (["--param", "train_epochs=0"], "parameter train_epochs: expected at least 1, found 0"),
+    (["--param", "train_epochs=-3"], "parameter train_epochs: expected at least 1, found -3"),
+    (["--param", "batch_size=0"], "parameter batch_size: expected at least 1, found 0"),
+    (["--param", "stop_threshold=1.5"], "parameter stop_threshold: expected a value in [0.0, 1.0], found 1.5"),
+    (["--param", "stop_threshold=-0.1"], "parameter stop_threshold: expected a value in [0.0, 1.0], found -0.1"),
+    (["--service_account", "nobody"], "--service_account: expected an e-mail"),
+])
+def test_submit_refuses_bad_parameters_before_contacting_anything(args, message, template):
+    # Unroutable endpoints: a submission that got past the checks would fail differently.
+    line = error_line(run("pipelines/submit.py", "--template", template, "--project", "my-project-1",
+                          "--region", "us-central1", "--pipeline_root", "gs://my-bucket/root",
+                          "--service_account", "trainer@my-project-1.iam.gserviceaccount.com",
+                          "--api_endpoint", "http://127.0.0.1:9", *args), "submit.py")
+    assert line.startswith(f"submit.py: error: {message}"), line
