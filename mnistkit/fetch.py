@@ -49,9 +49,13 @@ def _copy_local(base: str, name: str, dest: str) -> None:
 def _copy_http(base: str, name: str, dest: str, timeout: float = 60.0) -> None:
     url = urllib.parse.urljoin(base if base.endswith("/") else base + "/", name)
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-        # http.client raises IncompleteRead when a body ends before its
-        # Content-Length; the checksum catches what a lying length would hide.
+        # http.client's read(amt) returns a short body without complaint when
+        # the server hangs up early (seen on Python 3.11), so count the bytes;
+        # the checksum catches what a lying Content-Length would hide.
         shutil.copyfileobj(response, out, 1 << 20)
+        expected = response.headers.get("Content-Length")
+        if expected is not None and out.tell() != int(expected):
+            raise OSError(f"{url}: body ended after {out.tell()} of the {expected} bytes announced")
 
 
 def _copy_gcs(base: str, name: str, dest: str) -> None:
