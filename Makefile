@@ -16,9 +16,11 @@ venv: $(VENV)/.installed
 test: venv
 	$(BIN)/python -m pytest -v -rs
 
+# e.g. make run RUN_ARGS='--source /path/to/mnist --param train_epochs=1'
+RUN_ARGS ?=
 run: venv
 	$(BIN)/python pipelines/compile.py
-	$(BIN)/python pipelines/run_local.py
+	$(BIN)/python pipelines/run_local.py $(RUN_ARGS)
 
 # Re-pin requirements.lock from a fresh resolve of setup.cfg.
 lock:

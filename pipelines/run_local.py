@@ -13,6 +13,7 @@ import glob
 import os
 import sys
 import tempfile
+import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -69,7 +70,15 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     os.makedirs(pipeline_root, exist_ok=True)
     # install_kfp_package=False in every component, so nothing is pip-installed;
     # use_venv=False runs the steps with this interpreter and its packages.
-    local.init(runner=local.SubprocessRunner(use_venv=False) if runner == "subprocess" else local.DockerRunner(),
+    # The images hold this same package, so running their steps in this
+    # environment is what is meant; kfp's warning about it is noise here.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                            category=RuntimeWarning)
+    # The images run as a non-root user that cannot write into a pipeline root
+    # this user created; running the containers as this user can, and leaves
+    # the artifacts owned by them.
+    local.init(runner=local.SubprocessRunner(use_venv=False) if runner == "subprocess"
+               else local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=pipeline_root)
     task = pipeline.build(registry=registry, tag=tag)(**arguments)
     verdict = task.outputs["verdict"]

@@ -1,0 +1,281 @@
+"""The pipeline: it compiles for every hardware choice with the right structure, and runs whole through kfp.local."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines import compile as compile_module
+from pipelines import hardware, pipeline, run_local
+from tests.conftest import REPO, serve_directory
+
+STEPS = ["download-data", "validate-data", "train-model", "evaluate-model", "check-accuracy", "export-model"]
+
+
+def _compile(tmp_path, hw, **images) -> dict:
+    path = compile_module.compile_pipeline(str(tmp_path / f"{hw.kind}.yaml"), hw, **images)
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _all_tasks(spec) -> dict:
+    """Every task of the pipeline, in the root DAG or a condition's, by name, with `_condition` (the
+    condition it runs under) and `_parent` (the condition task holding it)."""
+    tasks = {}
+
+    def walk(dag, condition, parent):
+        for name, task in dag["tasks"].items():
+            tasks[name] = {**task, "_condition": condition, "_parent": parent}
+            ref = task["componentRef"]["name"]
+            if "dag" in spec["components"][ref]:
+                walk(spec["components"][ref]["dag"], task.get("triggerPolicy", {}).get("condition"), name)
+
+    walk(spec["root"]["dag"], None, None)
+    return tasks
+
+
+def _upstream(tasks, name) -> set:
+    """Tasks that finish before `name` starts: its dependencies and those of the conditions holding it."""
+    found, todo = set(), [name]
+    while todo:
+        task = tasks[todo.pop()]
+        for dep in task.get("dependentTasks", []) + ([task["_parent"]] if task["_parent"] else []):
+            if dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return found
+
+
+def _worker_pools(spec) -> list:
+    return spec["components"]["comp-train-model"]["inputDefinitions"]["parameters"]["worker_pool_specs"][
+        "defaultValue"]
+
+
+def test_cpu_pipeline_has_the_steps_in_order_and_the_gate(tmp_path):
+    spec = _compile(tmp_path, hardware.Hardware())
+    assert spec["pipelineInfo"]["name"] == "mnist-training"
+    tasks = _all_tasks(spec)
+    assert set(STEPS) | {"register-model"} <= set(tasks)
+    # Each step runs after the one before it.
+    for before, step in zip(STEPS, STEPS[1:] + ["register-model"]):
+        assert before in _upstream(tasks, step), (before, step)
+    # The gate: export sits under a condition on the check's single boolean output.
+    condition = tasks["export-model"]["_condition"]
+    assert condition == "inputs.parameter_values['pipelinechannel--check-accuracy-Output'] == true"
+    assert tasks["register-model"]["_condition"] == "inputs.parameter_values['pipelinechannel--register'] == true"
+    for step in STEPS[:5]:
+        assert tasks[step]["_condition"] is None, step
+    # Every step names its image and nothing is pip-installed at start.
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == "localhost/mnistkit-cpu:0.1.0", name
+        assert "pip install" not in " ".join(container["command"]), name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["source"]["defaultValue"] == "gs://cvdf-datasets/mnist/"
+    assert {"batch_size", "train_epochs", "epochs_between_evals", "stop_threshold", "learning_rate", "recipe",
+            "min_accuracy", "register", "max_train_examples"} <= set(params)
+    # Docstrings become the descriptions users read in the Vertex AI console.
+    assert "export gate" in params["min_accuracy"]["description"]
+
+
+def test_pipeline_defaults_are_the_fast_recipe():
+    from mnistkit import training
+
+    import inspect
+    defaults = {k: v.default for k, v in inspect.signature(pipeline.build().pipeline_func).parameters.items()}
+    fast = training.RECIPES["fast"]
+    assert (defaults["batch_size"], defaults["train_epochs"], defaults["learning_rate"]) == \
+        (fast["batch_size"], fast["train_epochs"], fast["learning_rate"])
+    assert defaults["recipe"] == "fast" and 0 < defaults["min_accuracy"] <= defaults["stop_threshold"] <= 1
+
+
+def test_registry_and_tag_reach_every_image(tmp_path, monkeypatch):
+    spec = _compile(tmp_path, hardware.resolve("gpu"), registry="europe-docker.pkg.dev/p/r", tag="2024.1")
+    images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train-model") == "europe-docker.pkg.dev/p/r/mnistkit-gpu:2024.1"
+    assert set(images.values()) == {"europe-docker.pkg.dev/p/r/mnistkit-cpu:2024.1"}
+    monkeypatch.setenv("MNISTKIT_IMAGE_REGISTRY", "localhost:5000")
+    monkeypatch.setenv("MNISTKIT_IMAGE_TAG", "dev")
+    spec = _compile(tmp_path, hardware.Hardware())
+    assert spec["deploymentSpec"]["executors"]["exec-download-data"]["container"]["image"] == \
+        "localhost:5000/mnistkit-cpu:dev"
+
+
+def test_gpu_pipeline_sets_the_accelerator_on_the_training_task(tmp_path):
+    spec = _compile(tmp_path, hardware.resolve("gpu", accelerator_type="NVIDIA_TESLA_T4", accelerator_count=2))
+    train = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert train["image"] == "localhost/mnistkit-gpu:0.1.0"
+    assert train["resources"]["accelerator"] == {"resourceCount": "2", "resourceType": "NVIDIA_TESLA_T4",
+                                                 "count": "2", "type": "NVIDIA_TESLA_T4"}
+    others = [e["container"] for n, e in spec["deploymentSpec"]["executors"].items() if n != "exec-train-model"]
+    assert all("accelerator" not in c.get("resources", {}) for c in others)
+
+
+def test_gpu_with_a_machine_type_runs_training_as_a_custom_job(tmp_path):
+    spec = _compile(tmp_path, hardware.resolve("gpu", machine_type="g2-standard-8"))
+    (pool,) = _worker_pools(spec)
+    assert pool["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
+                                    "accelerator_count": 1}
+    assert pool["replica_count"] == 1
+    assert pool["container_spec"]["image_uri"] == "localhost/mnistkit-gpu:0.1.0"
+    launcher = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert "google_cloud_pipeline_components.container.v1.custom_job.launcher" in launcher["command"]
+
+
+def test_multiworker_pipeline_has_a_chief_and_workers(tmp_path):
+    spec = _compile(tmp_path, hardware.resolve("multiworker", replica_count=4, machine_type="n1-standard-16",
+                                               accelerator_type="NVIDIA_TESLA_T4", accelerator_count=1))
+    chief, workers = _worker_pools(spec)
+    assert (chief["replica_count"], workers["replica_count"]) == (1, 3)
+    for pool in (chief, workers):
+        assert pool["machine_spec"] == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
+                                        "accelerator_count": 1}
+        assert pool["container_spec"]["image_uri"] == "localhost/mnistkit-gpu:0.1.0"
+        assert "train_model" in pool["container_spec"]["args"]
+    cpu_only = _worker_pools(_compile(tmp_path, hardware.resolve("multiworker")))
+    assert [p["replica_count"] for p in cpu_only] == [1, 1]
+    assert cpu_only[0]["machine_spec"] == {"machine_type": "n1-standard-8"}
+    assert cpu_only[0]["container_spec"]["image_uri"] == "localhost/mnistkit-cpu:0.1.0"
+
+
+@pytest.mark.parametrize("machine, accelerator, chips, topology, hosts", [
+    ("cloud-tpu", "TPU_V3", 8, None, 1),
+    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, None, 1),
+    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "4x4", 4),
+])
+def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine, accelerator, chips, topology,
+                                                               hosts):
+    spec = _compile(tmp_path, hardware.resolve("tpu", machine_type=machine, accelerator_type=accelerator,
+                                               tpu_topology=topology))
+    pools = _worker_pools(spec)
+    assert sum(p["replica_count"] for p in pools) == hosts
+    for pool in pools:
+        expected = {"machine_type": machine, "accelerator_type": accelerator, "accelerator_count": chips}
+        if topology:
+            expected["tpu_topology"] = topology
+        assert pool["machine_spec"] == expected
+        assert pool["container_spec"]["image_uri"] == "localhost/mnistkit-tpu:0.1.0"
+    # The training step is told to use the TPU of its own VM.
+    train_inputs = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
+    assert train_inputs["tpu"]["runtimeValue"]["constant"] == "local"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hardware", "fpga"], "--hardware: expected one of cpu, gpu, multiworker, tpu, found 'fpga'"),
+    (["--hardware", "gpu", "--accelerator_type", "NVIDIA_K80"], "--accelerator_type: expected one of NVIDIA_L4,"),
+    (["--hardware", "gpu", "--accelerator_count", "3"], "--accelerator_count: expected one of 1, 2, 4, 8, 16, found 3"),
+    (["--hardware", "gpu", "--replica_count", "2"], "--replica_count: expected 1 for --hardware=gpu"),
+    (["--hardware", "cpu", "--accelerator_type", "NVIDIA_L4"], "--accelerator_type: expected no accelerator"),
+    (["--hardware", "multiworker", "--replica_count", "1"], "--replica_count: expected at least 2"),
+    (["--hardware", "multiworker", "--accelerator_type", "NVIDIA_L4"], "--machine_type: expected a machine type "
+     "that takes 1 x NVIDIA_L4"),
+    (["--hardware", "tpu", "--machine_type", "n1-standard-8"], "--machine_type: expected a TPU machine type, one of "
+     "cloud-tpu, ct5lp-hightpu-1t"),
+    (["--hardware", "tpu", "--machine_type", "cloud-tpu", "--accelerator_type", "TPU_V5_LITEPOD"],
+     "--accelerator_type: expected one of TPU_V2, TPU_V3 on cloud-tpu, found 'TPU_V5_LITEPOD'"),
+    (["--hardware", "tpu", "--accelerator_count", "8"], "--accelerator_count: expected 4, the chips of one "
+     "ct5lp-hightpu-4t host, found 8"),
+    (["--hardware", "tpu", "--tpu_topology", "3x3"], "--tpu_topology: expected a slice of a multiple of the 4 chips"),
+    (["--hardware", "tpu", "--machine_type", "cloud-tpu", "--tpu_topology", "2x2"], "--tpu_topology: expected no "
+     "topology with cloud-tpu"),
+    (["--hardware", "gpu", "--tpu_topology", "2x2"], "--tpu_topology: expected no topology unless --hardware=tpu"),
+    (["--tag", "bad tag"], "image tag: expected 1-128 of [A-Za-z0-9_.-]"),
+])
+def test_unknown_or_inconsistent_hardware_is_refused(tmp_path, capsys, argv, message):
+    output = tmp_path / "pipeline.yaml"
+    assert compile_module.main(["--output", str(output), *argv]) == 1
+    assert f"compile.py: error: {message}" in capsys.readouterr().err
+    assert not output.exists() and os.listdir(tmp_path) == []
+
+
+def test_compile_command_writes_the_default_yaml_offline_in_seconds(tmp_path):
+    output = tmp_path / "mnist_pipeline.yaml"
+    # Any attempt to reach the network would go to a dead proxy and fail.
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead, "http_proxy": dead,
+           "NO_PROXY": "", "no_proxy": ""}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "pipelines/compile.py", "--output", str(output), "--hardware", "tpu",
+                           "--machine_type", "cloud-tpu"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 30
+    assert f"wrote {output} (training on tpu, cloud-tpu, 8 x TPU_V3" in done.stdout
+    assert yaml.safe_load(output.read_text())["pipelineInfo"]["name"] == "mnist-training"
+    assert compile_module.DEFAULT_OUTPUT == os.path.join(REPO, "mnist_pipeline.yaml")
+
+
+# --- Whole local runs. -------------------------------------------------------------------------------------
+
+TINY = {"verify_checksums": False, "train_epochs": 1, "batch_size": 32, "max_train_examples": 600}
+
+
+@pytest.fixture(scope="module")
+def mirror(synthetic_data):
+    """The synthetic data set served over HTTP on 127.0.0.1, like a mirror."""
+    with serve_directory(synthetic_data) as url:
+        yield url
+
+
+def _run_ids(pipeline_root):
+    return sorted(os.listdir(pipeline_root))
+
+
+def test_whole_local_run_exports_a_model_that_classifies(mirror, tmp_path, synthetic_data):
+    import tensorflow as tf
+
+    from mnistkit import idx
+
+    result = run_local.run(str(tmp_path), {"source": mirror, **TINY, "min_accuracy": 0.5})
+    (run_dir,) = [os.path.join(tmp_path, r) for r in _run_ids(tmp_path)]
+    assert result["run_dir"] == run_dir
+    # Every step ran and left its outputs; export proves the gated branch really ran.
+    assert sorted(os.listdir(run_dir)) == sorted(STEPS)
+    assert sorted(os.listdir(os.path.join(run_dir, "download-data", "data"))) == sorted(idx.FILES)
+    with open(os.path.join(run_dir, "validate-data", "report")) as f:
+        assert "| train | 600 |" in f.read()
+    assert os.path.exists(os.path.join(run_dir, "train-model", "model", "model.keras"))
+    assert result["metrics"]["examples"] == 200 and result["metrics"]["accuracy"] >= 0.5
+    assert result["verdict"].startswith("**Exported**: test accuracy")
+    saved_model = result["saved_model"]
+    assert saved_model and os.path.dirname(saved_model) == os.path.join(run_dir, "export-model", "saved_model")
+    classify = tf.saved_model.load(saved_model).signatures["classify"]
+    images, labels = idx.load_split(synthetic_data, idx.TEST)
+    out = classify(image=tf.constant(images[:50].astype(np.float32) / 255.0))
+    assert out["probabilities"].shape == (50, 10)
+    assert np.mean(out["classes"].numpy() == labels[:50]) >= 0.5
+
+
+def test_unreachable_threshold_skips_export_and_says_why(mirror, tmp_path, capsys):
+    code = run_local.main(["--source", mirror, "--pipeline_root", str(tmp_path), "--param", "verify_checksums=false",
+                           "--param", "train_epochs=1", "--param", "max_train_examples=64", "--param", "batch_size=32",
+                           "--param", "learning_rate=0.000000001", "--param", "min_accuracy=0.99"])
+    assert code == 0
+    (run_dir,) = [os.path.join(tmp_path, r) for r in _run_ids(tmp_path)]
+    assert "export-model" not in os.listdir(run_dir)
+    assert {"train-model", "evaluate-model", "check-accuracy"} <= set(os.listdir(run_dir))
+    with open(os.path.join(run_dir, "check-accuracy", "verdict")) as f:
+        verdict = f.read()
+    assert verdict.startswith("**Not exported**: test accuracy 0.") and "below min_accuracy 0.9900" in verdict
+    out = capsys.readouterr().out
+    assert "gate: **Not exported**" in out and "SavedModel: none (not exported)" in out
+
+
+def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
+    code = run_local.main(["--source", "/nowhere", "--pipeline_root", str(tmp_path), "--param", "stop_threshold=7"])
+    assert code == 1
+    assert "run_local.py: error: parameter stop_threshold: expected a value in [0.0, 1.0], found 7.0" \
+        in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failing_step_fails_the_run_and_names_it(tmp_path, capsys):
+    code = run_local.main(["--source", str(tmp_path / "missing"), "--pipeline_root", str(tmp_path / "root")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "run_local.py: error:" in err and "download-data" in err
