@@ -174,6 +174,8 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
     """
     if config.attempts < 1:
         raise ValueError(f"attempts: expected at least 1, found {config.attempts}")
+    if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
+        raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
     copy = source_copier(config.source)
     os.makedirs(config.data_dir, exist_ok=True)
     _remove_stale_partials(config.data_dir)

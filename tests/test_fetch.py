@@ -277,3 +277,12 @@ def test_bad_source_is_refused_before_anything_is_written(tmp_path, source, expe
 def test_attempts_below_one_is_refused(tmp_path, labels_source):
     with pytest.raises(ValueError, match="attempts: expected at least 1, found 0"):
         fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "d"), source=labels_source, attempts=0))
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path, labels_source):
+    data_dir = tmp_path / "data"
+    data_dir.write_text("in the way")
+    with pytest.raises(ValueError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source))
+    assert str(e.value) == f"--data_dir {str(data_dir)!r}: expected a directory, found a file"
+    assert data_dir.read_text() == "in the way"
