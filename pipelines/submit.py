@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
                    help="Also upload the template to a KFP repository in Artifact Registry, "
                         "https://REGION-kfp.pkg.dev/PROJECT/REPO.")
     p.add_argument("--upload_tag", action="append", default=[], help="Tag of the uploaded template (repeatable).")
+    p.add_argument("--upload_only", action="store_true",
+                   help="Upload the template (with --upload_to) and submit no run, as Cloud Build does by default.")
     p.add_argument("--api_endpoint", help="Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com).")
     return p
 
@@ -75,6 +77,8 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
                          f"found {args.service_account!r}")
     if args.upload_to and not _REGISTRY_HOST.match(args.upload_to):
         raise ValueError(f"--upload_to: expected https://REGION-kfp.pkg.dev/PROJECT/REPO, found {args.upload_to!r}")
+    if args.upload_only and not args.upload_to:
+        raise ValueError("--upload_only: expected together with --upload_to, found no --upload_to")
     if args.upload_tag and not args.upload_to:
         raise ValueError("--upload_tag: expected together with --upload_to, found no --upload_to")
     values = parameters.parse_overrides(args.param, parameters.template_parameters(args.template))
@@ -82,7 +86,7 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def submit(args: argparse.Namespace, values: dict, labels: dict):
-    """Uploads the template when asked, then creates the pipeline job; returns it."""
+    """Uploads the template when asked, then creates the pipeline job; returns it (None with --upload_only)."""
     from google.cloud import aiplatform
 
     if args.upload_to:
@@ -91,6 +95,8 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
         package, version = RegistryClient(host=args.upload_to).upload_pipeline(
             args.template, tags=args.upload_tag or None)
         print(f"uploaded {args.template} to {args.upload_to} as {package} {version}")
+        if args.upload_only:
+            return None
     aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
     job = aiplatform.PipelineJob(
         display_name=args.display_name or "mnist-training", template_path=args.template,
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # What PipelineJob.wait raises when the run failed or was cancelled.
         print(f"submit.py: error: {e}", file=sys.stderr)
         return 1
-    if args.wait:
+    if job is not None and args.wait:
         print(f"{job.resource_name}: {job.state.name}")
     return 0
 
