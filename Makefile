@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test run lock clean
+.PHONY: venv test run images lock clean
 
 $(VENV)/.installed: setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ RUN_ARGS ?=
 run: venv
 	$(BIN)/python pipelines/compile.py
 	$(BIN)/python pipelines/run_local.py $(RUN_ARGS)
+
+# The images, tagged as pipelines/compile.py names them (images/README.md); e.g. make images KINDS='cpu gpu tpu'.
+KINDS ?= cpu
+images: venv
+	$(BIN)/python images/build.py $(addprefix --kind ,$(KINDS))
 
 # Re-pin requirements.lock from a fresh resolve of setup.cfg.
 lock:
