@@ -290,6 +290,21 @@ def test_the_image_runs_as_a_non_root_user_and_as_any_uid_given(cpu_image, tmp_p
 
 
 @pytest.mark.docker
+def test_the_image_holds_the_kfp_and_package_of_this_checkout(cpu_image):
+    """Components run with install_kfp_package=False: the image's kfp must be the one that compiles."""
+    import kfp
+
+    import mnistkit
+
+    out = _docker("run", "--rm", cpu_image, "python3", "-c",
+                  "import kfp, mnistkit, sys; print(kfp.__version__, mnistkit.__version__, sys.prefix)").stdout
+    assert out.split() == [kfp.__version__, mnistkit.__version__, "/opt/venv"]
+    # Installed, not a source checkout: the package lives in the venv's site-packages.
+    location = _docker("run", "--rm", cpu_image, "python3", "-c", "import mnistkit; print(mnistkit.__file__)").stdout
+    assert location.strip().startswith("/opt/venv/lib/python3.11/site-packages/mnistkit/")
+
+
+@pytest.mark.docker
 def test_bad_input_gives_the_same_one_line_error_inside_the_container(cpu_image, tmp_path):
     bad = tmp_path / "bad"
     synthetic.write_dataset(bad, n_train=20, n_test=10)
