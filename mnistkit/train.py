@@ -17,7 +17,8 @@ flags.DEFINE_integer("train_epochs", None, "Epochs to train at most (recipe: see
 flags.DEFINE_integer("epochs_between_evals", 1, "Evaluate on the test split every this many epochs.")
 flags.DEFINE_float("stop_threshold", None, "Stop once test accuracy reaches this (0 to 1).")
 flags.DEFINE_float("learning_rate", None, "Adam's (peak) learning rate (recipe: seed 1e-4).")
-flags.DEFINE_enum("schedule", None, ["constant", "cosine"], "Learning-rate schedule.")
+flags.DEFINE_enum("schedule", None, ["constant", "cosine", "epoch_cosine"],
+                  "Learning-rate schedule.")
 flags.DEFINE_enum("precision", None, ["auto", "float32", "mixed_bfloat16"], "Compute precision.")
 flags.DEFINE_enum("data_format", None, ["channels_first", "channels_last"],
                   "Tensor layout; by default channels_first on GPUs, channels_last elsewhere.")

@@ -1,0 +1,61 @@
+"""The benchmark suite runs end to end (--quick, synthetic data) and writes every figure it promises."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+SECTIONS = "throughput,recipe,download,serving"
+
+
+def _numbers(summary):
+    return [summary[k] for k in ("median", "min", "max")]
+
+
+def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
+    # The pipeline section runs the whole kfp.local pipeline twice (minutes);
+    # the suite's own tests keep to the sections that finish in seconds.
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", SECTIONS,
+                           "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    results = report["results"]
+    assert sorted(results) == sorted(SECTIONS.split(","))
+
+    figures = [results["throughput"][k]["examples_per_s"] for k in ("trainer", "keras_fit", "keras_fit_onednn")]
+    figures += [results["throughput"]["ratio_vs_keras_fit"], results["download"]["local_dir"]["total_s"],
+                results["download"]["http_loopback"]["total_s"], results["serving"]["batch1_p50_ms"],
+                results["serving"]["batch1_p99_ms"], results["serving"]["batch1000_examples_per_s"],
+                results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"]]
+    for summary in figures:
+        low, high = summary["min"], summary["max"]
+        assert all(math.isfinite(v) and v > 0 for v in _numbers(summary)), summary
+        assert low <= summary["median"] <= high
+    assert results["throughput"]["contenders"]["trainer"]["onednn"] == "1"
+    assert results["throughput"]["contenders"]["keras_fit"]["onednn"] == "TensorFlow default"
+    assert results["serving"]["batch1_p50_ms"]["median"] <= results["serving"]["batch1_p99_ms"]["median"]
+    # The synthetic digits are easy: one epoch of the default recipe learns them.
+    assert results["recipe"]["final_accuracy"]["median"] >= 0.9
+
+    table = (out / "results.md").read_text()
+    for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit (wall)", "test accuracy after epoch 1",
+                "http_loopback: download (verified) + validate", "batch-1 latency p50, ms",
+                "batch-1000 throughput"):
+        assert row in table, row
+    for line in table.splitlines():
+        if line.startswith("| 1 throughput | ratio trainer / plain"):
+            median = float(line.split("|")[3])
+            assert median == round(results["throughput"]["ratio_vs_keras_fit"]["median"], 2)
+
+
+def test_unknown_section_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "speed", "--output_dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "--sections: expected names from throughput" in proc.stderr and "'speed'" in proc.stderr
+    assert not os.listdir(tmp_path)
