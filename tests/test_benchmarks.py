@@ -48,7 +48,7 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
                 "batch-1000 throughput"):
         assert row in table, row
     for line in table.splitlines():
-        if line.startswith("| 1 throughput | ratio trainer / plain"):
+        if line.startswith("| 1 throughput | ratio trainer / plain Keras fit (wall)"):
             median = float(line.split("|")[3])
             assert median == round(results["throughput"]["ratio_vs_keras_fit"]["median"], 2)
 
