@@ -3,15 +3,15 @@
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def train_model(data: Input[Dataset], model: Output[Model], recipe: str = "fast", batch_size: int = 128,
-                train_epochs: int = 3, epochs_between_evals: int = 1, stop_threshold: float = 0.99,
-                learning_rate: float = 0.002, max_train_examples: int = 0, tpu: str = ""):
+def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_size: int, train_epochs: int,
+                epochs_between_evals: int, stop_threshold: float, learning_rate: float, max_train_examples: int = 0,
+                tpu: str = ""):
     """Trains the seed's CNN, evaluating every few epochs and stopping at a threshold.
 
     Args:
       data: The validated MNIST directory.
       model: model.keras, history.json, checkpoints and TensorBoard logs.
-      recipe: 'fast' (cosine schedule with warmup) or 'seed' (constant rate, float32).
+      recipe: 'fast' (per-epoch cosine schedule) or 'seed' (constant rate, float32).
       batch_size: Global batch size.
       train_epochs: Epochs to train at most.
       epochs_between_evals: Evaluate on the test split every this many epochs.

@@ -18,6 +18,7 @@ from kfp.dsl import Markdown, Metrics
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components import component  # noqa: E402
+from mnistkit import recipes  # noqa: E402
 from components.data import download_data, validate_data  # noqa: E402
 from components.model import check_accuracy, evaluate_model, export_model, train_model  # noqa: E402
 from components.registry import register_model  # noqa: E402
@@ -25,7 +26,9 @@ from pipelines.hardware import Hardware  # noqa: E402
 
 PIPELINE_NAME = "mnist-training"
 DEFAULT_SOURCE = "gs://cvdf-datasets/mnist/"
-RECIPES = ("fast", "seed")
+RECIPES = tuple(recipes.RECIPES)
+# The pipeline's defaults are the 'fast' recipe's, so that leaving them alone trains that recipe.
+FAST = recipes.RECIPES["fast"]
 # A prebuilt Vertex AI prediction image for TensorFlow SavedModels.
 DEFAULT_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 
@@ -62,11 +65,11 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         source: str = DEFAULT_SOURCE,
         verify_checksums: bool = True,
         recipe: str = "fast",
-        batch_size: int = 128,
-        train_epochs: int = 3,
+        batch_size: int = FAST["batch_size"],
+        train_epochs: int = FAST["train_epochs"],
         epochs_between_evals: int = 1,
         stop_threshold: float = 0.99,
-        learning_rate: float = 0.002,
+        learning_rate: float = FAST["learning_rate"],
         max_train_examples: int = 0,
         min_accuracy: float = 0.98,
         register: bool = False,
@@ -80,7 +83,7 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
             or a directory.
           verify_checksums: Require MNIST's own files (SHA-256 and canonical
             sizes); False accepts any well-formed IDX files.
-          recipe: 'fast' (cosine schedule with warmup, bfloat16 where the
+          recipe: 'fast' (per-epoch cosine schedule, bfloat16 where the
             hardware has it) or 'seed' (constant rate, float32). For the seed's
             own run also set batch_size 100, learning_rate 0.0001, train_epochs 40.
           batch_size: Global batch size.
