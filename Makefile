@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg requirements.lock
 venv: $(VENV)/.installed
 
 test: venv
-	$(BIN)/python -m pytest -v -rs
+	$(BIN)/python -m pytest -v -rs --durations=15
 
 # e.g. make run RUN_ARGS='--source /path/to/mnist --param train_epochs=1'
 RUN_ARGS ?=

@@ -51,7 +51,17 @@ def measure(source: str, arguments: dict, rounds: int = 1) -> dict:
         return {"status": "not yet measured: pipelines/run_local.py does not exist in this checkout"}
     import json
 
-    arguments = {"recipe": "fast", "verify_checksums": True, "min_accuracy": 0.0, **arguments}
+    # Both sides get every training argument spelled out, starting from the
+    # pipeline's own defaults: left to themselves they differ (the pipeline
+    # stops at its stop_threshold, the library's default has none).
+    import inspect
+
+    from pipelines import pipeline
+
+    defaults = {k: v.default for k, v in inspect.signature(pipeline.build().pipeline_func).parameters.items()}
+    shared = ("recipe", "verify_checksums", "batch_size", "train_epochs", "stop_threshold", "learning_rate",
+              "max_train_examples")
+    arguments = {**{k: defaults[k] for k in shared}, "min_accuracy": 0.0, **arguments}
     params = [f"--param={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in arguments.items()]
     pipeline_s, process_s = [], []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
