@@ -172,7 +172,7 @@ def test_recipes():
     overridden = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m", batch_size=None,
                                                   train_epochs=2)
     assert (overridden.batch_size, overridden.train_epochs) == (100, 2)
-    with pytest.raises(ValueError, match="recipe: expected one of seed, fast, found 'slow'"):
+    with pytest.raises(ValueError, match="recipe: expected one of fast, seed, found 'slow'"):
         training.TrainConfig.from_recipe("slow", data_dir="d", model_dir="m")
 
 
