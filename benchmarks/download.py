@@ -8,31 +8,12 @@ runs. No TensorFlow is imported here, as the pipeline's data steps import none.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import os
 import shutil
 import tempfile
-import threading
 
 from benchmarks.common import Timer, summary
-
-
-@contextlib.contextmanager
-def _http_mirror(directory: str):
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=directory))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+from tests.servers import serve_directory
 
 
 def _is_real_mnist(data_dir: str) -> bool:
@@ -49,7 +30,7 @@ def measure(data_dir: str, rounds: int = 3) -> dict:
     real = _is_real_mnist(data_dir)
     results = {"real_mnist": real, "checksums_verified": real, "bytes": sum(
         os.path.getsize(os.path.join(data_dir, n)) for n in os.listdir(data_dir) if n.endswith(".gz"))}
-    with _http_mirror(data_dir) as url:
+    with serve_directory(data_dir) as url:
         for kind, source in (("local_dir", data_dir), ("http_loopback", url)):
             download_s, validate_s, total_s = [], [], []
             for _ in range(rounds):

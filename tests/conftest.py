@@ -1,18 +1,16 @@
 """Fixtures shared by the test tiers: synthetic data, the real MNIST mirror, a GCS emulator, an HTTP mirror."""
 
 import contextlib
-import functools
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from tests import synthetic
+from tests.servers import serve_directory  # noqa: F401  (tests import it from here)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,22 +90,3 @@ def upload_dir(bucket_name: str, prefix: str, directory: str) -> str:
 def gcs_mnist(gcs_emulator, mnist_dir) -> str:
     """The real MNIST files on the emulator as gs://cvdf-datasets/mnist/, like the CVDF mirror."""
     return upload_dir("cvdf-datasets", "mnist", mnist_dir)
-
-
-@contextlib.contextmanager
-def serve_directory(directory: str, handler_class=None):
-    """Serves `directory` over HTTP on 127.0.0.1; yields the base URL."""
-    handler_class = handler_class or http.server.SimpleHTTPRequestHandler
-
-    class Quiet(handler_class):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=directory))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -8,7 +8,6 @@ reaches the internet.
 """
 
 import json
-import os
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
