@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnistkit import distribution, files, idx
+from mnistkit.optimizers import FusedAdam
 from mnistkit.recipes import RECIPES
 from mnistkit.model import create_model, keras
 
@@ -195,7 +196,7 @@ class Trainer:
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)
             self.model = create_model(config.data_format, self.precision)
-            self.optimizer = keras.optimizers.Adam(learning_rate_schedule(config, self.steps_per_epoch))
+            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch))
             self.optimizer.build(self.model.trainable_variables)
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables

@@ -1,0 +1,95 @@
+"""FusedAdam makes the same updates as Keras' Adam, alone and under MirroredStrategy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_both(strategy_name: str, steps: int = 5) -> dict:
+    """Applies the same gradients with each optimizer to copies of the seed's model; returns how far apart they end.
+
+    The gradients are fixed arrays, not computed from the weights: Adam
+    divides by the root of tiny second moments, so a computed gradient turns
+    float rounding in one step into visible differences a few steps later.
+    """
+    import tensorflow as tf
+
+    from mnistkit.model import create_model, keras
+    from mnistkit.optimizers import FusedAdam
+    from mnistkit.training import EpochCosine
+
+    if strategy_name == "mirrored":
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    else:
+        strategy = tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    runs, initial, gradients = {}, None, None
+    for name, optimizer_class in (("keras", keras.optimizers.Adam), ("fused", FusedAdam)):
+        with strategy.scope():
+            model = create_model("channels_last")
+            optimizer = optimizer_class(EpochCosine(2e-3, steps_per_epoch=steps, warmup_steps=2))
+            optimizer.build(model.trainable_variables)  # As the trainer does: slots made in the scope.
+        if initial is None:
+            initial = [w.copy() for w in model.get_weights()]
+            # Gradients over six orders of magnitude, as a real step has.
+            gradients = [[(rng.standard_normal(w.shape) * 10.0 ** rng.integers(-6, 0, w.shape)).astype(np.float32)
+                          for w in initial] for _ in range(steps)]
+        model.set_weights(initial)
+
+        @tf.function
+        def apply(grads):
+            def replica_fn(grads):
+                # Each replica's gradient is `grads` scaled by 1/replicas: their sum, the all-reduced
+                # gradient, is `grads` again.
+                scale = 1.0 / tf.distribute.get_replica_context().num_replicas_in_sync
+                optimizer.apply_gradients(zip([g * scale for g in grads], model.trainable_variables))
+            strategy.run(replica_fn, args=(grads,))
+
+        for grads in gradients:
+            apply([tf.constant(g) for g in grads])
+        replicas = [getattr(v.value, "values", (v.value,)) for v in model.trainable_variables]
+        runs[name] = {"weights": model.get_weights(), "slots": [v.numpy() for v in optimizer.variables],
+                      "iterations": int(optimizer.iterations.numpy()), "replicas": len(replicas[0]),
+                      "replicas_diff": max(float(np.abs(c.numpy() - r[0].numpy()).max()) for r in replicas for c in r)}
+    keras_run, fused_run = runs["keras"], runs["fused"]
+    return {
+        "iterations": [keras_run["iterations"], fused_run["iterations"]],
+        "replicas": fused_run["replicas"],
+        "replicas_diff": fused_run["replicas_diff"],  # Every replica's copy of every weight alike.
+        "moved": float(max(np.abs(a - b).max() for a, b in zip(keras_run["weights"], initial))),
+        "weights_diff": float(max(np.abs(a - b).max() for a, b in zip(keras_run["weights"], fused_run["weights"]))),
+        # Relative to each slot's own scale: Adam's second moments are tiny.
+        "slots_rel_diff": float(max(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)
+                                    for a, b in zip(keras_run["slots"], fused_run["slots"]))),
+    }
+
+
+def _check(result: dict, replicas: int) -> None:
+    assert result["iterations"] == [5, 5]
+    assert result["replicas"] == replicas
+    assert result["replicas_diff"] == 0.0
+    assert result["moved"] > 1e-3  # The weights did change, so equal weights mean equal updates.
+    # Equal up to float rounding.
+    assert result["weights_diff"] < 1e-4 * result["moved"], result
+    assert result["slots_rel_diff"] < 1e-4, result
+
+
+def test_fused_adam_matches_keras_adam():
+    _check(_train_both("default"), replicas=1)
+
+
+@pytest.mark.timeout(300)
+def test_fused_adam_matches_keras_adam_under_mirrored_strategy():
+    # Two logical CPUs must be set up before TensorFlow starts: a fresh process.
+    code = "import json, sys; from tests import test_optimizers as t; print(json.dumps(t._train_both('mirrored')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check(json.loads(out.stdout.strip().splitlines()[-1]), replicas=2)
