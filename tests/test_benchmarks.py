@@ -16,8 +16,7 @@ def _numbers(summary):
 
 
 def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
-    # The pipeline section runs the whole kfp.local pipeline twice (minutes);
-    # the suite's own tests keep to the sections that finish in seconds.
+    # The pipeline section has a test of its own below.
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", SECTIONS,
                            "--data_dir", synthetic_data, "--output_dir", str(out)],
@@ -51,6 +50,23 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
         if line.startswith("| 1 throughput | ratio trainer / plain Keras fit (wall)"):
             median = float(line.split("|")[3])
             assert median == round(results["throughput"]["ratio_vs_keras_fit"]["median"], 2)
+
+
+def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data, tmp_path):
+    """The whole kfp.local pipeline once against the same steps in one process, both fixed at one epoch."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "pipeline",
+                           "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = json.loads((out / "results.json").read_text())["results"]["pipeline"]
+    assert p["arguments"]["train_epochs"] == 1 and p["arguments"]["stop_threshold"] == 1.0
+    pipeline_s, one_s = p["pipeline_s"]["median"], p["one_process_s"]["median"]
+    assert 0 < one_s and 0 < pipeline_s
+    assert math.isclose(p["ratio"]["median"], pipeline_s / one_s)
+    assert math.isclose(p["overhead_s"]["median"], pipeline_s - one_s)
+    table = (out / "results.md").read_text()
+    assert "| 3 pipeline | overhead ratio |" in table and "| 3 pipeline | overhead, seconds |" in table
 
 
 def test_unknown_section_is_a_one_line_error(tmp_path):
