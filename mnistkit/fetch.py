@@ -125,6 +125,15 @@ def _remove_stale_partials(data_dir: str) -> None:
             os.remove(os.path.join(data_dir, entry))
 
 
+def _is_permanent(error: Exception) -> bool:
+    """Whether another attempt cannot help: the mirror said the object is missing or refused (4xx but 408/429)."""
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return True  # A local source without the file.
+    # urllib's HTTPError and google.api_core's errors both carry the HTTP status as `code`.
+    code = getattr(error, "code", None)
+    return isinstance(code, int) and 400 <= code < 500 and code not in (408, 429)
+
+
 def fetch_file(copy: Callable[[str, str], None], name: str, config: DownloadConfig,
                sleep: Callable[[float], None] = time.sleep) -> str:
     """Fetches one file into `config.data_dir`, verified, or raises FetchError.
@@ -152,12 +161,15 @@ def fetch_file(copy: Callable[[str, str], None], name: str, config: DownloadConf
             os.replace(partial, target)
             log.info("%s: fetched from %s (attempt %d)", name, config.source, attempt)
             return target
-        except Exception as e:  # Any failure of a source is worth another try.
+        except Exception as e:  # Any other failure of a source is worth another try.
             error = e
             log.warning("%s: attempt %d of %d from %s failed: %s", name, attempt, config.attempts, config.source, e)
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
+        if _is_permanent(error):
+            raise FetchError(f"{name}: could not fetch it from {config.source}, which answered that it is missing "
+                             f"or refused, so it was not retried; error: {error}") from error
         if attempt < config.attempts:
             sleep(delay)
             delay *= 2

@@ -143,8 +143,9 @@ def test_gcs_object_with_wrong_bytes_under_the_real_name_is_refused(gcs_emulator
 def test_gcs_missing_object_fails_naming_it_and_the_real_mirror_verifies(gcs_mnist, tmp_path):
     missing = fetch.DownloadConfig(data_dir=str(tmp_path / "a"), source="gs://cvdf-datasets/elsewhere/",
                                    files=(idx.TEST.labels,), attempts=2, backoff_seconds=0.01)
-    with pytest.raises(fetch.FetchError, match=rf"^{idx.TEST.labels}: could not fetch a verified copy from "
-                                                r"gs://cvdf-datasets/elsewhere/ after 2 attempts; last error: 404"):
+    with pytest.raises(fetch.FetchError, match=rf"^{idx.TEST.labels}: could not fetch it from "
+                                                r"gs://cvdf-datasets/elsewhere/, which answered that it is missing "
+                                                r"or refused, so it was not retried; error: 404"):
         fetch.download(missing)
     assert left_in(tmp_path / "a") == []
     sums = fetch.download(config(tmp_path / "b", gcs_mnist))
