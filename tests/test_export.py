@@ -1,6 +1,9 @@
 """Evaluation (metrics, confusion matrix) and export (a SavedModel with the seed's signatures)."""
 
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -158,3 +161,17 @@ def test_a_failed_save_leaves_no_partial_directory(model_dir, tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         exporting.export(model_dir, str(export_dir))
     assert os.listdir(export_dir) == []
+
+
+def test_a_killed_writers_partial_export_is_removed_by_the_next_export(model_dir, tmp_path):
+    export_dir = tmp_path / "export"
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # Its pid names a writer that no longer runs.
+    dead = export_dir / f".partial-1700000000-{host}-{gone.pid}"
+    alive = export_dir / f".partial-1700000001-{host}-{os.getpid()}"
+    elsewhere = export_dir / ".partial-1700000002-another-host-1"
+    for partial in (dead, alive, elsewhere):
+        (partial / "variables").mkdir(parents=True)
+    path = exporting.export(model_dir, str(export_dir))
+    assert sorted(os.listdir(export_dir)) == sorted([os.path.basename(path), alive.name, elsewhere.name])
