@@ -9,7 +9,7 @@ from mnistkit import idx, training
 from mnistkit.model import for_inference
 
 
-def evaluate(model_dir: str, data_dir: str, batch_size: int = 1000) -> dict:
+def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATCH) -> dict:
     """Evaluates the model in `model_dir` on the test split of `data_dir`.
 
     Returns:

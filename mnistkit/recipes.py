@@ -4,8 +4,7 @@ Kept apart from training.py so that the pipeline can take its defaults from
 here without loading TensorFlow.
 """
 
-# Recipes: complete sets of the hyperparameters that matter. 'seed' is the
-# tensorflow/models r1 setting (Adam 1e-4, batch 100, 40 epochs, float32);
+# 'seed' is the tensorflow/models r1 setting (Adam 1e-4, batch 100, 40 epochs, float32);
 # 'fast' reaches the seed's accuracy in a few epochs (see the README's
 # performance section for the figures). The first is the default.
 RECIPES = {
@@ -20,3 +19,6 @@ RECIPES = {
     "seed": dict(batch_size=100, train_epochs=40, learning_rate=1e-4, schedule="constant",
                  warmup_epochs=0.0, precision="float32"),
 }
+
+SCHEDULES = ("constant", "cosine", "epoch_cosine")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")

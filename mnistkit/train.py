@@ -5,8 +5,9 @@ import sys
 from absl import flags, logging
 
 from mnistkit import cli
+from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 
-RECIPE = flags.DEFINE_enum("recipe", "fast", ["fast", "seed"],
+RECIPE = flags.DEFINE_enum("recipe", "fast", list(RECIPES),
                            "Hyperparameter set: 'seed' is tensorflow/models r1 (Adam 1e-4, batch 100, 40 "
                            "epochs); 'fast' reaches its accuracy in a few epochs. Flags below override it.")
 flags.DEFINE_string("data_dir", None, "Directory holding the four MNIST files.", required=True)
@@ -17,9 +18,8 @@ flags.DEFINE_integer("train_epochs", None, "Epochs to train at most (recipe: see
 flags.DEFINE_integer("epochs_between_evals", 1, "Evaluate on the test split every this many epochs.")
 flags.DEFINE_float("stop_threshold", None, "Stop once test accuracy reaches this (0 to 1).")
 flags.DEFINE_float("learning_rate", None, "Adam's (peak) learning rate (recipe: seed 1e-4).")
-flags.DEFINE_enum("schedule", None, ["constant", "cosine", "epoch_cosine"],
-                  "Learning-rate schedule.")
-flags.DEFINE_enum("precision", None, ["auto", "float32", "mixed_bfloat16"], "Compute precision.")
+flags.DEFINE_enum("schedule", None, list(SCHEDULES), "Learning-rate schedule.")
+flags.DEFINE_enum("precision", None, list(PRECISIONS), "Compute precision.")
 flags.DEFINE_enum("data_format", None, ["channels_first", "channels_last"],
                   "Tensor layout; by default channels_first on GPUs, channels_last elsewhere.")
 flags.DEFINE_enum("distribution_strategy", "default",

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from mnistkit import distribution, files, idx
 from mnistkit.optimizers import FusedAdam
-from mnistkit.recipes import RECIPES
+from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 from mnistkit.model import create_model, keras
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ HISTORY_FILE = "history.json"
 CONFIG_FILE = "train_config.json"
 EVAL_BATCH = 1000
 
-SCHEDULES = ("constant", "cosine", "epoch_cosine")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
 def resolve_precision(precision: str, tpu: str | None = None) -> str:
