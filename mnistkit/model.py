@@ -14,6 +14,41 @@ def default_data_format() -> str:
     return "channels_first" if tf.config.list_physical_devices("GPU") else "channels_last"
 
 
+@keras.utils.register_keras_serializable("mnistkit")
+class TransposedDense(keras.layers.Layer):
+    """A dense layer, `activation(x @ kernel.T + bias)`, whose kernel is stored [units, inputs].
+
+    The same maths and initializer as `keras.layers.Dense`, which stores
+    [inputs, units]. On CPU, oneDNN multiplies by a transposed right-hand
+    matrix much faster at this model's shapes: x [64, 3136] times a kernel of
+    [3136, 1024] ran at 75 GFLOP/s stored as Keras stores it and at 143 GFLOP/s
+    stored transposed, and the whole training step got 13-15% faster
+    (benchmarks/throughput.py). GPUs and TPUs handle either layout alike.
+    """
+
+    def __init__(self, units: int, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        # Glorot's limit depends on fan_in + fan_out only, so the transposed shape draws from the same range.
+        self.kernel = self.add_weight(name="kernel", shape=(self.units, input_shape[-1]),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def call(self, inputs):
+        kernel, bias = tf.cast(self.kernel, self.compute_dtype), tf.cast(self.bias, self.compute_dtype)
+        return self.activation(tf.nn.bias_add(tf.matmul(inputs, kernel, transpose_b=True), bias))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": keras.activations.serialize(self.activation)}
+
+
 def create_model(data_format: str | None = None, dtype_policy: str = "float32") -> keras.Model:
     """Builds the seed's model: takes float32 images [N, 28, 28] in [0, 1], returns logits [N, 10].
 
@@ -36,9 +71,9 @@ def create_model(data_format: str | None = None, dtype_policy: str = "float32") 
         keras.layers.Conv2D(64, **conv),
         keras.layers.MaxPooling2D(**pool),
         keras.layers.Flatten(data_format=data_format, dtype=dtype_policy),
-        keras.layers.Dense(1024, activation="relu", dtype=dtype_policy),
+        TransposedDense(1024, activation="relu", dtype=dtype_policy),
         keras.layers.Dropout(0.4, dtype=dtype_policy),
-        keras.layers.Dense(10, dtype=dtype_policy),
+        TransposedDense(10, dtype=dtype_policy),
         # Softmax and the loss want float32 whatever the compute precision.
         keras.layers.Activation("linear", dtype="float32", name="logits"),
     ]

@@ -4,7 +4,8 @@ A custom loop rather than `model.fit`: it runs unchanged under every
 tf.distribute strategy (Keras 3's `fit` fails under MultiWorkerMirroredStrategy
 on TF 2.21), it resumes mid-epoch after a SIGTERM, and it runs many steps per
 `tf.function` call. Its speed over plain `fit` comes from oneDNN kernels (see
-mnistkit/__init__.py) and a fused Adam update (mnistkit/optimizers.py).
+mnistkit/__init__.py), a fused Adam update (mnistkit/optimizers.py) and dense
+kernels stored transposed (mnistkit/model.py).
 """
 
 from __future__ import annotations

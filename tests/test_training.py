@@ -46,10 +46,25 @@ def test_model_has_the_seeds_layers_and_parameter_count(data_format, dtype_polic
     assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
         (32, (5, 5), "same", "relu"), (64, (5, 5), "same", "relu")]
     assert all(c.data_format == data_format for c in convs)
-    dense = [layer for layer in m.layers if isinstance(layer, keras.layers.Dense)]
-    assert [d.units for d in dense] == [1024, 10]
+    dense = [layer for layer in m.layers if isinstance(layer, model.TransposedDense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [(1024, "relu"), (10, "linear")]
     assert [d.rate for d in m.layers if isinstance(d, keras.layers.Dropout)] == [0.4]
     assert m.layers[-1].dtype_policy.compute_dtype == "float32"  # Logits in float32 whatever the policy.
+
+
+def test_transposed_dense_computes_what_keras_dense_computes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7)).astype(np.float32)
+    kernel, bias = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    theirs, ours = keras.layers.Dense(3, activation="relu"), model.TransposedDense(3, activation="relu")
+    theirs.build((None, 7))
+    ours.build((None, 7))
+    theirs.set_weights([kernel, bias])
+    ours.set_weights([kernel.T, bias])
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+    assert ours.compute_output_shape((None, 7)) == (None, 3)
+    half = model.TransposedDense(3, dtype="mixed_bfloat16")
+    assert half(x).dtype == tf.bfloat16 and half.kernel.dtype == "float32"
 
 
 def test_bad_data_format_is_refused():
