@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 
 import tensorflow as tf
 
-from mnistkit import training
+from mnistkit import files, training
 from mnistkit.model import for_inference
 
 SIGNATURE = "classify"
@@ -51,14 +50,13 @@ def export(model_dir: str, export_dir: str) -> str:
                               f"created ({e.strerror})") from e
     if not os.access(export_dir, os.W_OK):
         raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
-    host = socket.gethostname()
-    _remove_dead_partials(export_dir, host)
+    files.remove_dead_writers_leftovers(export_dir, _PARTIAL)
     stamp = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(stamp))):
         stamp += 1
     final = os.path.join(export_dir, str(stamp))
     # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
-    partial = os.path.join(export_dir, f"{_PARTIAL}{stamp}-{host}-{os.getpid()}")
+    partial = os.path.join(export_dir, f"{_PARTIAL}{stamp}{files.writer_suffix()}")
     try:
         tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
                                                          "serving_default": module.classify})
@@ -67,16 +65,3 @@ def export(model_dir: str, export_dir: str) -> str:
         shutil.rmtree(partial, ignore_errors=True)
     return final
 
-
-def _remove_dead_partials(export_dir: str, host: str) -> None:
-    """Deletes the half-written exports of writers on this host that no longer run (killed mid-save)."""
-    for entry in os.listdir(export_dir):
-        writer, _, pid = entry.rpartition("-")
-        if not (entry.startswith(_PARTIAL) and writer.endswith(f"-{host}") and pid.isdigit()):
-            continue  # Not a partial export, or another host's: its writer may still be at work.
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(export_dir, entry), ignore_errors=True)
-        except PermissionError:
-            pass  # Alive, under another user.

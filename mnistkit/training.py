@@ -33,6 +33,7 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "train_config.json"
 EVAL_BATCH = 1000
+WORKER_DIR_PREFIX = "mnistkit-worker-"  # A non-chief's private directory for its saves, under the temp dir.
 
 
 
@@ -207,7 +208,7 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch)
         # Every worker saves (saving can involve collectives); only the chief's
         # copy lands in model_dir, the others go to a private temporary place.
-        self.write_dir = config.model_dir if self.chief else tempfile.mkdtemp(prefix="mnistkit-worker-")
+        self.write_dir = config.model_dir if self.chief else _worker_dir()
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.write_dir, "checkpoints"),
                                                   max_to_keep=2)
         self._images = tf.constant(self.train_images)
@@ -440,6 +441,12 @@ def train(config: TrainConfig) -> dict:
     if distribution.is_chief():
         _remove_leftovers(config.model_dir)
     return Trainer(config).train()
+
+
+def _worker_dir() -> str:
+    """A non-chief's private directory; first deletes those that killed workers on this host left behind."""
+    files.remove_dead_writers_leftovers(tempfile.gettempdir(), WORKER_DIR_PREFIX)
+    return tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX, suffix=files.writer_suffix())
 
 
 def _remove_leftovers(model_dir: str) -> None:

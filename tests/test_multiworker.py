@@ -3,13 +3,17 @@
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
+from mnistkit import training
 from tests import synthetic
 from tests.conftest import REPO, free_port
 
@@ -91,7 +95,10 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(data_dir, tmp_path)
     assert np.mean(out["classes"].numpy() == labels) > 0.9
 
 
-def test_a_worker_that_dies_makes_the_chief_fail_clearly(data_dir, tmp_path):
+@pytest.mark.parametrize("fault", ["dies", "hangs"])
+def test_a_worker_that_dies_or_hangs_makes_the_chief_fail_clearly(data_dir, tmp_path, monkeypatch, fault):
+    """A SIGKILLed worker closes its connections; a SIGSTOPped one (a frozen VM) keeps them open and never
+    answers, so only the collective timeout can end the chief."""
     model_dir = str(tmp_path / "model")
     processes = start_cluster(data_dir, model_dir, tmp_path, train_epochs=20, collective_timeout=20)
     (chief, chief_log), (worker, worker_log) = processes
@@ -101,13 +108,29 @@ def test_a_worker_that_dies_makes_the_chief_fail_clearly(data_dir, tmp_path):
             wait_all(processes, timeout=1)
             pytest.fail(f"the cluster never started training:\n{chief_log.read_text()[-3000:]}")
         time.sleep(0.2)
-    worker.kill()
+    worker.send_signal(signal.SIGKILL if fault == "dies" else signal.SIGSTOP)
     killed_at = time.time()
-    # Bounded: a dead peer must end the chief well within the collective timeout plus shutdown.
-    assert wait_all([(chief, chief_log)], timeout=90) == [1]
-    assert time.time() - killed_at < 90
+    try:
+        # Bounded: a dead or silent peer must end the chief within the collective timeout plus shutdown.
+        assert wait_all([(chief, chief_log)], timeout=90) == [1]
+        assert time.time() - killed_at < 90
+    finally:
+        worker.kill()  # A stopped process still dies on SIGKILL.
     log = chief_log.read_text()
     assert re.search(r"multi-worker training stopped at epoch \d+: a peer died or did not answer within 20.0 s "
                      r"\(\w+Error: .+\); restart every worker to resume from the last checkpoint", log), log[-3000:]
     assert "Traceback" not in log
     worker.wait(timeout=10)
+
+    # The killed worker could not delete its scratch directory; the next worker on this host does.
+    scratch = tmp_path / "tmp-worker"
+    host = re.escape(socket.gethostname())
+    def worker_dirs():
+        return [e for e in os.listdir(scratch) if e.startswith(training.WORKER_DIR_PREFIX)]
+
+    left = worker_dirs()
+    assert len(left) == 1 and re.fullmatch(rf"{training.WORKER_DIR_PREFIX}\w+-{host}-{worker.pid}", left[0]), \
+        os.listdir(scratch)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    mine = training._worker_dir()
+    assert worker_dirs() == [os.path.basename(mine)]
