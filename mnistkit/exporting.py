@@ -64,4 +64,3 @@ def export(model_dir: str, export_dir: str) -> str:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return final
-

@@ -1,5 +1,6 @@
 """Writing files so that a reader sees the old version or the new one, never half of one."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -45,6 +46,7 @@ def remove_dead_writers_leftovers(directory: str, prefix: str) -> None:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                os.remove(path)
+                with contextlib.suppress(FileNotFoundError):  # Another writer swept it first.
+                    os.remove(path)
         except PermissionError:
             pass  # Alive, under another user.

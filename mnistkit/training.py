@@ -36,7 +36,6 @@ EVAL_BATCH = 1000
 WORKER_DIR_PREFIX = "mnistkit-worker-"  # A non-chief's private directory for its saves, under the temp dir.
 
 
-
 def resolve_precision(precision: str, tpu: str | None = None) -> str:
     """'auto' means bfloat16 compute only where the hardware does it natively.
 

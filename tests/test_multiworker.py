@@ -125,6 +125,7 @@ def test_a_worker_that_dies_or_hangs_makes_the_chief_fail_clearly(data_dir, tmp_
     # The killed worker could not delete its scratch directory; the next worker on this host does.
     scratch = tmp_path / "tmp-worker"
     host = re.escape(socket.gethostname())
+
     def worker_dirs():
         return [e for e in os.listdir(scratch) if e.startswith(training.WORKER_DIR_PREFIX)]
 
