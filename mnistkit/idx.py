@@ -58,20 +58,63 @@ SHA256 = {
 }
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
-    """Returns the decompressed contents of a gzipped IDX file."""
+def _open_gzip(path: str | os.PathLike):
+    """Opens a gzipped IDX file for streaming, after checking it exists and starts like gzip."""
     if not os.path.isfile(path):
         raise DataError(path, "file", "an existing file", "a directory" if os.path.isdir(path) else "no such file")
     with open(path, "rb") as f:
-        raw = f.read()
-    if not raw:
+        start = f.read(2)
+    if not start:
         raise DataError(path, "size", "a gzipped IDX file", "an empty file (0 bytes)")
-    if raw[:2] != GZIP_MAGIC:
-        raise DataError(path, "format", "gzip data (first bytes 1f 8b)", f"first bytes {raw[:2].hex(' ')}")
+    if start != GZIP_MAGIC:
+        raise DataError(path, "format", "gzip data (first bytes 1f 8b)", f"first bytes {start.hex(' ')}")
+    return gzip.open(path, "rb")
+
+
+def _read(stream, path, size: int) -> bytes:
+    """Reads up to `size` decompressed bytes, turning a broken gzip stream into a DataError."""
     try:
-        return gzip.decompress(raw)
+        return stream.read(size)
     except (EOFError, OSError, zlib.error) as e:
         raise DataError(path, "gzip stream", "a complete gzip stream", f"a broken one ({e})") from e
+
+
+def iter_idx(path: str | os.PathLike, magic: int, chunk_bytes: int = 1 << 22):
+    """Streams a gzipped IDX file of unsigned bytes: yields its shape first, then its values in chunks.
+
+    Memory stays at one chunk whatever the file's size; the header and the
+    length are checked exactly as `read_idx` checks them (the length once the
+    stream ends), so a caller sees the same DataError either way.
+    """
+    with _open_gzip(path) as stream:
+        head = _read(stream, path, 4)
+        if len(head) < 4:
+            raise DataError(path, "header", "at least 4 bytes", f"{len(head)} bytes")
+        (found_magic,) = struct.unpack(">i", head)
+        if found_magic != magic:
+            raise DataError(path, "magic number", magic, found_magic)
+        ndim = head[3]
+        dims = _read(stream, path, 4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise DataError(path, "header", f"{4 + 4 * ndim} bytes for {ndim} dimensions", f"{4 + len(dims)} bytes")
+        shape = struct.unpack(f">{ndim}I", dims)
+        yield shape
+        expected = int(np.prod(shape, dtype=np.int64))
+        seen = 0
+        while True:
+            chunk = _read(stream, path, chunk_bytes)
+            if not chunk:
+                break
+            seen += len(chunk)
+            if seen > expected:  # Stop reading a file that is longer than its header says.
+                break
+            yield np.frombuffer(chunk, dtype=np.uint8)
+        if seen != expected:
+            if seen > expected:
+                seen += len(_read(stream, path, -1))
+            header = 4 + 4 * ndim
+            raise DataError(path, "length", f"{header + expected} bytes for shape {tuple(shape)}",
+                            f"{header + seen} bytes")
 
 
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
@@ -88,21 +131,14 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
       DataError: the file is missing, not gzip, truncated, or its header does
         not match what `magic` asks for.
     """
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(path, "header", "at least 4 bytes", f"{len(data)} bytes")
-    (found_magic,) = struct.unpack(">i", data[:4])
-    if found_magic != magic:
-        raise DataError(path, "magic number", magic, found_magic)
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(path, "header", f"{header} bytes for {ndim} dimensions", f"{len(data)} bytes")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(data) != expected:
-        raise DataError(path, "length", f"{expected} bytes for shape {tuple(shape)}", f"{len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    chunks = iter_idx(path, magic)
+    shape = next(chunks)
+    values = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=np.uint8)
+    filled = 0
+    for chunk in chunks:
+        values[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return values.reshape(shape)
 
 
 def read_images(path: str | os.PathLike) -> np.ndarray:

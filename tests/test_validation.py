@@ -1,8 +1,10 @@
 """Validation: the report's figures (JSON and Markdown) and the refusal of data that is not MNIST's."""
 
+import gzip
 import json
 import os
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -113,3 +115,29 @@ def test_bad_data_names_the_file_and_field(tmp_path, breakage, field):
         validation.validate(str(tmp_path), canonical=False)
     assert e.value.path == str(target)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 783, 1 << 22])
+def test_streamed_pixel_statistics_are_exact_whatever_the_chunk(synthetic_data, chunk_bytes):
+    """Validation streams the images in chunks; the figures must not depend on where chunks end."""
+    path = os.path.join(synthetic_data, idx.TEST.images)
+    images = idx.read_images(path).astype(np.int64)
+    n = images.size
+    # The exact figures, from integer sums (numpy's float64 mean may differ in the 17th digit).
+    mean = images.sum() / (n * 255)
+    std = np.sqrt(float((images ** 2).sum()) / (n * 255 * 255) - mean ** 2)
+    examples, found_mean, found_std = validation.pixel_statistics(path, chunk_bytes=chunk_bytes)
+    assert examples == 200
+    assert found_mean == pytest.approx(mean, rel=1e-15)
+    assert found_std == pytest.approx(std, rel=1e-12)
+
+
+def test_streamed_validation_refuses_a_file_longer_than_its_header(tmp_path):
+    synthetic.write_dataset(tmp_path, n_train=20, n_test=10)
+    target = tmp_path / idx.TEST.images
+    images = idx.read_images(target)
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 10, 28, 28)
+    target.write_bytes(gzip.compress(header + images.tobytes() + b"\0" * 100))
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(tmp_path), canonical=False)
+    assert str(e.value) == f"{target}: length: expected {16 + 7840} bytes for shape (10, 28, 28), found {16 + 7940} bytes"
