@@ -8,7 +8,8 @@ def download_data(source: str, data: Output[Dataset], verify_checksums: bool = T
 
     Args:
       source: gs://BUCKET/PREFIX, an http(s):// base URL or a local directory
-        holding the four gzipped IDX files.
+        holding the four gzipped IDX files; several, separated by commas, are
+        tried in order for each file.
       verify_checksums: Require the SHA-256 of MNIST's own files; False accepts
         any well-formed IDX files.
       data: The directory with the four files.

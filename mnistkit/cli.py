@@ -1,5 +1,6 @@
 """What every `mnist-*` command shares: clean errors instead of tracebacks."""
 
+import errno
 import os
 import signal
 import sys
@@ -30,17 +31,49 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+# What to do about an error of the machine, by errno.
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another directory",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another directory",
+    errno.EFBIG: "the file is larger than this file system allows: choose another directory",
+    errno.EROFS: "the file system is read-only: choose a writable directory",
+    errno.EACCES: "this user may not read or write there: fix its permissions or choose another path",
+    errno.EPERM: "this user may not read or write there: fix its permissions or choose another path",
+    errno.ENOENT: "it does not exist, or vanished while the command ran",
+    errno.EMFILE: "the process ran out of file descriptors: raise the limit (ulimit -n) and run again",
+    errno.ENFILE: "the system ran out of file descriptors: close other programs and run again",
+    errno.EIO: "the device reported an input/output error: check the disk",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: cause; what to do' for an error of the machine, or the error's own message when it has no cause."""
+    if error.strerror is None:
+        return str(error)  # A message written by this project, which already names the path.
+    hint = _HINTS.get(error.errno)
+    where = "" if error.filename is None else f"{error.filename}: "
+    return f"{where}{error.strerror}" + (f"; {hint}" if hint else "")
+
+
 def run(main) -> None:
-    """Runs an absl `main`, turning errors about inputs into one line and exit 1."""
+    """Runs an absl `main`, turning errors about inputs and of the machine into one line and exit 1.
+
+    Errors of the machine (a full disk, a read-only or vanished directory, too
+    many open files) arrive as OSError(errno, strerror, filename), whichever
+    step of whichever command met them; they print as 'PATH: cause; hint'.
+    """
     from mnistkit import fetch, idx  # Light modules: no TensorFlow.
 
-    expected = (UserError, idx.DataError, fetch.FetchError, ValueError, FileNotFoundError, PermissionError)
+    expected = (UserError, idx.DataError, fetch.FetchError, ValueError)
 
     def guarded(argv):
         try:
             return main(argv)
         except expected as e:
             print(f"{prog_name()}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:
+            print(f"{prog_name()}: error: {describe_os_error(e)}", file=sys.stderr)
             sys.exit(1)
 
     app.run(guarded)

@@ -6,12 +6,17 @@ from mnistkit import cli, fetch
 
 FLAGS = flags.DEFINE_string("data_dir", None, "Directory that receives the four files.", required=True)
 SOURCE = flags.DEFINE_string(
-    "source", fetch.DEFAULT_SOURCE, "gs://bucket/prefix, an http(s):// base URL or a local directory.")
+    "source", fetch.DEFAULT_SOURCE,
+    "Where to fetch the files: gs://bucket/prefix, an http(s):// base URL or a local directory; several, "
+    "separated by commas, are tried in order for each file (the default: the CVDF bucket, its HTTPS form, "
+    "then torchvision's mirror). gs:// uses Application Default Credentials when found, else anonymous access.")
 VERIFY = flags.DEFINE_boolean(
     "verify_checksums", True,
     "Check each file's SHA-256 against the original MNIST files. --noverify_checksums accepts other "
     "well-formed IDX data (a subset, another mirror) and says loudly that checksums were not checked.")
-ATTEMPTS = flags.DEFINE_integer("attempts", 4, "Tries per file before giving up.", lower_bound=1)
+ATTEMPTS = flags.DEFINE_integer(
+    "attempts", 4, "Tries per file and mirror before the next mirror; a mirror that cannot be reached is not retried.",
+    lower_bound=1)
 
 
 def main(argv):

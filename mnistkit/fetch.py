@@ -1,17 +1,32 @@
-"""Fetching the four MNIST files from a mirror: verified, atomic, retried.
+"""Fetching the four MNIST files from a list of mirrors: verified, atomic, retried only when it can help.
 
 A source is a `gs://bucket/prefix`, an `http(s)://` base URL or a local
 directory; each one only knows how to copy one named object to a local path.
-Everything else (checksums, temporary files, retries) is shared.
+`--source` takes one source or several separated by commas, tried in order for
+each file. Everything else (checksums, temporary files, retries, the choice of
+the next mirror) is shared.
+
+Failures fall in four kinds, each handled once, here:
+  * the machine's (full disk, read-only or vanished directory, too many open
+    files): raised at once as an OSError naming the data directory;
+  * an unreachable mirror (its name does not resolve, nothing listens): not
+    retried, the next mirror is tried and this one is skipped for later files;
+  * a mirror that answers that the file is missing or refused (4xx): the next
+    mirror is tried for that file;
+  * anything else (5xx, cut bodies, timeouts, wrong bytes): retried with
+    backoff, then the next mirror.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
@@ -21,14 +36,36 @@ from typing import Callable
 
 from mnistkit import idx
 
-DEFAULT_SOURCE = "gs://cvdf-datasets/mnist/"
+# The CVDF bucket, its HTTPS form, and the mirror torchvision lists first. The
+# checksums make any mirror as good as the original.
+DEFAULT_SOURCES = (
+    "gs://cvdf-datasets/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+# One string, so that it is also a single pipeline parameter.
+DEFAULT_SOURCE = ",".join(DEFAULT_SOURCES)
 _PARTIAL_PREFIX = ".partial-"
+_GCS_HOST = "storage.googleapis.com"
+_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+# Errors of this machine, whatever the path: no other attempt or mirror can help.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.EDQUOT, errno.EFBIG, errno.EIO}
+# Errors of this machine when they concern the data directory (elsewhere they are a local mirror's).
+_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 log = logging.getLogger(__name__)
 
 
 class FetchError(RuntimeError):
     """A file could not be fetched and verified; names the file and the source."""
+
+
+class _Refused(Exception):
+    """A mirror refused access with every set of credentials tried; `code` is the HTTP status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -39,6 +76,41 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# --- Progress of a large download. -------------------------------------------------
+
+
+class _ProgressWriter:
+    """A file-like sink that counts what it writes and logs bytes and rate every `interval` seconds."""
+
+    def __init__(self, out, name: str, total: int | None = None, interval: float = 5.0):
+        self._out, self._name, self.total, self._interval = out, name, total, interval
+        self.written = 0
+        self.started = self._last = time.monotonic()
+
+    def write(self, data) -> int:
+        count = self._out.write(data)
+        self.written += len(data)
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            log.info("%s: %s", self._name, self.describe())
+        return count
+
+    def describe(self) -> str:
+        """E.g. '4.2 of 9.9 MB (42%) at 2.1 MB/s'."""
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = f"{self.written / 1e6:.1f} MB"
+        if self.total:
+            done = f"{self.written / 1e6:.1f} of {self.total / 1e6:.1f} MB ({100 * self.written // self.total}%)"
+        return f"{done} at {self.written / 1e6 / elapsed:.1f} MB/s"
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def tell(self) -> int:
+        return self._out.tell()
+
+
 # --- Sources: copy one object to a local path, raise on any failure. -------------
 
 
@@ -46,44 +118,183 @@ def _copy_local(base: str, name: str, dest: str) -> None:
     shutil.copyfile(os.path.join(base, name), dest)
 
 
-def _copy_http(base: str, name: str, dest: str, timeout: float = 60.0) -> None:
+def _copy_http(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float) -> None:
     url = urllib.parse.urljoin(base if base.endswith("/") else base + "/", name)
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+    with urllib.request.urlopen(url, timeout=timeout_seconds) as response, open(dest, "wb") as out:
+        expected = response.headers.get("Content-Length")
+        sink = _ProgressWriter(out, name, int(expected) if expected else None, progress_seconds)
         # http.client's read(amt) returns a short body without complaint when
         # the server hangs up early (seen on Python 3.11), so count the bytes;
         # the checksum catches what a lying Content-Length would hide.
-        shutil.copyfileobj(response, out, 1 << 20)
-        expected = response.headers.get("Content-Length")
+        shutil.copyfileobj(response, sink, 1 << 20)
         if expected is not None and out.tell() != int(expected):
             raise OSError(f"{url}: body ended after {out.tell()} of the {expected} bytes announced")
 
 
-def _copy_gcs(base: str, name: str, dest: str) -> None:
-    from google.cloud import storage  # Imported here: HTTP and local sources do not need it.
+def _describe_credentials(credentials) -> str:
+    """Which Application Default Credentials google.auth found, in words a user can act on."""
+    where = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    where = f"GOOGLE_APPLICATION_CREDENTIALS={where}" if where else "gcloud's application-default login or this VM"
+    email = getattr(credentials, "service_account_email", None)
+    kind = f"service account {email}" if email and email != "default" else type(credentials).__name__
+    return f"Application Default Credentials ({kind}, from {where})"
+
+
+def gcs_clients() -> list[tuple[str, object]]:
+    """The storage clients to try in order, each with a description of its credentials.
+
+    Application Default Credentials come first when google.auth finds any, so a
+    team's private mirror works; anonymous access always follows, so a public
+    bucket like CVDF's needs no account (and broken credentials do not stop it).
+    The clients honour STORAGE_EMULATOR_HOST, which is how tests point them at
+    a local emulator.
+    """
+    import google.auth  # Imported here: HTTP and local sources do not need it.
+    from google.auth import exceptions
+    from google.cloud import storage
+
+    clients = []
+    try:
+        credentials, project = google.auth.default(scopes=[_READ_ONLY_SCOPE])
+    except exceptions.DefaultCredentialsError:
+        pass
+    else:
+        clients.append((_describe_credentials(credentials),
+                        storage.Client(project=project or "<none>", credentials=credentials)))
+    clients.append(("anonymous access" + ("" if clients else " (no Application Default Credentials found)"),
+                    storage.Client.create_anonymous_client()))
+    return clients
+
+
+def _copy_gcs(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float,
+              clients: list) -> None:
+    from google.auth import exceptions
 
     bucket_name, _, prefix = base[len("gs://") :].partition("/")
-    # The CVDF mirror is public: an anonymous client needs no account. The
-    # client honours STORAGE_EMULATOR_HOST, which is how tests point it at a
-    # local emulator.
-    client = storage.Client.create_anonymous_client()
     blob_name = f"{prefix.rstrip('/')}/{name}" if prefix.strip("/") else name
-    client.bucket(bucket_name).blob(blob_name).download_to_filename(dest)
+    refusals = []
+    for description, client in clients:
+        try:
+            with open(dest, "wb") as out:
+                sink = _ProgressWriter(out, name, None, progress_seconds)
+                # retry=None: the client's own retry (a 120 s deadline) inside
+                # our attempts would multiply them; only fetch_file retries.
+                client.bucket(bucket_name).blob(blob_name).download_to_file(
+                    sink, retry=None, timeout=(timeout_seconds, timeout_seconds))
+            return
+        except (exceptions.RefreshError, exceptions.TransportError) as e:
+            # No token (refused, or its server out of reach): the next credentials may still read a public bucket.
+            refusals.append(f"{description}: could not get a token ({_unreachable(e, 'oauth2') or e})")
+        except Exception as e:
+            if getattr(e, "code", None) not in (401, 403):
+                raise
+            refusals.append(f"{description}: {e.code}")
+    raise _Refused(f"{base}{'' if base.endswith('/') else '/'}{name}: access refused with every credential tried: "
+                   f"{'; '.join(refusals)}; use an account that may read the bucket "
+                   "(gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)", 403)
 
 
-def source_copier(source: str) -> Callable[[str, str], None]:
-    """Returns the function that copies object `name` of `source` to a path."""
+def source_copier(source: str, progress_seconds: float = 5.0,
+                  timeout_seconds: float = 60.0) -> Callable[[str, str], None]:
+    """Returns the function that copies object `name` of one `source` (not a list) to a path.
+
+    Args:
+      source: gs://BUCKET[/PREFIX], an http(s):// base URL or a local directory.
+      progress_seconds: How often a download in progress logs its bytes and rate.
+      timeout_seconds: How long to wait to connect, and for each read.
+    """
     if source.startswith("gs://"):
         if not source[len("gs://") :].split("/")[0]:
             raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], found no bucket name")
-        return lambda name, dest: _copy_gcs(source, name, dest)
+        clients = []  # Made on first use: finding credentials is not free, and a list may never reach this source.
+
+        def copy_gcs(name, dest):
+            if not clients:
+                clients.extend(gcs_clients())
+            _copy_gcs(source, name, dest, progress_seconds, timeout_seconds, clients)
+
+        return copy_gcs
     if source.startswith(("http://", "https://")):
-        return lambda name, dest: _copy_http(source, name, dest)
+        return lambda name, dest: _copy_http(source, name, dest, progress_seconds, timeout_seconds)
     path = source[len("file://") :] if source.startswith("file://") else source
     if "://" in path:
         raise ValueError(f"--source {source!r}: expected gs://..., http(s)://... or a local directory")
     if not os.path.isdir(path):
         raise ValueError(f"--source {source!r}: expected an existing local directory, found none")
     return lambda name, dest: _copy_local(path, name, dest)
+
+
+def split_sources(source: str) -> list[str]:
+    """The mirrors of a `--source` value: one source, or several separated by commas."""
+    sources = [s.strip() for s in source.split(",")]
+    if not all(sources):
+        raise ValueError(f"--source {source!r}: expected one source or several separated by commas, "
+                         "found an empty one")
+    return sources
+
+
+# --- Telling the kinds of failure apart. ------------------------------------------
+
+
+def _causes(error: BaseException):
+    """`error` and everything it wraps: causes, contexts, urllib's and urllib3's `reason`, requests' first arg."""
+    seen, todo = [], [error]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *(e.args[:1] if e.args else ())]
+    return seen
+
+
+def _source_host(source: str) -> str:
+    """The host a source's requests go to."""
+    if not source.startswith("gs://"):
+        return urllib.parse.urlparse(source).hostname or source
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not emulator:
+        return _GCS_HOST
+    return urllib.parse.urlparse(emulator if "://" in emulator else f"http://{emulator}").hostname or emulator
+
+
+def _unreachable(error: BaseException, source: str) -> str | None:
+    """Why `source` cannot be reached at all ('HOST: name does not resolve'), or None when it can."""
+    for e in _causes(error):
+        if isinstance(e, socket.gaierror):
+            why = "name does not resolve"
+        elif isinstance(e, ConnectionRefusedError):
+            why = "connection refused, nothing listens there"
+        elif isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            why = "network unreachable"
+        else:
+            continue
+        # urllib3 names the host it tried (perhaps an auth server rather than the mirror).
+        host = next((m.group(1) for c in _causes(error) for m in [re.search(r"host='([^']+)'", str(c))] if m), None)
+        return f"{host or _source_host(source)}: {why}"
+    return None
+
+
+def _machine_error(error: BaseException, data_dir: str) -> OSError | None:
+    """The OSError of this machine inside `error` (full disk, vanished data dir...), or None."""
+    data_dir = os.path.abspath(data_dir)
+    for e in _causes(error):
+        if not isinstance(e, OSError) or isinstance(e, socket.gaierror) or e.errno is None:
+            continue
+        if e.errno in _MACHINE_ERRNOS:
+            return e
+        if e.errno in _PATH_ERRNOS and e.filename and os.path.abspath(str(e.filename)).startswith(data_dir + os.sep):
+            return e
+    return None
+
+
+def _is_permanent(error: Exception) -> bool:
+    """Whether another attempt cannot help: the mirror said the object is missing or refused (4xx but 408/429)."""
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return True  # A local source without the file.
+    # urllib's HTTPError and google.api_core's errors both carry the HTTP status as `code`.
+    code = getattr(error, "code", None)
+    return isinstance(code, int) and 400 <= code < 500 and code not in (408, 429)
 
 
 # --- The shared part. -------------------------------------------------------------
@@ -94,11 +305,13 @@ class DownloadConfig:
     """What to fetch and how hard to try."""
 
     data_dir: str
-    source: str = DEFAULT_SOURCE
+    source: str = DEFAULT_SOURCE  # One source, or several separated by commas.
     verify_checksums: bool = True
-    attempts: int = 4
+    attempts: int = 4  # Per file and mirror.
     backoff_seconds: float = 1.0  # Doubles after each failed attempt.
     files: tuple[str, ...] = idx.FILES
+    progress_seconds: float = 5.0  # How often a download in progress logs its bytes and rate.
+    timeout_seconds: float = 60.0  # To connect, and for each read; a mirror slower than that is retried.
 
 
 def _check(path: str, name: str, verify_checksums: bool) -> None:
@@ -125,22 +338,74 @@ def _remove_stale_partials(data_dir: str) -> None:
             os.remove(os.path.join(data_dir, entry))
 
 
-def _is_permanent(error: Exception) -> bool:
-    """Whether another attempt cannot help: the mirror said the object is missing or refused (4xx but 408/429)."""
-    if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
-        return True  # A local source without the file.
-    # urllib's HTTPError and google.api_core's errors both carry the HTTP status as `code`.
-    code = getattr(error, "code", None)
-    return isinstance(code, int) and 400 <= code < 500 and code not in (408, 429)
+class _MirrorFailed(Exception):
+    """One mirror could not deliver one file; `unreachable` when it could not be reached at all.
+
+    `template` names the mirror as {mirror}: the mirror's URL when the message
+    stands alone, 'it' in a list that already names each mirror.
+    """
+
+    def __init__(self, template: str, source: str, error: Exception, unreachable: bool = False):
+        self.template, self.error, self.unreachable = template, error, unreachable
+        super().__init__(self.say(source))
+
+    def say(self, mirror: str) -> str:
+        return self.template.format(mirror=mirror, error=self.error)
 
 
-def fetch_file(copy: Callable[[str, str], None], name: str, config: DownloadConfig,
-               sleep: Callable[[float], None] = time.sleep) -> str:
-    """Fetches one file into `config.data_dir`, verified, or raises FetchError.
+def _from_mirror(copy: Callable[[str, str], None], source: str, name: str, config: DownloadConfig,
+                 sleep: Callable[[float], None]) -> str:
+    """Fetches `name` from one mirror into `config.data_dir`, verified; raises _MirrorFailed or the machine's OSError.
 
     The bytes go to a hidden temporary file beside the target and are renamed
     into place only once checked, so a reader never sees a partial file.
     """
+    target = os.path.join(config.data_dir, name)
+    delay = config.backoff_seconds
+    for attempt in range(1, config.attempts + 1):
+        try:
+            fd, partial = tempfile.mkstemp(prefix=f"{_PARTIAL_PREFIX}{name}.", dir=config.data_dir)
+            os.close(fd)
+        except OSError as e:  # The data dir vanished, became read-only, or the process ran out of files.
+            raise OSError(e.errno, f"{e.strerror} (while creating a file for {name})", config.data_dir) from e
+        started = time.monotonic()
+        try:
+            copy(name, partial)
+            _check(partial, name, config.verify_checksums)
+            os.chmod(partial, 0o644)
+            os.replace(partial, target)
+            seconds = time.monotonic() - started
+            size = os.path.getsize(target)
+            log.info("%s: fetched %.1f MB from %s in %.1f s (%.1f MB/s, attempt %d)", name, size / 1e6, source,
+                     seconds, size / 1e6 / max(seconds, 1e-6), attempt)
+            return target
+        except Exception as e:  # Sorted below: the machine's, unreachable, refused, or worth another try.
+            error = e
+            machine = _machine_error(e, config.data_dir)
+            if machine is not None:
+                # Named after the data directory: the partial file's name means nothing to a user.
+                raise OSError(machine.errno, f"{machine.strerror or os.strerror(machine.errno)} "
+                                             f"(while writing {name})", config.data_dir) from e
+            log.warning("%s: attempt %d of %d from %s failed: %s", name, attempt, config.attempts, source, e)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+        unreachable = _unreachable(error, source)
+        if unreachable:
+            raise _MirrorFailed(f"could not reach {{mirror}} ({unreachable}), so it was not retried", source, error,
+                                unreachable=True) from error
+        if _is_permanent(error):
+            raise _MirrorFailed("could not fetch it from {mirror}, which answered that it is missing "
+                                "or refused, so it was not retried; error: {error}", source, error) from error
+        if attempt < config.attempts:
+            sleep(delay)
+            delay *= 2
+    raise _MirrorFailed(f"could not fetch a verified copy from {{mirror}} after {config.attempts} attempts; "
+                        "last error: {error}", source, error) from error
+
+
+def _present(name: str, config: DownloadConfig) -> str | None:
+    """The path of `name` when it is already in the data dir and verified; removes a bad copy."""
     target = os.path.join(config.data_dir, name)
     if os.path.exists(target):
         try:
@@ -150,48 +415,86 @@ def fetch_file(copy: Callable[[str, str], None], name: str, config: DownloadConf
         except FetchError as e:
             log.warning("%s: present but bad (%s); fetching it again", name, e)
             os.remove(target)
-    delay = config.backoff_seconds
-    for attempt in range(1, config.attempts + 1):
-        fd, partial = tempfile.mkstemp(prefix=f"{_PARTIAL_PREFIX}{name}.", dir=config.data_dir)
-        os.close(fd)
+    return None
+
+
+_NO_NETWORK_HINT = ("no network? give --source a local directory holding the four files, or another mirror "
+                    "(several may be given, separated by commas)")
+
+
+def fetch_from(mirrors: list[tuple[str, Callable[[str, str], None]]], name: str, config: DownloadConfig,
+               sleep: Callable[[float], None] = time.sleep, dead: dict | None = None) -> str:
+    """Fetches one file from the first of `mirrors` that delivers it verified; returns its path.
+
+    Args:
+      mirrors: (source, copy) pairs, tried in order.
+      name: The file's name, on the mirrors and in `config.data_dir`.
+      config: The data dir, checksums, attempts and backoff.
+      sleep: Waits between attempts (tests pass a recorder).
+      dead: Mirrors found unreachable, with their failure; filled here and
+        skipped, so that later files do not try them again.
+
+    Raises:
+      FetchError: no mirror delivered; names each mirror tried and its error.
+      OSError: an error of this machine (full disk...); filename is the data dir.
+    """
+    present = _present(name, config)
+    if present:
+        return present
+    dead = {} if dead is None else dead
+    failures = []
+    for i, (source, copy) in enumerate(mirrors):
+        if source in dead:
+            failures.append((source, dead[source]))
+            continue
+        if failures:
+            log.warning("%s: trying the next mirror, %s", name, source)
         try:
-            copy(name, partial)
-            _check(partial, name, config.verify_checksums)
-            os.chmod(partial, 0o644)
-            os.replace(partial, target)
-            log.info("%s: fetched from %s (attempt %d)", name, config.source, attempt)
-            return target
-        except Exception as e:  # Any other failure of a source is worth another try.
-            error = e
-            log.warning("%s: attempt %d of %d from %s failed: %s", name, attempt, config.attempts, config.source, e)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-        if _is_permanent(error):
-            raise FetchError(f"{name}: could not fetch it from {config.source}, which answered that it is missing "
-                             f"or refused, so it was not retried; error: {error}") from error
-        if attempt < config.attempts:
-            sleep(delay)
-            delay *= 2
-    raise FetchError(
-        f"{name}: could not fetch a verified copy from {config.source} after {config.attempts} attempts; "
-        f"last error: {error}") from error
+            return _from_mirror(copy, source, name, config, sleep)
+        except _MirrorFailed as e:
+            if e.unreachable:
+                dead[source] = e
+            failures.append((source, e))
+            if i + 1 < len(mirrors):
+                log.warning("%s: %s", name, e)
+    hint = f"; {_NO_NETWORK_HINT}" if any(source in dead for source, _ in mirrors) else ""
+    if len(mirrors) == 1:
+        raise FetchError(f"{name}: {failures[0][1].say(failures[0][0])}{hint}")
+    listed = " | ".join(f"{source}: {failure.say('it')}" for source, failure in failures)
+    raise FetchError(f"{name}: could not fetch it from any of the {len(mirrors)} mirrors tried: {listed}{hint}")
+
+
+def fetch_file(copy: Callable[[str, str], None], name: str, config: DownloadConfig,
+               sleep: Callable[[float], None] = time.sleep) -> str:
+    """Fetches one file from the single mirror `config.source` through `copy`, verified.
+
+    Raises:
+      FetchError: the mirror did not deliver a verified copy.
+      OSError: an error of this machine (full disk...); filename is the data dir.
+    """
+    return fetch_from([(config.source, copy)], name, config, sleep)
 
 
 def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
-    """Fetches every file of `config` into `config.data_dir`.
+    """Fetches every file of `config` into `config.data_dir`, each from the first mirror that has it.
 
     Returns:
       The SHA-256 of each file, by name.
+
+    Raises:
+      ValueError: a bad source, data dir or number of attempts.
+      FetchError: a file no mirror delivered; names every mirror and its error.
+      OSError: an error of this machine (full disk...); filename is the data dir.
     """
     if config.attempts < 1:
         raise ValueError(f"attempts: expected at least 1, found {config.attempts}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
-    copy = source_copier(config.source)
+    mirrors = [(source, source_copier(source, config.progress_seconds, config.timeout_seconds))
+               for source in split_sources(config.source)]
     os.makedirs(config.data_dir, exist_ok=True)
     _remove_stale_partials(config.data_dir)
     if not config.verify_checksums:
         log.warning("CHECKSUMS NOT VERIFIED: accepting any well-formed IDX files from %s", config.source)
-    return {name: sha256_of(fetch_file(copy, name, config, sleep)) for name in config.files}
-
+    dead: dict[str, _MirrorFailed] = {}
+    return {name: sha256_of(fetch_from(mirrors, name, config, sleep, dead)) for name in config.files}
