@@ -23,13 +23,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compile.py", description=__doc__.splitlines()[0])
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="Where the YAML goes (default: %(default)s).")
     p.add_argument("--hardware", default="cpu", help=f"Training hardware: {', '.join(hardware.KINDS)}.")
-    p.add_argument("--machine_type", help="Machine type of the training step (gpu, multiworker: a Compute Engine "
-                   f"type such as g2-standard-8; tpu: one of {', '.join(hardware.TPU_MACHINES)}).")
+    p.add_argument("--machine_type", help="Machine type of the training step, one pipelines/vertex_machines.py "
+                   "lists (cpu, multiworker: e.g. n1-standard-8; gpu: n1-* with a GPU, or g2/a2/a3/a4-* which come "
+                   f"with theirs; tpu: one of {', '.join(hardware.TPU_MACHINES)}).")
     p.add_argument("--accelerator_type", help=f"GPU ({', '.join(hardware.GPU_TYPES)}) or TPU type "
-                   "(TPU_V2, TPU_V3, TPU_V5_LITEPOD, TPU_V6E).")
+                   "(TPU_V2, TPU_V3, TPU_V5_LITEPOD); default: the machine's own (NVIDIA_TESLA_T4 on N1, "
+                   "NVIDIA_L4 without --machine_type).")
     p.add_argument("--accelerator_count", type=int, help="GPUs per machine, or TPU chips per host.")
-    p.add_argument("--replica_count", type=int, help="Machines of a multi-worker (or multi-host TPU) job.")
-    p.add_argument("--tpu_topology", help="Slice shape of a multi-host TPU v5e/v6e job, e.g. 4x4.")
+    p.add_argument("--replica_count", type=int, help="Machines of a multi-worker job (a TPU job is one replica).")
+    p.add_argument("--tpu_topology", help="TPU v5e slice, e.g. 4x4 (4 hosts of ct5lp-hightpu-4t); "
+                   "default: one host's.")
+    p.add_argument("--spot", action="store_true", help="Train on Spot VMs; the job restarts when a VM is "
+                   "reclaimed and resumes from its checkpoints.")
+    p.add_argument("--tensorboard", help="Vertex AI TensorBoard the training job uploads its logs to: "
+                   "projects/P/locations/R/tensorboards/ID.")
     p.add_argument("--registry", help=f"Image registry (default ${images.REGISTRY_ENV} or {images.DEFAULT_REGISTRY}).")
     p.add_argument("--tag", help=f"Image tag (default ${images.TAG_ENV} or the mnistkit version).")
     return p
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         hw = hardware.resolve(args.hardware, args.machine_type, args.accelerator_type, args.accelerator_count,
-                              args.replica_count, args.tpu_topology)
+                              args.replica_count, args.tpu_topology, args.spot, args.tensorboard)
         path = compile_pipeline(args.output, hw, args.registry, args.tag)
     except ValueError as e:
         print(f"compile.py: error: {e}", file=sys.stderr)
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"{hw.kind}" + (f", {hw.machine_type}" if hw.machine_type else "") + \
         (f", {hw.accelerator_count} x {hw.accelerator_type}" if hw.accelerator_type else "") + \
         (f", {hw.replica_count} replicas" if hw.replica_count > 1 else "") + \
-        (f", topology {hw.tpu_topology}" if hw.tpu_topology else "")
+        (f", topology {hw.tpu_topology} ({hw.tpu_hosts} host(s))" if hw.tpu_topology else "") + \
+        (", Spot VMs" if hw.spot else "") + (f", TensorBoard {hw.tensorboard}" if hw.tensorboard else "")
     print(f"wrote {path} (training on {where}; images {images.image_uri(hw.image_kind, args.registry, args.tag)})")
     return 0
 

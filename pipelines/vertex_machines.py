@@ -1,0 +1,154 @@
+"""The one table of the machines and accelerators Vertex AI custom training accepts, with where each fact comes from.
+
+`hardware.resolve()` checks every compile-time choice against this table and
+refuses what it does not list; it never guesses. Each entry names its source
+(a key of SOURCES). Nothing here was run on Vertex AI: the facts were read
+from Google's documentation pages and from the pinned client libraries.
+A fact that changes (a new machine, a new topology) is one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+SOURCES = {
+    "training-compute": "https://cloud.google.com/vertex-ai/docs/training/configure-compute "
+                        "(machine types, GPUs and TPUs for custom training)",
+    "gce-gpus": "https://cloud.google.com/compute/docs/gpus (GPU counts and the vCPUs each count allows on N1; "
+                "the GPUs attached to G2, A2, A3 and A4 machine types)",
+    "client-tpu": "google-cloud-aiplatform 1.165.1, google/cloud/aiplatform/utils/worker_spec_utils.py and "
+                  "jobs.py: tpu_topology 'is required for the TPU v5 versions' and goes to the chief only, "
+                  "'as TPU jobs only allow 1 replica'",
+    "client-enum": "google-cloud-aiplatform 1.165.1, google.cloud.aiplatform_v1.types.AcceleratorType "
+                   "(checked at compile time against the installed client)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedGpuMachine:
+    """A machine type that comes with its GPUs: the type and count are fixed by the machine."""
+
+    accelerator: str
+    count: int
+    source: str = "gce-gpus"
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuMachine:
+    """A TPU machine type: its accelerator types, chips per host, and topologies -> hosts of the slice."""
+
+    accelerators: tuple
+    chips: int
+    topologies: dict  # Empty: the machine takes no topology (TPU v2/v3 on cloud-tpu).
+    source: str = "training-compute"
+
+    @property
+    def default_topology(self) -> str:
+        """The single-host topology: the slice of exactly one host (empty when no topology is taken)."""
+        return next((t for t, hosts in self.topologies.items() if hosts == 1), "")
+
+
+def _sizes(prefix: str, sizes) -> tuple:
+    return tuple(f"{prefix}-{n}" for n in sizes)
+
+
+# CPU machine types Vertex AI custom training lists (source: training-compute). N1 also takes the GPUs below.
+CPU_MACHINES = frozenset(
+    _sizes("n1-standard", (4, 8, 16, 32, 64, 96)) + _sizes("n1-highmem", (2, 4, 8, 16, 32, 64, 96))
+    + _sizes("n1-highcpu", (16, 32, 64, 96))
+    + _sizes("e2-standard", (4, 8, 16, 32)) + _sizes("e2-highmem", (2, 4, 8, 16)) + _sizes("e2-highcpu", (16, 32))
+    + _sizes("n2-standard", (4, 8, 16, 32, 48, 64, 80)) + _sizes("n2-highmem", (2, 4, 8, 16, 32, 48, 64, 80))
+    + _sizes("n2-highcpu", (16, 32, 48, 64, 80))
+    + _sizes("c2-standard", (4, 8, 16, 30, 60)))
+
+# GPUs attached to an N1 machine: count -> the most vCPUs an N1 machine may have with that count (source: gce-gpus).
+N1_GPUS = {
+    "NVIDIA_TESLA_T4": {1: 48, 2: 48, 4: 96},
+    "NVIDIA_TESLA_V100": {1: 12, 2: 24, 4: 48, 8: 96},
+    "NVIDIA_TESLA_P4": {1: 24, 2: 48, 4: 96},
+    "NVIDIA_TESLA_P100": {1: 16, 2: 32, 4: 96},  # 4 x P100: up to 64 vCPUs in some zones, 96 in others.
+}
+
+# Accelerator-optimized machine types: the GPUs come with the machine (source: gce-gpus, training-compute).
+FIXED_GPU_MACHINES = {
+    **{f"g2-standard-{n}": FixedGpuMachine("NVIDIA_L4", 1) for n in (4, 8, 12, 16, 32)},
+    "g2-standard-24": FixedGpuMachine("NVIDIA_L4", 2),
+    "g2-standard-48": FixedGpuMachine("NVIDIA_L4", 4),
+    "g2-standard-96": FixedGpuMachine("NVIDIA_L4", 8),
+    **{f"a2-highgpu-{n}g": FixedGpuMachine("NVIDIA_TESLA_A100", n) for n in (1, 2, 4, 8)},
+    "a2-megagpu-16g": FixedGpuMachine("NVIDIA_TESLA_A100", 16),
+    **{f"a2-ultragpu-{n}g": FixedGpuMachine("NVIDIA_A100_80GB", n) for n in (1, 2, 4, 8)},
+    "a3-highgpu-8g": FixedGpuMachine("NVIDIA_H100_80GB", 8),
+    "a3-megagpu-8g": FixedGpuMachine("NVIDIA_H100_MEGA_80GB", 8),
+    "a3-ultragpu-8g": FixedGpuMachine("NVIDIA_H200_141GB", 8),
+    "a4-highgpu-8g": FixedGpuMachine("NVIDIA_B200", 8),
+}
+
+# TPU machine types (source: training-compute; one replica with the topology on the chief: client-tpu).
+_V5E_MULTI_HOST = {"2x2": 1, "2x4": 2, "4x4": 4, "4x8": 8, "8x8": 16, "8x16": 32, "16x16": 64}
+TPU_MACHINES = {
+    "cloud-tpu": TpuMachine(("TPU_V2", "TPU_V3"), 8, {}),
+    "ct5lp-hightpu-1t": TpuMachine(("TPU_V5_LITEPOD",), 1, {"1x1": 1}),
+    "ct5lp-hightpu-4t": TpuMachine(("TPU_V5_LITEPOD",), 4, _V5E_MULTI_HOST),
+    "ct5lp-hightpu-8t": TpuMachine(("TPU_V5_LITEPOD",), 8, {"2x4": 1}),
+    # TPU v6e is on Vertex AI, but TPU_V6E is not in the pinned client's AcceleratorType (client-enum):
+    # listed so that the refusal says so instead of 'not in the table'.
+    "ct6e-standard-1t": TpuMachine(("TPU_V6E",), 1, {"1x1": 1}),
+    "ct6e-standard-4t": TpuMachine(("TPU_V6E",), 4, {"2x2": 1}),
+    "ct6e-standard-8t": TpuMachine(("TPU_V6E",), 8, {"2x4": 1}),
+}
+
+
+def family(machine_type: str) -> str:
+    """'n1' for n1-standard-8, 'ct5lp' for ct5lp-hightpu-4t, 'cloud' for cloud-tpu."""
+    return machine_type.split("-", 1)[0]
+
+
+def families() -> list:
+    """Every machine family the table lists, sorted."""
+    names = set(CPU_MACHINES) | set(FIXED_GPU_MACHINES) | set(TPU_MACHINES)
+    return sorted({family(m) for m in names})
+
+
+def gpu_types() -> list:
+    """Every GPU accelerator type the table lists, NVIDIA_L4 first (the default), then by name."""
+    found = set(N1_GPUS) | {m.accelerator for m in FIXED_GPU_MACHINES.values()}
+    return sorted(found, key=lambda a: (a != "NVIDIA_L4", a))
+
+
+def gpu_counts(accelerator: str) -> list:
+    """The GPU counts one machine of the table can carry of `accelerator`."""
+    counts = set(N1_GPUS.get(accelerator, {}))
+    counts |= {m.count for m in FIXED_GPU_MACHINES.values() if m.accelerator == accelerator}
+    return sorted(counts)
+
+
+def machines_for(accelerator: str, count: int) -> list:
+    """The machine types of the table that carry `count` x `accelerator`, smallest first."""
+    if accelerator in N1_GPUS and count in N1_GPUS[accelerator]:
+        limit = N1_GPUS[accelerator][count]
+        return sorted((m for m in CPU_MACHINES if family(m) == "n1" and size(m) <= limit), key=size)
+    return sorted((m for m, spec in FIXED_GPU_MACHINES.items() if (spec.accelerator, spec.count) == (accelerator,
+                                                                                                     count)),
+                  key=size)
+
+
+def size(machine_type: str) -> int:
+    """The number a machine type ends with: vCPUs for n1-standard-8, GPUs for a2-highgpu-2g (0 for cloud-tpu)."""
+    digits = re.sub(r"\D", "", machine_type.rsplit("-", 1)[-1])
+    return int(digits) if digits else 0
+
+
+def client_accelerators() -> set:
+    """The accelerator names google.cloud.aiplatform_v1.AcceleratorType of the installed client has."""
+    from google.cloud.aiplatform_v1.types import AcceleratorType
+
+    return {member.name for member in AcceleratorType} - {"ACCELERATOR_TYPE_UNSPECIFIED"}
+
+
+def client_version() -> str:
+    """The installed google-cloud-aiplatform version, for messages."""
+    from importlib import metadata
+
+    return metadata.version("google-cloud-aiplatform")
