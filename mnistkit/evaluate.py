@@ -1,4 +1,4 @@
-"""`mnist-evaluate`: accuracy, per-class precision and recall, and the confusion matrix, as JSON."""
+"""`mnist-evaluate`: accuracy, per-class figures and the confusion matrix as JSON, optionally an HTML report."""
 
 import json
 import os
@@ -10,16 +10,27 @@ from mnistkit import cli, files
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory holding the four MNIST files.", required=True)
 OUTPUT = flags.DEFINE_string("output", None, "Where metrics.json goes (default: MODEL_DIR/metrics.json).")
+REPORT_DIR = flags.DEFINE_string("report_dir", None, "Also write the HTML report (figures inline) as "
+                                 "REPORT_DIR/report.html, the page the pipeline's evaluate step writes.")
 
 
 def main(argv):
     del argv
+    # Checked before TensorFlow loads and the model runs, so a wrong flag fails in a moment.
+    if REPORT_DIR.value and os.path.exists(REPORT_DIR.value) and not os.path.isdir(REPORT_DIR.value):
+        raise cli.UserError(f"--report_dir: expected a directory, found a file: {REPORT_DIR.value}")
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)
     output = OUTPUT.value or os.path.join(MODEL_DIR.value, "metrics.json")
     files.atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     logging.info("accuracy %.4f, loss %.4f -> %s", metrics["accuracy"], metrics["loss"], output)
+    if REPORT_DIR.value:
+        from mnistkit import report
+
+        path = report.write_report(os.path.join(REPORT_DIR.value, report.REPORT_FILE), MODEL_DIR.value,
+                                   DATA_DIR.value, metrics)
+        print(f"report: {os.path.abspath(path)}")
 
 
 def run():

@@ -9,12 +9,21 @@ from mnistkit import idx, training
 from mnistkit.model import for_inference
 
 
-def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATCH) -> dict:
+def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATCH, errors: int = 16) -> dict:
     """Evaluates the model in `model_dir` on the test split of `data_dir`.
 
+    Args:
+      model_dir: Directory that training wrote.
+      data_dir: Directory holding the four MNIST files.
+      batch_size: Test images per model call.
+      errors: How many of the most confidently misclassified test images to list.
+
     Returns:
-      loss, accuracy, per-class precision and recall, and the 10x10 confusion
-      matrix (rows: true label, columns: predicted label).
+      loss, accuracy, per-class precision and recall, the 10x10 confusion
+      matrix (rows: true label, columns: predicted label), and
+      most_confident_errors: up to `errors` misclassified test images, highest
+      predicted probability first, each as its index in the test split, true
+      label, predicted label and the probability given to the prediction.
     """
     model = for_inference(training.load_model(model_dir))
     images, labels = idx.load_split(data_dir, idx.TEST)
@@ -39,4 +48,16 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATC
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "confusion_matrix": confusion.tolist(),
+        "most_confident_errors": _most_confident_errors(logits, labels, predicted, errors),
     }
+
+
+def _most_confident_errors(logits: np.ndarray, labels: np.ndarray, predicted: np.ndarray, count: int) -> list[dict]:
+    """The `count` misclassified examples whose wrong prediction had the highest probability."""
+    probabilities = tf.nn.softmax(logits.astype(np.float32)).numpy()
+    confidence = probabilities[np.arange(len(labels)), predicted]
+    wrong = np.flatnonzero(predicted != labels)
+    # Stable sort: among equal probabilities the lower index comes first, so reruns list the same images.
+    chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    return [{"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]),
+             "probability": float(confidence[i])} for i in chosen]

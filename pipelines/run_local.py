@@ -9,8 +9,10 @@ final metrics and the SavedModel's path are printed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -22,13 +24,81 @@ from pipelines import parameters  # noqa: E402
 from pipelines.pipeline import DEFAULT_SOURCE  # noqa: E402
 
 RUNNERS = ("subprocess", "docker")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A step's own last word: a command's one-line error, or the last line of a Python traceback.
+_ERROR_LINE = re.compile(r"^(mnist-[\w-]+: error: .*"
+                         r"|(?:[A-Za-z_][\w.]*\.)?(?P<type>[A-Za-z_]\w*(?:Error|Exception|Exit))"
+                         r"(?:: (?P<message>.*))?)$")
+
+
+class StepLog:
+    """Stands in for sys.stdout during a kfp.local run: passes everything on and keeps each step's last error line.
+
+    Both of kfp.local's runners print a step's output (its stdout and stderr,
+    or the container's log) line by line in this process, after logging
+    "Executing task 'NAME'"; kfp's own error names only the failed task. This
+    is where the step's reason can still be read, whichever runner ran it.
+    """
+
+    def __init__(self, stream):
+        self._stream, self._pending, self._task = stream, "", None
+        self.errors: dict[str, str] = {}
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._see(_ANSI.sub("", line).strip())
+        return len(text)
+
+    def _see(self, line: str) -> None:
+        started = re.search(r"Executing task '([^']+)'", line)
+        if started:
+            self._task = started.group(1)
+            return
+        # kfp's executor prefixes its log lines: '[KFP Executor 2026-... ERROR]: ...'.
+        line = re.sub(r"^\[KFP Executor [^]]*\]: ", "", line)
+        found = _ERROR_LINE.match(line)
+        if self._task and found:
+            self.errors[self._task] = (f"{found.group('type')}: {found.group('message')}"
+                                       if found.group("type") and found.group("message") else line)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, fileno...: the real stream's.
+        return getattr(self._stream, name)
+
+    def reason(self, error: Exception) -> str:
+        """kfp's error about a failed run, as one line naming the failed step and that step's own error."""
+        message = _ANSI.sub("", str(error))
+        failed = re.search(r"Inner task failed: '([^']+)'", message)
+        task = failed.group(1) if failed else None
+        if task is None and self.errors:
+            task = list(self.errors)[-1]
+        if task is None:
+            return message
+        return f"step {task} failed: {self.errors.get(task, 'no error line in its output; see the log above')}"
+
+
+@contextlib.contextmanager
+def capture_step_errors():
+    """Yields a StepLog that sys.stdout writes through while the block runs."""
+    log = StepLog(sys.stdout)
+    sys.stdout = log
+    try:
+        yield log
+    finally:
+        sys.stdout = log._stream
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_local.py", description=__doc__.splitlines()[0])
     p.add_argument("--runner", default="subprocess", help=f"One of {', '.join(RUNNERS)} (default %(default)s).")
     p.add_argument("--source", default=DEFAULT_SOURCE,
-                   help="MNIST mirror: gs://BUCKET/PREFIX, http(s):// base URL or a directory (default %(default)s).")
+                   help="MNIST mirror: gs://BUCKET/PREFIX, http(s):// base URL or a directory; several, separated "
+                        "by commas, are tried in order (default %(default)s).")
     p.add_argument("--pipeline_root", default="local_runs", help="Where artifacts go (default ./%(default)s).")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="Override a pipeline parameter, e.g. --param train_epochs=1 (repeatable).")
@@ -98,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("parameter source: give it as --source, not --param")
         params = pipeline_parameters(args.registry, args.tag)
         arguments = {"source": args.source, **parameters.parse_overrides(args.param, params)}
-        result = run(args.pipeline_root, arguments, args.runner, args.registry, args.tag)
+        with capture_step_errors() as steps:
+            try:
+                result = run(args.pipeline_root, arguments, args.runner, args.registry, args.tag)
+            except RuntimeError as e:
+                raise RuntimeError(steps.reason(e)) from e
     except (ValueError, RuntimeError) as e:
         print(f"run_local.py: error: {e}", file=sys.stderr)
         return 1
@@ -106,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                         for k, v in sorted(result["metrics"].items()))
     print(f"\nrun: {result['run_dir']}\nmetrics: {metrics}\ngate: {result['verdict']}")
     print(f"SavedModel: {result['saved_model']}" if result["saved_model"] else "SavedModel: none (not exported)")
+    # kfp names the evaluate step's HTML artifact `report`; a browser shows a file
+    # without the .html suffix as text, so the page is copied next to the steps.
+    report = os.path.join(result["run_dir"], "report.html")
+    with open(os.path.join(result["run_dir"], "evaluate-model", "report")) as page, open(report, "w") as copy:
+        copy.write(page.read())
+    print(f"report: {report}")
     return 0
 
 
