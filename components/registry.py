@@ -1,26 +1,89 @@
-"""The optional last step: upload the exported SavedModel to the Vertex AI Model Registry."""
+"""The registration steps that GCPC has no component for: the baseline gate and the inputs of GCPC's upload.
 
-from kfp.dsl import Input, Model
+The upload, the evaluation import and the deployment themselves are Google
+Cloud Pipeline Components (ModelUploadOp, ModelImportEvaluationOp,
+EndpointCreateOp, ModelDeployOp), wired in pipelines/pipeline.py; they run
+only on Vertex AI. These two are lightweight components in the project's
+image: the gate looks the baseline up with the aiplatform client, so it also
+runs locally against a stand-in endpoint.
+"""
 
+from google_cloud_pipeline_components.types import artifact_types
+from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Output
 
-def register_model(saved_model: Input[Model], display_name: str, serving_image: str,
-                   project: str = "{{$.pipeline_google_cloud_project_id}}",
-                   location: str = "{{$.pipeline_google_cloud_location}}") -> str:
-    """Uploads the SavedModel to the Vertex AI Model Registry with a TensorFlow serving container.
+def check_baseline(accuracy: float, display_name: str, baseline_margin: float, verdict: Output[Markdown],
+                   parent_model: Output[artifact_types.VertexModel], project: str = "",
+                   location: str = "") -> str:
+    """The registration gate: a new version must not be worse than the default version by more than a margin.
 
     Args:
-      saved_model: The export_model output; its metadata `export_uri` names the SavedModel.
-      display_name: The model's name in the registry.
-      serving_image: A prebuilt Vertex AI TensorFlow prediction image.
-      project: The Google Cloud project; by default the pipeline run's.
-      location: The region; by default the pipeline run's.
+      accuracy: The new model's test accuracy.
+      display_name: The registered model's name; its default version is the baseline.
+      baseline_margin: How far below the baseline's test accuracy the new version may be (0 to 1).
+      verdict: Says what was decided, naming the baseline (resource name, version, accuracy).
+      parent_model: The model to add a version to (resourceName in its metadata); unused for a first model.
+      project: The Registry's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT. (Not the run's project
+        placeholder: kfp.local fails on it, even in this docstring, which is part of the step's command.)
+      location: The Registry's region; empty: $GOOGLE_CLOUD_REGION.
 
     Returns:
-      The resource name of the uploaded model.
+      'new-model' (no model of that name), 'new-version' or 'keep-baseline'.
     """
-    from google.cloud import aiplatform
+    from mnistkit import registry
 
-    aiplatform.init(project=project, location=location)
-    model = aiplatform.Model.upload(display_name=display_name, artifact_uri=saved_model.metadata["export_uri"],
-                                    serving_container_image_uri=serving_image)
-    return model.resource_name
+    project, location = registry.resolve_project_and_location(project, location)
+    registry.init_vertex(project, location)
+    baseline = registry.find_baseline(display_name)
+    decision, text = registry.decide(accuracy, display_name, baseline, baseline_margin)
+    if baseline is not None:
+        # What GCPC's upload reads (metadata resourceName) and what Vertex AI shows for a model artifact.
+        parent_model.uri = f"https://{location}-aiplatform.googleapis.com/v1/{baseline.resource_name}"
+        parent_model.metadata["resourceName"] = baseline.resource_name
+    with open(verdict.path, "w") as f:
+        f.write(text)
+    print(text)
+    return decision
+
+
+def registration_inputs(saved_model: Input[Model], metrics: Input[Metrics],
+                        confusion_matrix: Input[ClassificationMetrics], serving_image: str,
+                        model: Output[artifact_types.UnmanagedContainerModel],
+                        evaluation: Output[artifact_types.ClassificationMetrics]):
+    """Turns the export and the evaluation into what GCPC's upload and evaluation import read.
+
+    Args:
+      saved_model: The export_model output; metadata `export_uri` names the SavedModel.
+      metrics: evaluate_model's metrics (`loss` in the metadata).
+      confusion_matrix: evaluate_model's confusion matrix.
+      serving_image: The prebuilt Vertex AI prediction image that serves the SavedModel.
+      model: Points at the SavedModel, with the serving container in its metadata (ModelUploadOp's
+        unmanaged_container_model).
+      evaluation: The accuracy (as the confusion matrix), loss and confusion matrix in the file format
+        ModelImportEvaluationOp reads.
+    """
+    import json
+
+    from mnistkit import registry
+
+    model.uri = saved_model.metadata["export_uri"]
+    model.metadata["containerSpec"] = {"imageUri": serving_image}
+    matrix = confusion_matrix.metadata["confusionMatrix"]
+    labels = [spec["displayName"] for spec in matrix["annotationSpecs"]]
+    rows = [row["row"] for row in matrix["rows"]]
+    with open(evaluation.path, "w") as f:
+        json.dump(registry.vertex_evaluation(metrics.metadata["loss"], labels, rows), f)
+    evaluation.metadata["accuracy"] = registry.accuracy_of({"rows": rows})
+
+
+def existing_endpoint(resource_name: str, endpoint: Output[artifact_types.VertexEndpoint]):
+    """Names an existing Vertex AI endpoint as the artifact GCPC's ModelDeployOp deploys to.
+
+    Args:
+      resource_name: projects/PROJECT/locations/REGION/endpoints/ID.
+      endpoint: The endpoint, resourceName in its metadata.
+    """
+    from mnistkit import registry
+
+    location = registry.endpoint_location(resource_name)
+    endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"
+    endpoint.metadata["resourceName"] = resource_name

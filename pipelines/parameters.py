@@ -9,10 +9,11 @@ with a message that names it, says what was expected and what was found.
 from __future__ import annotations
 
 import math
+import re
 
 import yaml
 
-from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_RULES
+from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_PATTERNS, PARAMETER_RULES
 
 _TYPE_NAMES = {"STRING": "a string", "NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number",
                "BOOLEAN": "true or false", "LIST": "a JSON list", "STRUCT": "a JSON object"}
@@ -67,6 +68,11 @@ def _convert(name: str, text: str, kind: str):
 
 
 def _check_range(name: str, value) -> None:
+    if name in PARAMETER_PATTERNS:
+        pattern, expected = PARAMETER_PATTERNS[name]
+        if not re.fullmatch(pattern, value):
+            raise ParameterError(f"parameter {name}: expected {expected}, found {value!r}")
+        return
     low, high, choices = PARAMETER_RULES.get(name, (None, None, None))
     if choices is not None and value not in choices:
         raise ParameterError(f"parameter {name}: expected one of {', '.join(choices)}, found {value!r}")

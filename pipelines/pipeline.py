@@ -10,6 +10,7 @@ the submitter before a run starts.
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
 import os
 import sys
+import warnings
 from typing import NamedTuple
 
 from kfp import dsl
@@ -21,16 +22,24 @@ from components import component  # noqa: E402
 from mnistkit import recipes  # noqa: E402
 from components.data import download_data, validate_data  # noqa: E402
 from components.model import check_accuracy, evaluate_model, export_model, train_model  # noqa: E402
-from components.registry import register_model  # noqa: E402
+from components.registry import check_baseline, existing_endpoint, registration_inputs  # noqa: E402
+from mnistkit import registry  # noqa: E402
+from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp  # noqa: E402
+from google_cloud_pipeline_components.v1.model import ModelUploadOp  # noqa: E402
+
+with warnings.catch_warnings():  # Importing GCPC's preview evaluation package warns about its own components.
+    warnings.simplefilter("ignore", FutureWarning)
+    from google_cloud_pipeline_components.preview.model_evaluation import ModelImportEvaluationOp  # noqa: E402
 from pipelines.hardware import Hardware  # noqa: E402
 
 PIPELINE_NAME = "mnist-training"
-DEFAULT_SOURCE = "gs://cvdf-datasets/mnist/"
+from mnistkit.fetch import DEFAULT_SOURCE  # noqa: E402  (the CVDF bucket, its HTTPS form, another mirror)
 RECIPES = tuple(recipes.RECIPES)
 # The pipeline's defaults are the 'fast' recipe's, so that leaving them alone trains that recipe.
 FAST = recipes.RECIPES["fast"]
-# A prebuilt Vertex AI prediction image for TensorFlow SavedModels.
-DEFAULT_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+# The prebuilt Vertex AI prediction image of the newest TensorFlow the installed aiplatform lists
+# (tests/test_serving_image.py checks that an export of this project's TensorFlow answers in that version).
+DEFAULT_SERVING_IMAGE = registry.default_serving_image()
 
 # What a value must satisfy beyond its type: (minimum, maximum, choices); None is no bound.
 PARAMETER_RULES = {
@@ -39,11 +48,17 @@ PARAMETER_RULES = {
     "epochs_between_evals": (1, None, None),
     "stop_threshold": (0.0, 1.0, None),
     "min_accuracy": (0.0, 1.0, None),
+    "baseline_margin": (0.0, 1.0, None),
     "learning_rate": (0.0, None, None),  # Exclusive: a rate of 0 learns nothing.
     "max_train_examples": (0, None, None),
     "recipe": (None, None, RECIPES),
 }
 EXCLUSIVE_MINIMUM = ("learning_rate",)
+# What a string must look like: (regular expression, what to say was expected).
+PARAMETER_PATTERNS = {
+    "endpoint": (r"(projects/[^/]+/locations/[a-z0-9-]+/endpoints/[0-9]+)?",
+                 "empty or projects/PROJECT/locations/REGION/endpoints/NUMBER"),
+}
 
 
 def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str | None = None):
@@ -55,7 +70,9 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
     evaluate_op = component(evaluate_model, **cpu)
     check_op = component(check_accuracy, **cpu)
     export_op = component(export_model, **cpu)
-    register_op = component(register_model, **cpu)
+    baseline_op = component(check_baseline, **cpu)
+    registration_op = component(registration_inputs, **cpu)
+    endpoint_op = component(existing_endpoint, **cpu)
     if hardware.custom_job:
         train_op = _custom_job(train_op, hardware)
 
@@ -75,12 +92,20 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         register: bool = False,
         model_display_name: str = "mnist-cnn",
         serving_image: str = DEFAULT_SERVING_IMAGE,
+        baseline_margin: float = 0.002,
+        deploy: bool = False,
+        endpoint_machine_type: str = "n1-standard-2",
+        endpoint: str = "",
+        project: str = "",
+        region: str = "",
+        service_account: str = "",
+        checkpoint_root: str = "",
     ) -> NamedTuple("Outputs", metrics=Metrics, verdict=Markdown):
         """Trains the MNIST CNN and exports it as a SavedModel when its test accuracy is high enough.
 
         Args:
           source: The MNIST mirror: gs://BUCKET/PREFIX, an http(s):// base URL
-            or a directory.
+            or a directory; several, separated by commas, are tried in order.
           verify_checksums: Require MNIST's own files (SHA-256 and canonical
             sizes); False accepts any well-formed IDX files.
           recipe: 'fast' (per-epoch cosine schedule, bfloat16 where the
@@ -94,9 +119,30 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
           max_train_examples: Train on only this many examples; 0 means all.
           min_accuracy: The export gate: the test accuracy a model needs to be
             exported (0 to 1).
-          register: Also upload the exported model to the Vertex AI Model Registry.
+          register: Also register the exported model in the Vertex AI Model
+            Registry: a new version of the model named model_display_name
+            (a new model if none has that name), with its evaluation.
           model_display_name: The registered model's name.
           serving_image: The prediction image of the registered model.
+          baseline_margin: The registration gate: a new version is registered
+            unless its test accuracy is below the default version's by more
+            than this (0 to 1).
+          deploy: With register, also deploy the new version to a Vertex AI
+            endpoint, where it takes all the traffic.
+          endpoint_machine_type: The machine type serving the deployed model.
+          endpoint: The endpoint to deploy to,
+            projects/PROJECT/locations/REGION/endpoints/ID; empty creates one
+            named model_display_name.
+          project: The Google Cloud project of the Model Registry; submit.py
+            sets the run's. Empty: $GOOGLE_CLOUD_PROJECT where the steps run.
+          region: The region of the Model Registry and endpoint; submit.py
+            sets the run's. Empty: $GOOGLE_CLOUD_REGION where the steps run.
+          service_account: The account the training custom job runs as
+            (templates that train as a custom job; submit.py sets the run's
+            own); empty: Vertex AI's Custom Code Service Agent.
+          checkpoint_root: Where training keeps its checkpoints (gs:// or a
+            directory); set it to resume a resubmitted run. Empty: the custom
+            job's AIP_CHECKPOINT_DIR (kept per run), else the model artifact.
 
         Returns:
           metrics: Test accuracy, loss and examples.
@@ -108,8 +154,13 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         train = train_op(data=download.outputs["data"], recipe=recipe, batch_size=batch_size,
                          train_epochs=train_epochs, epochs_between_evals=epochs_between_evals,
                          stop_threshold=stop_threshold, learning_rate=learning_rate,
-                         max_train_examples=max_train_examples, tpu="local" if hardware.kind == "tpu" else "")
+                         max_train_examples=max_train_examples, tpu="local" if hardware.kind == "tpu" else "",
+                         checkpoint_dir=checkpoint_root,
+                         **({"service_account": service_account} if hardware.custom_job else {}))
         train.set_display_name("train-model").after(validate)
+        if hardware.custom_job:
+            # A retried task starts a new custom job with the same base_output_directory: it resumes.
+            train.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
         if not hardware.custom_job and hardware.accelerator_type:
             train.set_accelerator_type(hardware.accelerator_type).set_accelerator_limit(hardware.accelerator_count)
         evaluate = evaluate_op(data=download.outputs["data"], model=train.outputs["model"])
@@ -121,12 +172,55 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         with dsl.If(check.outputs["Output"] == True, name="accuracy-gate"):  # noqa: E712 (a KFP condition)
             export = export_op(model=train.outputs["model"]).set_display_name("export-model")
             with dsl.If(register == True, name="register-requested"):  # noqa: E712
-                register_op(saved_model=export.outputs["saved_model"], display_name=model_display_name,
-                            serving_image=serving_image).set_display_name("register-model")
+                _register(baseline_op, registration_op, endpoint_op, export, evaluate, model_display_name,
+                          serving_image, baseline_margin, deploy, endpoint_machine_type, endpoint, project, region)
         outputs = NamedTuple("Outputs", metrics=Metrics, verdict=Markdown)
         return outputs(metrics=evaluate.outputs["metrics"], verdict=check.outputs["verdict"])
 
     return mnist_training
+
+
+def _register(baseline_op, registration_op, endpoint_op, export, evaluate, display_name, serving_image,
+              baseline_margin, deploy, machine_type, endpoint_name, project, region):
+    """The registration branch: baseline gate, then GCPC's upload, evaluation import and (optionally) deployment.
+
+    GCPC's ModelUploadOp sends `parent_model` only when the task is given one
+    (kubeflow/pipelines#8257, #8881), so a new version and a first model are
+    two tasks under exclusive conditions, joined by dsl.OneOf. A new version
+    takes the "default" alias explicitly: uploads with a parent do not move
+    it (kubeflow/pipelines#8882), and the next run's baseline is the default.
+    Project and region are pipeline parameters rather than the run's
+    placeholders, which kfp.local cannot resolve (it fails on them).
+    """
+    gate = baseline_op(accuracy=evaluate.outputs["Output"], display_name=display_name,
+                       baseline_margin=baseline_margin, project=project, location=region)
+    gate.set_display_name("check-baseline")
+    inputs = registration_op(saved_model=export.outputs["saved_model"], metrics=evaluate.outputs["metrics"],
+                             confusion_matrix=evaluate.outputs["confusion_matrix"], serving_image=serving_image)
+    inputs.set_display_name("registration-inputs")
+    # Single-output conditions: kfp.local skips branches gated on a NamedTuple field (see PLATFORM.md).
+    with dsl.If(gate.outputs["Output"] != registry.KEEP_BASELINE, name="baseline-gate"):
+        with dsl.If(gate.outputs["Output"] == registry.NEW_VERSION, name="new-version"):
+            version = ModelUploadOp(display_name=display_name, parent_model=gate.outputs["parent_model"],
+                                    unmanaged_container_model=inputs.outputs["model"], version_aliases=["default"],
+                                    project=project, location=region).set_display_name("upload-version")
+        with dsl.Else(name="first-model"):
+            first = ModelUploadOp(display_name=display_name, unmanaged_container_model=inputs.outputs["model"],
+                                  project=project, location=region).set_display_name("upload-model")
+        uploaded = dsl.OneOf(version.outputs["model"], first.outputs["model"])
+        ModelImportEvaluationOp(model=uploaded, classification_metrics=inputs.outputs["evaluation"],
+                                display_name="mnist-test-split").set_display_name("import-evaluation")
+        with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
+            with dsl.If(endpoint_name != "", name="given-endpoint"):
+                given = endpoint_op(resource_name=endpoint_name).set_display_name("existing-endpoint")
+            with dsl.Else(name="new-endpoint"):
+                created = EndpointCreateOp(display_name=display_name, project=project, location=region)
+                created.set_display_name("create-endpoint")
+            target = dsl.OneOf(given.outputs["endpoint"], created.outputs["endpoint"])
+            ModelDeployOp(model=uploaded, endpoint=target,
+                          dedicated_resources_machine_type=machine_type, dedicated_resources_min_replica_count=1,
+                          dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
+                          ).set_display_name("deploy-model")
 
 
 def _custom_job(train_op, hardware: Hardware):
@@ -136,11 +230,22 @@ def _custom_job(train_op, hardware: Hardware):
     job = create_custom_training_job_from_component(
         train_op, display_name="train-model", machine_type=hardware.machine_type,
         accelerator_type=hardware.accelerator_type, accelerator_count=hardware.accelerator_count or 1,
-        replica_count=hardware.replica_count)
+        replica_count=hardware.replica_count,
+        # A reclaimed Spot VM, or a lost peer of a multi-worker job (MultiWorkerMirroredStrategy cannot carry on
+        # without it), restarts the whole job, which resumes from AIP_CHECKPOINT_DIR.
+        restart_job_on_worker_restart=hardware.spot or hardware.replica_count > 1,
+        strategy="SPOT" if hardware.spot else "STANDARD", tensorboard=hardware.tensorboard,
+        # Empty values rather than GCPC's None, which leaves these payload fields without any default.
+        labels={}, reserved_ip_ranges=[], psc_interface_config={},
+        # Keyed by the run, not the task: a restarted job and a retried task of the same run find the same
+        # AIP_CHECKPOINT_DIR (base/checkpoints); AIP_MODEL_DIR and AIP_TENSORBOARD_LOG_DIR go beside it.
+        # Vertex AI fills these placeholders in a default value, as it does GCPC's own persistent_resource_id.
+        base_output_directory=f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}/train-model")
     if hardware.tpu_topology:
-        # GCPC has no argument for it; the topology belongs in each pool's machine spec.
-        for pool in job.component_spec.inputs["worker_pool_specs"].default:
-            pool["machine_spec"]["tpu_topology"] = hardware.tpu_topology
+        # GCPC has no argument for it. As the pinned aiplatform client builds a TPU job (worker_spec_utils.py):
+        # one replica, the topology in the chief pool's machine spec.
+        job.component_spec.inputs["worker_pool_specs"].default[0]["machine_spec"]["tpu_topology"] = \
+            hardware.tpu_topology
     return job
 
 

@@ -1,8 +1,10 @@
 """`python pipelines/submit.py`: submit the compiled mnist-training pipeline to Vertex AI Pipelines.
 
-Everything is checked here before anything leaves the machine: the template,
-each `--param NAME=VALUE` against the template's parameter types and the
-pipeline's ranges, the labels, the pipeline root and the service account.
+Everything is checked here before anything leaves the machine: the template
+(its images must be ones Vertex AI can pull), each `--param NAME=VALUE` against
+the template's parameter types and the pipeline's ranges, the labels, the
+pipeline root and the service account. Missing Google Cloud credentials end in
+one line saying where they were looked for and how to provide them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ _ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]+$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _REGISTRY_HOST = re.compile(r"^https?://\S+/\S+$")
+_EXPERIMENT = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+# The keys under which a compiled template names container images: every executor's `image`, and the
+# `image_uri` of each worker pool of a GCPC custom job (in the component's defaults or a task's inputs).
+_IMAGE_KEYS = ("image", "image_uri", "imageUri")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--upload_tag", action="append", default=[], help="Tag of the uploaded template (repeatable).")
     p.add_argument("--upload_only", action="store_true",
                    help="Upload the template (with --upload_to) and submit no run, as Cloud Build does by default.")
+    p.add_argument("--experiment", help="Record the run in this Vertex AI Experiment (created if missing): "
+                   "lowercase letters, digits and dashes.")
+    p.add_argument("--allow_unpullable_images", action="store_true",
+                   help="Submit even when an image has no registry host or is on localhost, e.g. when the project's "
+                        "network reaches a private registry by that name.")
     p.add_argument("--api_endpoint", help="Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com).")
     return p
 
@@ -60,6 +71,43 @@ def _labels(items: list[str]) -> dict[str, str]:
                              "[a-z0-9_-], the value up to 63 of [a-z0-9_-]")
         labels[key] = value
     return labels
+
+
+def _images(node, where: str = ""):
+    """Yields (image, where) for every container image a compiled template names."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _IMAGE_KEYS and isinstance(value, str):
+                yield value, where
+            else:
+                yield from _images(value, key if key.startswith(("exec-", "comp-")) else where)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _images(value, where)
+
+
+def _unpullable(image: str) -> bool:
+    """Whether Vertex AI cannot pull `image`: no registry host (a bare name), or a host on this machine."""
+    first, sep, _ = image.partition("/")
+    host = first.split(":")[0].lower()
+    if not sep or ("." not in first and ":" not in first and host != "localhost"):
+        return True  # A bare name, or a Docker Hub path such as library/python: no registry host at all.
+    return host == "localhost" or host.startswith("127.") or host in ("0.0.0.0", "[::1]")
+
+
+def check_images(template_path: str) -> None:
+    """Refuses a template naming an image Vertex AI cannot pull; raises ValueError naming the first one."""
+    import yaml
+
+    with open(template_path) as f:
+        template = yaml.safe_load(f)
+    for image, where in _images(template):
+        if _unpullable(image):
+            raise ValueError(
+                f"{template_path}: image {image!r} ({where or 'a step'}) cannot be pulled by Vertex AI: expected "
+                "a registry host such as REGION-docker.pkg.dev/PROJECT/REPO; compile for one with `python "
+                "pipelines/compile.py --registry REGION-docker.pkg.dev/PROJECT/REPO` after pushing the images "
+                "(or build both with Cloud Build: cloudbuild.yaml), or pass --allow_unpullable_images")
 
 
 def check(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -81,8 +129,31 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError("--upload_only: expected together with --upload_to, found no --upload_to")
     if args.upload_tag and not args.upload_to:
         raise ValueError("--upload_tag: expected together with --upload_to, found no --upload_to")
-    values = parameters.parse_overrides(args.param, parameters.template_parameters(args.template))
+    if args.experiment is not None and not _EXPERIMENT.match(args.experiment):
+        raise ValueError(f"--experiment: expected 1-128 of [a-z0-9-] starting with a letter or digit, "
+                         f"found {args.experiment!r}")
+    template_parameters = parameters.template_parameters(args.template)
+    if not args.allow_unpullable_images:
+        check_images(args.template)
+    values = parameters.parse_overrides(args.param, template_parameters)
+    # What the template's steps need to know of the run and cannot read from it: the account custom jobs run
+    # as, and the project and region of the Model Registry. By default the run's own.
+    for name, value in (("service_account", args.service_account), ("project", args.project),
+                        ("region", args.region)):
+        if name in template_parameters and name not in values:
+            values[name] = value
     return values, _labels(args.label)
+
+
+def credentials_help() -> str:
+    """One line: where Application Default Credentials were looked for, and how to provide them."""
+    from google.auth import _cloud_sdk, environment_vars
+
+    key = os.environ.get(environment_vars.CREDENTIALS)
+    looked = ([f"${environment_vars.CREDENTIALS} ({key})"] if key else [f"${environment_vars.CREDENTIALS} (unset)"]) \
+        + [f"gcloud's {_cloud_sdk.get_application_default_credentials_path()}", "the GCE metadata server"]
+    return (f"no Google Cloud credentials found: looked in {', '.join(looked)}; run `gcloud auth "
+            f"application-default login`, or set {environment_vars.CREDENTIALS} to a service-account key file")
 
 
 def submit(args: argparse.Namespace, values: dict, labels: dict):
@@ -102,7 +173,7 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
         display_name=args.display_name or "mnist-training", template_path=args.template,
         pipeline_root=args.pipeline_root, parameter_values=values, labels=labels or None,
         enable_caching=None if args.caching is None else args.caching == "on")
-    job.submit(service_account=args.service_account)
+    job.submit(service_account=args.service_account, experiment=args.experiment)
     print(f"submitted {job.resource_name}")
     if args.wait:
         job.wait()
@@ -116,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"submit.py: error: {e}", file=sys.stderr)
         return 1
+    from google.auth import exceptions as auth_exceptions
+
     try:
         job = submit(args, values, labels)
+    except auth_exceptions.DefaultCredentialsError:
+        print(f"submit.py: error: {credentials_help()}", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # What PipelineJob.wait raises when the run failed or was cancelled.
         print(f"submit.py: error: {e}", file=sys.stderr)
         return 1

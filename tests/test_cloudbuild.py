@@ -203,4 +203,7 @@ def test_upload_step_is_submit_py_uploading_the_compiled_template(build, steps, 
                                                     .resolve(compile_args.hardware), compile_args.registry,
                                                     compile_args.tag)
     values, labels = submit_module.check(args)
-    assert values == {} and labels == {}
+    # No --param: only what submit.py fills from its own flags (the account custom jobs run as, the Registry's
+    # project and region).
+    assert values == {"service_account": args.service_account, "project": args.project, "region": args.region}
+    assert labels == {}

@@ -11,6 +11,7 @@ import yaml
 
 from pipelines import compile as compile_module
 from pipelines import hardware, pipeline, run_local
+from tests import browser
 from tests.conftest import REPO, serve_directory
 
 STEPS = ["download-data", "validate-data", "train-model", "evaluate-model", "check-accuracy", "export-model"]
@@ -55,28 +56,40 @@ def _worker_pools(spec) -> list:
         "defaultValue"]
 
 
+_GCPC_IMAGE = "gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"
+
+
+def _is_gcpc(container) -> bool:
+    """Whether an executor is one of GCPC's own launchers (they run in GCPC's image)."""
+    return any(part.startswith("google_cloud_pipeline_components.container.") for part in container["command"])
+
+
 def test_cpu_pipeline_has_the_steps_in_order_and_the_gate(tmp_path):
     spec = _compile(tmp_path, hardware.Hardware())
     assert spec["pipelineInfo"]["name"] == "mnist-training"
     tasks = _all_tasks(spec)
-    assert set(STEPS) | {"register-model"} <= set(tasks)
-    # Each step runs after the one before it.
-    for before, step in zip(STEPS, STEPS[1:] + ["register-model"]):
+    assert set(STEPS) | {"registration-inputs"} <= set(tasks)
+    # Each step runs after the one before it (registration: see tests/test_registry.py).
+    for before, step in zip(STEPS, STEPS[1:] + ["registration-inputs"]):
         assert before in _upstream(tasks, step), (before, step)
     # The gate: export sits under a condition on the check's single boolean output.
     condition = tasks["export-model"]["_condition"]
     assert condition == "inputs.parameter_values['pipelinechannel--check-accuracy-Output'] == true"
-    assert tasks["register-model"]["_condition"] == "inputs.parameter_values['pipelinechannel--register'] == true"
+    assert tasks["registration-inputs"]["_condition"] == \
+        "inputs.parameter_values['pipelinechannel--register'] == true"
     for step in STEPS[:5]:
         assert tasks[step]["_condition"] is None, step
-    # Every step names its image and nothing is pip-installed at start.
+    # Every step names its image (GCPC's registration steps, GCPC's) and nothing is pip-installed at start.
     executors = spec["deploymentSpec"]["executors"]
     for name, executor in executors.items():
         container = executor["container"]
-        assert container["image"] == "localhost/mnistkit-cpu:0.1.0", name
+        assert container["image"] == (_GCPC_IMAGE if _is_gcpc(container) else "localhost/mnistkit-cpu:0.1.0"), name
         assert "pip install" not in " ".join(container["command"]), name
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["source"]["defaultValue"] == "gs://cvdf-datasets/mnist/"
+    # The CVDF bucket first, then its HTTPS form, then another public mirror of the same files.
+    assert params["source"]["defaultValue"].split(",") == ["gs://cvdf-datasets/mnist/",
+                                                           "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                                                           "https://ossci-datasets.s3.amazonaws.com/mnist/"]
     assert {"batch_size", "train_epochs", "epochs_between_evals", "stop_threshold", "learning_rate", "recipe",
             "min_accuracy", "register", "max_train_examples"} <= set(params)
     # Docstrings become the descriptions users read in the Vertex AI console.
@@ -96,7 +109,8 @@ def test_pipeline_defaults_are_the_fast_recipe():
 
 def test_registry_and_tag_reach_every_image(tmp_path, monkeypatch):
     spec = _compile(tmp_path, hardware.resolve("gpu"), registry="europe-docker.pkg.dev/p/r", tag="2024.1")
-    images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+    images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()
+              if not _is_gcpc(e["container"])}
     assert images.pop("exec-train-model") == "europe-docker.pkg.dev/p/r/mnistkit-gpu:2024.1"
     assert set(images.values()) == {"europe-docker.pkg.dev/p/r/mnistkit-cpu:2024.1"}
     monkeypatch.setenv("MNISTKIT_IMAGE_REGISTRY", "localhost:5000")
@@ -143,23 +157,25 @@ def test_multiworker_pipeline_has_a_chief_and_workers(tmp_path):
     assert cpu_only[0]["container_spec"]["image_uri"] == "localhost/mnistkit-cpu:0.1.0"
 
 
-@pytest.mark.parametrize("machine, accelerator, chips, topology, hosts", [
-    ("cloud-tpu", "TPU_V3", 8, None, 1),
-    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, None, 1),
-    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "4x4", 4),
+@pytest.mark.parametrize("machine, accelerator, chips, topology, expected_topology, hosts", [
+    ("cloud-tpu", "TPU_V3", 8, None, None, 1),
+    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, None, "2x2", 1),  # v5e always carries a topology: one host's.
+    ("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "4x4", "4x4", 4),
 ])
 def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine, accelerator, chips, topology,
-                                                               hosts):
-    spec = _compile(tmp_path, hardware.resolve("tpu", machine_type=machine, accelerator_type=accelerator,
-                                               tpu_topology=topology))
-    pools = _worker_pools(spec)
-    assert sum(p["replica_count"] for p in pools) == hosts
-    for pool in pools:
-        expected = {"machine_type": machine, "accelerator_type": accelerator, "accelerator_count": chips}
-        if topology:
-            expected["tpu_topology"] = topology
-        assert pool["machine_spec"] == expected
-        assert pool["container_spec"]["image_uri"] == "localhost/mnistkit-tpu:0.1.0"
+                                                               expected_topology, hosts):
+    hw = hardware.resolve("tpu", machine_type=machine, accelerator_type=accelerator, tpu_topology=topology)
+    assert hw.tpu_hosts == hosts
+    # A TPU job is one replica whatever the hosts of its slice, the topology in the chief's machine spec
+    # (test_vertex_contracts.py checks this is what the aiplatform client builds).
+    spec = _compile(tmp_path, hw)
+    (pool,) = _worker_pools(spec)
+    assert pool["replica_count"] == 1
+    expected = {"machine_type": machine, "accelerator_type": accelerator, "accelerator_count": chips}
+    if expected_topology:
+        expected["tpu_topology"] = expected_topology
+    assert pool["machine_spec"] == expected
+    assert pool["container_spec"]["image_uri"] == "localhost/mnistkit-tpu:0.1.0"
     # The training step is told to use the TPU of its own VM.
     train_inputs = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
     assert train_inputs["tpu"]["runtimeValue"]["constant"] == "local"
@@ -168,7 +184,8 @@ def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine
 @pytest.mark.parametrize("argv, message", [
     (["--hardware", "fpga"], "--hardware: expected one of cpu, gpu, multiworker, tpu, found 'fpga'"),
     (["--hardware", "gpu", "--accelerator_type", "NVIDIA_K80"], "--accelerator_type: expected one of NVIDIA_L4,"),
-    (["--hardware", "gpu", "--accelerator_count", "3"], "--accelerator_count: expected one of 1, 2, 4, 8, 16, found 3"),
+    (["--hardware", "gpu", "--accelerator_count", "3"], "--accelerator_count: expected one of 1, 2, 4, 8 for "
+     "NVIDIA_L4, found 3"),
     (["--hardware", "gpu", "--replica_count", "2"], "--replica_count: expected 1 for --hardware=gpu"),
     (["--hardware", "cpu", "--accelerator_type", "NVIDIA_L4"], "--accelerator_type: expected no accelerator"),
     (["--hardware", "multiworker", "--replica_count", "1"], "--replica_count: expected at least 2"),
@@ -180,7 +197,7 @@ def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine
      "--accelerator_type: expected one of TPU_V2, TPU_V3 on cloud-tpu, found 'TPU_V5_LITEPOD'"),
     (["--hardware", "tpu", "--accelerator_count", "8"], "--accelerator_count: expected 4, the chips of one "
      "ct5lp-hightpu-4t host, found 8"),
-    (["--hardware", "tpu", "--tpu_topology", "3x3"], "--tpu_topology: expected a slice of a multiple of the 4 chips"),
+    (["--hardware", "tpu", "--tpu_topology", "3x3"], "--tpu_topology: expected one of 2x2 (1 host), 2x4 (2 hosts)"),
     (["--hardware", "tpu", "--machine_type", "cloud-tpu", "--tpu_topology", "2x2"], "--tpu_topology: expected no "
      "topology with cloud-tpu"),
     (["--hardware", "gpu", "--tpu_topology", "2x2"], "--tpu_topology: expected no topology unless --hardware=tpu"),
@@ -264,6 +281,13 @@ def test_unreachable_threshold_skips_export_and_says_why(mirror, tmp_path, capsy
     assert verdict.startswith("**Not exported**: test accuracy 0.") and "below min_accuracy 0.9900" in verdict
     out = capsys.readouterr().out
     assert "gate: **Not exported**" in out and "SavedModel: none (not exported)" in out
+    # The run ends by printing where its HTML report is: a copy, named .html, of the evaluate step's artifact.
+    report = os.path.join(run_dir, "report.html")
+    assert out.rstrip().splitlines()[-1] == f"report: {report}"
+    with open(report) as copy, open(os.path.join(run_dir, "evaluate-model", "report")) as artifact:
+        assert copy.read() == artifact.read()
+    browser.assert_report_shows_the_run(report, os.path.join(run_dir, "train-model", "model"),
+                                        os.path.join(run_dir, "download-data", "data"), str(tmp_path / "report.png"))
 
 
 def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):

@@ -1,102 +1,35 @@
 """Submitting the compiled pipeline with the real aiplatform client to a loopback Vertex AI endpoint.
 
-The endpoint is an HTTP server on 127.0.0.1 written here: it records every
-request and answers the few calls a submission makes (the pipeline-root
-bucket lookup and creation of the GCS JSON API, the pipeline job creation
-and polling of the Vertex AI REST API, and a KFP template upload). Nothing
-reaches the internet.
+The endpoint is tests/vertex.py's HTTP server on 127.0.0.1: it records every
+request and answers the calls a submission makes (the pipeline-root bucket
+lookup and creation of the GCS JSON API, the pipeline job creation and
+polling of the Vertex AI REST API, a KFP template upload, the Metadata calls
+of an Experiment). Nothing reaches the internet.
 """
 
 import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from pipelines import compile as compile_module
 from pipelines import hardware, submit
+from tests.conftest import REPO
+from tests.vertex import PROJECT, REGION, endpoint  # noqa: F401  (a fixture)
 
-PROJECT, REGION = "mnist-project", "us-central1"
 ACCOUNT = "runner@mnist-project.iam.gserviceaccount.com"
 ROOT = "gs://mnist-pipeline-root/runs"
-
-
-class Recorder(BaseHTTPRequestHandler):
-    """Answers like Vertex AI, GCS and Artifact Registry would, and keeps what it received."""
-
-    requests: list = []  # Replaced per server.
-    jobs: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status: int, payload, content_type="application/json"):
-        body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _handle(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        url = urllib.parse.urlsplit(self.path)
-        self.requests.append({"method": self.command, "path": url.path, "query": urllib.parse.parse_qs(url.query),
-                              "headers": dict(self.headers), "body": body})
-        if url.path.startswith("/storage/v1/b/") and url.path.endswith("/iam"):
-            if self.command == "GET":
-                return self._reply(200, {"kind": "storage#policy", "bindings": [], "etag": "CAE=", "version": 1})
-            return self._reply(200, json.loads(body))
-        if url.path.startswith("/storage/v1/b/") and self.command == "GET":
-            # The pipeline-root bucket does not exist yet: the client creates it.
-            return self._reply(404, {"error": {"code": 404, "message": "The specified bucket does not exist."}})
-        if url.path == "/storage/v1/b" and self.command == "POST":
-            return self._reply(200, {"kind": "storage#bucket", **json.loads(body)})
-        if url.path.endswith("/pipelineJobs") and self.command == "POST":
-            job = json.loads(body)
-            job_id = urllib.parse.parse_qs(url.query)["pipelineJobId"][0]
-            job.update(name=f"projects/{PROJECT}/locations/{REGION}/pipelineJobs/{job_id}",
-                       state="PIPELINE_STATE_PENDING")
-            self.jobs[job["name"]] = job
-            return self._reply(200, job)
-        name = url.path.removeprefix("/v1/")
-        if self.command == "GET" and name in self.jobs:
-            return self._reply(200, {**self.jobs[name], "state": "PIPELINE_STATE_SUCCEEDED"})
-        if url.path.startswith("/kfp/") and self.command == "POST":
-            return self._reply(200, "mnist-training/sha256:0123abcd", "text/plain")
-        return self._reply(404, {"error": {"code": 404, "message": f"unexpected {self.command} {url.path}"}})
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-
-@pytest.fixture
-def endpoint(monkeypatch):
-    """Starts the recording server, points the real clients at it; yields (base URL, recorded requests)."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import aiplatform
-    from google.cloud.aiplatform import initializer
-
-    recorded = []
-    handler = type("Handler", (Recorder,), {"requests": recorded, "jobs": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-    # Anonymous credentials: there is no account here, and the endpoint checks none.
-    aiplatform.init(credentials=AnonymousCredentials(), api_transport="rest")
-    yield url, recorded
-    initializer.global_config.__init__()  # Back to defaults: aiplatform.init is bound to this object.
-    server.shutdown()
-    server.server_close()
+REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/mnist"
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> str:
     return compile_module.compile_pipeline(str(tmp_path_factory.mktemp("template") / "pipeline.yaml"),
-                                           hardware.Hardware())
+                                           hardware.Hardware(), registry=REGISTRY)
 
 
 def _args(template, url, *extra):
@@ -123,7 +56,7 @@ def _job_requests(recorded):
 
 
 def test_submission_carries_the_spec_parameters_and_service_account(endpoint, template, capsys):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     code = submit.main(_args(template, url, "--param", "train_epochs=5", "--param", "min_accuracy=0.99",
                              "--param", "register=true", "--param", "recipe=seed", "--label", "team=vision",
                              "--caching", "off", "--display_name", "nightly"))
@@ -145,8 +78,11 @@ def test_submission_carries_the_spec_parameters_and_service_account(endpoint, te
     assert job["labels"]["team"] == "vision"
     runtime = job["runtimeConfig"]
     assert runtime["gcsOutputDirectory"] == ROOT
+    # The template's service_account (the account custom jobs run as), project and region (the Model
+    # Registry's) are filled from the flags.
     assert runtime["parameterValues"] == {"train_epochs": 5, "min_accuracy": 0.99, "register": True,
-                                          "recipe": "seed"}
+                                          "recipe": "seed", "service_account": ACCOUNT, "project": PROJECT,
+                                          "region": REGION}
     # The pipeline-root bucket was looked up, then created, before the job.
     bucket_calls = [(r["method"], r["path"]) for r in recorded if r["path"].startswith("/storage/")]
     assert bucket_calls[:2] == [("GET", "/storage/v1/b/mnist-pipeline-root"), ("POST", "/storage/v1/b")]
@@ -154,7 +90,7 @@ def test_submission_carries_the_spec_parameters_and_service_account(endpoint, te
 
 
 def test_wait_polls_until_the_run_ends(endpoint, template, capsys):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     assert submit.main(_args(template, url, "--wait")) == 0
     (create,) = _job_requests(recorded)
     job_id = create["query"]["pipelineJobId"][0]
@@ -164,7 +100,7 @@ def test_wait_polls_until_the_run_ends(endpoint, template, capsys):
 
 
 def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     assert submit.main(_args(template, url, "--upload_to", f"{url}/kfp/{PROJECT}/pipelines",
                              "--upload_tag", "v1", "--upload_tag", "latest")) == 0
     (upload,) = [r for r in recorded if r["path"].startswith("/kfp/")]
@@ -179,18 +115,21 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--param", "stop_threshold=1.5"], "parameter stop_threshold: expected a value in [0.0, 1.0], found 1.5"),
     (["--param", "min_accuracy=-0.1"], "parameter min_accuracy: expected a value in [0.0, 1.0], found -0.1"),
+    (["--param", "baseline_margin=2"], "parameter baseline_margin: expected a value in [0.0, 1.0], found 2.0"),
+    (["--param", "endpoint=mnist"], "parameter endpoint: expected empty or projects/PROJECT/locations/REGION/"
+     "endpoints/NUMBER, found 'mnist'"),
     (["--param", "train_epochs=0"], "parameter train_epochs: expected at least 1, found 0"),
     (["--param", "batch_size=0"], "parameter batch_size: expected at least 1, found 0"),
     (["--param", "batch_size=12.5"], "parameter batch_size: expected an integer, found '12.5'"),
     (["--param", "learning_rate=fast"], "parameter learning_rate: expected a number, found 'fast'"),
     (["--param", "register=yes"], "parameter register: expected true or false, found 'yes'"),
     (["--param", "recipe=slow"], "parameter recipe: expected one of fast, seed, found 'slow'"),
-    (["--param", "epochs=3"], "parameter epochs: unknown; the pipeline takes batch_size, "),
+    (["--param", "epochs=3"], "parameter epochs: unknown; the pipeline takes baseline_margin, batch_size, "),
     (["--param", "train_epochs"], "override 'train_epochs': expected NAME=VALUE"),
     (["--label", "Team=x"], "--label 'Team=x': expected KEY=VALUE"),
 ])
 def test_bad_overrides_never_reach_the_endpoint(endpoint, template, capsys, extra, message):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     assert submit.main(_args(template, url, *extra)) == 1
     assert f"submit.py: error: {message}" in capsys.readouterr().err
     assert recorded == []
@@ -203,7 +142,7 @@ def test_bad_overrides_never_reach_the_endpoint(endpoint, template, capsys, extr
     ("--region", "mars", "--region: expected a region such as us-central1"),
 ])
 def test_bad_settings_never_reach_the_endpoint(endpoint, template, capsys, flag, value, message):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     args = _args(template, url)
     args[args.index(flag) + 1] = value
     assert submit.main(args) == 1
@@ -221,8 +160,130 @@ def test_service_account_is_required(template, capsys):
 
 
 def test_missing_template_is_refused(endpoint, tmp_path, capsys):
-    url, recorded = endpoint
+    url, recorded, _ = endpoint
     assert submit.main(_args(str(tmp_path / "none.yaml"), url)) == 1
     assert "none.yaml: expected a compiled pipeline (python pipelines/compile.py), found none" \
         in capsys.readouterr().err
     assert recorded == []
+
+
+# --- Images Vertex AI can pull, credentials, Experiments. ----------------------------------------------------
+
+def _edited(template, tmp_path, edit) -> str:
+    """A copy of `template` changed by edit(spec)."""
+    with open(template) as f:
+        spec = yaml.safe_load(f)
+    edit(spec)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_a_localhost_template_is_refused_in_seconds_before_any_network_call(endpoint, tmp_path):
+    """The command as users run it: a fresh interpreter, every proxy dead, the endpoint recording."""
+    url, recorded, _ = endpoint
+    local_template = compile_module.compile_pipeline(str(tmp_path / "local.yaml"), hardware.Hardware(),
+                                                     registry="localhost")
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead, "http_proxy": dead}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "pipelines/submit.py", *_args(local_template, url)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"submit.py: error: {local_template}: image 'localhost/mnistkit-cpu:")
+    assert "cannot be pulled by Vertex AI" in line
+    assert "python pipelines/compile.py --registry REGION-docker.pkg.dev/PROJECT/REPO" in line
+    assert "Cloud Build" in line and "--allow_unpullable_images" in line
+    assert recorded == []
+    assert elapsed < 5, elapsed
+
+
+def test_a_custom_job_worker_pool_image_is_checked_too(endpoint, tmp_path, capsys):
+    url, recorded, _ = endpoint
+    gpu = compile_module.compile_pipeline(str(tmp_path / "gpu.yaml"), hardware.resolve(
+        "gpu", machine_type="g2-standard-8"), registry=REGISTRY)
+
+    def local_pool(spec):
+        for pool in spec["components"]["comp-train-model"]["inputDefinitions"]["parameters"]["worker_pool_specs"][
+                "defaultValue"]:
+            pool["container_spec"]["image_uri"] = "localhost/mnistkit-gpu:0.1.0"
+
+    assert submit.main(_args(gpu, url)) == 0  # As compiled: every image, the launcher's too, has a registry.
+    recorded.clear()
+    assert submit.main(_args(_edited(gpu, tmp_path, local_pool), url)) == 1
+    err = capsys.readouterr().err
+    assert "image 'localhost/mnistkit-gpu:0.1.0' (comp-train-model) cannot be pulled by Vertex AI" in err
+    assert recorded == []
+
+
+def test_a_bare_image_name_is_refused_and_the_flag_lets_it_through(endpoint, template, tmp_path, capsys):
+    url, recorded, _ = endpoint
+
+    def bare(spec):
+        spec["deploymentSpec"]["executors"]["exec-download-data"]["container"]["image"] = "mnistkit-cpu:0.1.0"
+
+    edited = _edited(template, tmp_path, bare)
+    assert submit.main(_args(edited, url)) == 1
+    assert "image 'mnistkit-cpu:0.1.0' (exec-download-data) cannot be pulled" in capsys.readouterr().err
+    assert recorded == []
+    assert submit.main(_args(edited, url, "--allow_unpullable_images")) == 0
+    (create,) = _job_requests(recorded)
+    executors = json.loads(create["body"])["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert executors["exec-download-data"]["container"]["image"] == "mnistkit-cpu:0.1.0"
+
+
+def test_no_credentials_is_one_line_saying_where_they_were_looked_for(template, tmp_path):
+    """No aiplatform.init with anonymous credentials here: the real Application Default Credentials lookup runs."""
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), GCE_METADATA_HOST="127.0.0.1:9",
+               GCE_METADATA_IP="127.0.0.1:9", NO_GCE_CHECK="true")
+    done = subprocess.run([sys.executable, "pipelines/submit.py", *_args(template, "http://127.0.0.1:9")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("submit.py: error: no Google Cloud credentials found: looked in "
+                           "$GOOGLE_APPLICATION_CREDENTIALS (unset), gcloud's ")
+    assert str(tmp_path / "gcloud" / "application_default_credentials.json") in line
+    assert "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS" in line
+
+
+def test_experiment_is_attached_to_the_pipeline_job(endpoint, template, capsys):
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url, "--experiment", "mnist-recipes")) == 0
+    (create,) = _job_requests(recorded)
+    job_id = create["query"]["pipelineJobId"][0]
+    store = f"/v1/projects/{PROJECT}/locations/{REGION}/metadataStores/default"
+    # The experiment is a Metadata context of type system.Experiment, created because it did not exist...
+    (made,) = [r for r in recorded if r["method"] == "POST" and r["path"] == f"{store}/contexts"]
+    assert made["query"]["contextId"] == ["mnist-recipes"]
+    assert json.loads(made["body"])["schemaTitle"] == "system.Experiment"
+    assert recorded.index(made) < recorded.index(create)  # Checked before the job exists.
+    # ...and the job's run context becomes its child once the job is created.
+    (attach,) = [r for r in recorded if r["path"].endswith(":addContextChildren")]
+    assert attach["path"] == f"{store}/contexts/mnist-recipes:addContextChildren"
+    assert json.loads(attach["body"])["childContexts"] == [
+        f"projects/{PROJECT}/locations/{REGION}/metadataStores/default/contexts/{job_id}"]
+    assert recorded.index(create) < recorded.index(attach)
+
+
+def test_a_bad_experiment_name_never_reaches_the_endpoint(endpoint, template, capsys):
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url, "--experiment", "My Runs")) == 1
+    assert "--experiment: expected 1-128 of [a-z0-9-]" in capsys.readouterr().err
+    assert recorded == []
+
+
+def test_explicit_params_win_over_the_flags_they_default_to(endpoint, template):
+    url, recorded, _ = endpoint
+    other = "trainer@mnist-project.iam.gserviceaccount.com"
+    endpoint_name = f"projects/{PROJECT}/locations/europe-west4/endpoints/123"
+    assert submit.main(_args(template, url, "--param", f"service_account={other}", "--param", "region=europe-west4",
+                             "--param", "deploy=true", "--param", f"endpoint={endpoint_name}")) == 0
+    (create,) = _job_requests(recorded)
+    job = json.loads(create["body"])
+    assert job["runtimeConfig"]["parameterValues"] == {"service_account": other, "project": PROJECT,
+                                                       "region": "europe-west4", "deploy": True,
+                                                       "endpoint": endpoint_name}
+    assert job["serviceAccount"] == ACCOUNT  # The run itself still acts as --service_account.

@@ -1,0 +1,216 @@
+"""Vertex AI Model Registry logic: the serving image, the baseline a new version must match, the evaluation to attach.
+
+Nothing here knows about KFP: the pipeline's registration components
+(components/registry.py) call these functions. The Vertex AI client is
+imported only where it is used, so a compile or a submit check stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+
+# The decisions of the baseline gate, also the values the pipeline's conditions compare with.
+NEW_MODEL = "new-model"
+NEW_VERSION = "new-version"
+KEEP_BASELINE = "keep-baseline"
+
+# Set to an http:// address (a loopback stand-in for Vertex AI, as in the tests) to send the Registry calls
+# there over REST without credentials. Unset on Vertex AI, where the run's own account is used.
+API_ENDPOINT_ENV = "MNISTKIT_VERTEX_API_ENDPOINT"
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+LOCATION_ENV = "GOOGLE_CLOUD_REGION"
+
+
+def _prediction_constants():
+    """The installed aiplatform's `constants/prediction.py`, loaded on its own.
+
+    Importing `google.cloud.aiplatform` takes seconds (it loads every client); this file needs only `re`, and
+    the pipeline module (imported by compile, submit and run_local) reads it on every start.
+    """
+    spec = importlib.util.find_spec("google.cloud.aiplatform")  # Locates the package without running it.
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("google-cloud-aiplatform is not installed: pip install -e '.[pipeline]'")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "constants", "prediction.py")
+    module_spec = importlib.util.spec_from_file_location("_aiplatform_prediction_constants", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def tensorflow_serving_images(accelerator: str = "cpu", region: str = "us") -> list[tuple[tuple[int, int], str]]:
+    """The prebuilt TensorFlow 2 prediction images the installed aiplatform knows, newest TensorFlow first.
+
+    Args:
+      accelerator: 'cpu' or 'gpu'.
+      region: The Artifact Registry multi-region: 'us', 'europe' or 'asia'.
+
+    Returns:
+      [((major, minor), image URI), ...].
+    """
+    constants = _prediction_constants()
+    found = []
+    for uri in constants.TF_CONTAINER_URIS:
+        match = constants.CONTAINER_URI_PATTERN.match(uri)
+        if match and (match["framework"], match["accelerator"], match["region"]) == ("tf2", accelerator, region):
+            major, minor = (int(n) for n in match["version"].split("-")[:2])
+            found.append(((major, minor), uri))
+    return sorted(found, reverse=True)
+
+
+def default_serving_image() -> str:
+    """The CPU prediction image of the newest TensorFlow the installed aiplatform lists."""
+    images = tensorflow_serving_images()
+    if not images:
+        raise RuntimeError("google-cloud-aiplatform lists no TensorFlow 2 CPU prediction image")
+    return images[0][1]
+
+
+def serving_tensorflow_version(image: str) -> str:
+    """'2.15' for '.../tf2-cpu.2-15:latest'; raises ValueError for an image that is not a TF2 prediction image."""
+    match = re.search(r"/tf2-(?:cpu|gpu)\.(\d+)-(\d+)(?::|$)", image)
+    if not match:
+        raise ValueError(f"serving image: expected a Vertex AI tf2-cpu.X-Y or tf2-gpu.X-Y image, found {image!r}")
+    return f"{match[1]}.{match[2]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The default version of the registered model a new version is compared with."""
+
+    resource_name: str  # projects/P/locations/L/models/ID
+    version_id: str
+    accuracy: float | None  # None: the version carries no evaluation with a confusion matrix.
+    evaluation: str = ""  # The evaluation's resource name, when there is one.
+    models_of_that_name: int = 1
+
+
+def resolve_project_and_location(project: str, location: str) -> tuple[str, str]:
+    """`project` and `location`, or where empty $GOOGLE_CLOUD_PROJECT and $GOOGLE_CLOUD_REGION.
+
+    Raises:
+      ValueError: neither given nor in the environment.
+    """
+    def pick(value, env, what):
+        if value:
+            return value
+        if os.environ.get(env):
+            return os.environ[env]
+        raise ValueError(f"{what}: expected the pipeline parameter (submit.py sets it from --{what}) or ${env}, "
+                         "found neither")
+
+    return pick(project, PROJECT_ENV, "project"), pick(location, LOCATION_ENV, "region")
+
+
+def init_vertex(project: str, location: str) -> None:
+    """aiplatform.init for the run's project and region, or for the loopback endpoint $MNISTKIT_VERTEX_API_ENDPOINT."""
+    from google.cloud import aiplatform
+
+    endpoint = os.environ.get(API_ENDPOINT_ENV)
+    if endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        if not endpoint.startswith("http://"):
+            raise ValueError(f"${API_ENDPOINT_ENV}: expected the http:// address of a local stand-in, "
+                             f"found {endpoint!r}")
+        aiplatform.init(project=project, location=location, api_endpoint=endpoint, api_transport="rest",
+                        credentials=AnonymousCredentials())
+    else:
+        aiplatform.init(project=project, location=location)
+
+
+def endpoint_location(resource_name: str) -> str:
+    """The region of an endpoint's resource name; raises ValueError naming what was expected."""
+    match = re.fullmatch(r"projects/[^/]+/locations/([a-z0-9-]+)/endpoints/[0-9]+", resource_name)
+    if not match:
+        raise ValueError(f"endpoint: expected projects/PROJECT/locations/REGION/endpoints/NUMBER, "
+                         f"found {resource_name!r}")
+    return match[1]
+
+
+def accuracy_of(confusion_matrix: dict) -> float | None:
+    """Top-1 accuracy from a Vertex AI (or KFP) confusion matrix: the diagonal over the total; None if empty."""
+    rows = [r["row"] if isinstance(r, dict) else r for r in confusion_matrix.get("rows", [])]
+    total = sum(sum(float(v) for v in row) for row in rows)
+    if not rows or total <= 0:
+        return None
+    return sum(float(row[i]) for i, row in enumerate(rows) if i < len(row)) / total
+
+
+def find_baseline(display_name: str) -> Baseline | None:
+    """The default version of the newest model named `display_name` and its latest evaluation; None if none.
+
+    Call init_vertex first.
+    """
+    from google.cloud import aiplatform
+
+    # Model.list answers with each model at its default version ("default" alias).
+    models = aiplatform.Model.list(filter=f'display_name="{display_name}"', order_by="update_time desc")
+    if not models:
+        return None
+    model = models[0]
+    accuracy, evaluation = None, ""
+    evaluations = sorted(model.list_model_evaluations(), key=lambda e: e.create_time, reverse=True)
+    for candidate in evaluations:
+        metrics = dict(candidate.metrics or {})
+        confusion = metrics.get("confusionMatrix")
+        if confusion:
+            accuracy = accuracy_of(_plain(confusion))
+            if accuracy is not None:
+                evaluation = candidate.resource_name
+                break
+    return Baseline(resource_name=model.resource_name, version_id=str(model.version_id), accuracy=accuracy,
+                    evaluation=evaluation, models_of_that_name=len(models))
+
+
+def _plain(value):
+    """A protobuf Struct/ListValue (what the client returns for metrics) as plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ in ("RepeatedComposite", "RepeatedScalarContainer"):
+        return [_plain(v) for v in value]
+    return value
+
+
+def decide(accuracy: float, display_name: str, baseline: Baseline | None, margin: float) -> tuple[str, str]:
+    """The baseline gate: (decision, Markdown verdict).
+
+    A first model has no baseline and is registered (it already passed the
+    absolute min_accuracy gate). Otherwise the new version is registered
+    unless its accuracy is below the default version's by more than `margin`.
+    """
+    if baseline is None:
+        return NEW_MODEL, (f"**Registered as a new model** `{display_name}`: no model of that name exists, so there "
+                           f"is no baseline; test accuracy {accuracy:.4f} passed min_accuracy.\n")
+    named = f"`{baseline.resource_name}` version {baseline.version_id} (the default version)"
+    if baseline.models_of_that_name > 1:
+        named += f", the newest of {baseline.models_of_that_name} models named `{display_name}`"
+    if baseline.accuracy is None:
+        return NEW_VERSION, (f"**Registered as a new version** of {named}: the baseline carries no evaluation with a "
+                             f"confusion matrix, so test accuracy {accuracy:.4f} passed on min_accuracy alone.\n")
+    floor = baseline.accuracy - margin
+    compared = (f"test accuracy {accuracy:.4f} against the baseline {named} with test accuracy "
+                f"{baseline.accuracy:.4f} and baseline_margin {margin:.4f}")
+    if accuracy >= floor:
+        return NEW_VERSION, f"**Registered as a new version**: {compared} (floor {floor:.4f}).\n"
+    return KEEP_BASELINE, (f"**Not registered**: {compared}: below the floor {floor:.4f}; the baseline stays the "
+                           "default version.\n")
+
+
+def vertex_evaluation(loss: float, labels: list[str], rows: list[list[float]]) -> dict:
+    """The evaluation as GCPC's ModelImportEvaluationOp reads a classification metrics file.
+
+    Vertex AI's classification schema has no `accuracy` field; the confusion
+    matrix carries it (diagonal over total, what accuracy_of reads back), and
+    for single-label top-1 predictions precision and recall at 1 equal it.
+    """
+    accuracy = accuracy_of({"rows": rows}) or 0.0
+    classification = {
+        "logLoss": float(loss),
+        "confusionMatrix": {"annotationSpecs": [{"id": label, "displayName": label} for label in labels],
+                            "rows": [[float(v) for v in row] for row in rows]},
+        "confidenceMetrics": [{"confidenceThreshold": 0.0, "precisionAt1": accuracy, "recallAt1": accuracy}],
+    }
+    return {"slicedMetrics": [{"singleOutputSlicingSpec": {}, "metrics": {"classification": classification}}]}

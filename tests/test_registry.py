@@ -1,0 +1,277 @@
+"""Registering in the Vertex AI Model Registry: the baseline gate run locally, and GCPC's steps as compiled.
+
+The gate (components/registry.py check_baseline) runs through kfp.local with
+the real aiplatform client against tests/vertex.py's loopback endpoint, whose
+Registry holds what each test puts there. The upload, evaluation import and
+deployment are GCPC container components: kfp.local's SubprocessRunner
+refuses them and their launchers call the real Google endpoints, so what they
+are given is tested in the compiled spec (and, for the evaluation file, with
+GCPC's own reader).
+"""
+
+import json
+import os
+import re
+
+import pytest
+import yaml
+from kfp import local
+
+from components import component
+from components.registry import check_baseline
+from mnistkit import registry
+from pipelines import compile as compile_module
+from pipelines import hardware, pipeline
+from tests.conftest import serve_directory
+from tests.vertex import PARENT, PROJECT, REGION, endpoint, registered_model  # noqa: F401  (a fixture)
+
+pytestmark = [pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:Task .model-upload:UserWarning")]
+
+NAME = "mnist-cnn"
+PERFECT_9_OF_10 = [[9, 1], [1, 9]]  # Accuracy 0.9.
+PERFECT_99_OF_100 = [[99, 1], [1, 99]]  # Accuracy 0.99.
+
+
+@pytest.fixture
+def vertex(endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """kfp.local in this environment, its steps pointed at the loopback endpoint; yields (recorded, handler)."""
+    url, recorded, handler = endpoint
+    monkeypatch.setenv(registry.API_ENDPOINT_ENV, url)
+    monkeypatch.setenv(registry.PROJECT_ENV, PROJECT)
+    monkeypatch.setenv(registry.LOCATION_ENV, REGION)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    return recorded, handler
+
+
+def _gate(accuracy, margin=0.002):
+    task = component(check_baseline)(accuracy=accuracy, display_name=NAME, baseline_margin=margin)
+    with open(task.outputs["verdict"].path) as f:
+        return task.outputs["Output"], f.read().strip(), task.outputs["parent_model"]
+
+
+def _registry_calls(recorded):
+    return [(r["method"], r["path"], r["query"].get("filter")) for r in recorded if "/models" in r["path"]]
+
+
+def test_first_model_has_no_baseline_and_is_registered_as_a_new_model(vertex):
+    recorded, _ = vertex
+    decision, verdict, _ = _gate(0.95)
+    assert decision == registry.NEW_MODEL
+    assert verdict == (f"**Registered as a new model** `{NAME}`: no model of that name exists, so there is no "
+                       "baseline; test accuracy 0.9500 passed min_accuracy.")
+    assert _registry_calls(recorded) == [("GET", f"/v1/{PARENT}/models", [f'display_name="{NAME}"'])]
+
+
+def test_a_better_baseline_keeps_the_new_model_out_and_the_verdict_names_it(vertex):
+    recorded, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", PERFECT_99_OF_100))
+    decision, verdict, _ = _gate(0.95, margin=0.01)
+    assert decision == registry.KEEP_BASELINE
+    assert verdict == (f"**Not registered**: test accuracy 0.9500 against the baseline `{PARENT}/models/42` "
+                       "version 3 (the default version) with test accuracy 0.9900 and baseline_margin 0.0100: "
+                       "below the floor 0.9800; the baseline stays the default version.")
+    # The baseline's accuracy came from its default version's evaluation.
+    assert ("GET", f"/v1/{PARENT}/models/42@3/evaluations", None) in _registry_calls(recorded)
+
+
+def test_a_worse_baseline_gets_a_new_version_with_that_model_as_parent(vertex):
+    _, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", PERFECT_9_OF_10))
+    decision, verdict, parent = _gate(0.95)
+    assert decision == registry.NEW_VERSION
+    assert verdict.startswith(f"**Registered as a new version**: test accuracy 0.9500 against the baseline "
+                              f"`{PARENT}/models/42` version 3 (the default version) with test accuracy 0.9000")
+    # What GCPC's ModelUploadOp reads to send `parent_model`.
+    assert parent.metadata["resourceName"] == f"{PARENT}/models/42"
+    assert parent.uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{PARENT}/models/42"
+
+
+def test_within_the_margin_is_registered_and_a_baseline_without_evaluation_passes_on_the_threshold(vertex):
+    _, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", PERFECT_99_OF_100))
+    decision, verdict, _ = _gate(0.985, margin=0.01)
+    assert decision == registry.NEW_VERSION and "(floor 0.9800)" in verdict
+    handler.models[:] = [registered_model("7", NAME, "1")]
+    decision, verdict, parent = _gate(0.95)
+    assert decision == registry.NEW_VERSION
+    assert "the baseline carries no evaluation with a confusion matrix" in verdict and "models/7` version 1" in verdict
+    assert parent.metadata["resourceName"] == f"{PARENT}/models/7"
+
+
+def test_a_given_endpoint_becomes_the_artifact_deploy_reads(vertex, capfd):
+    from components.registry import existing_endpoint
+
+    name = f"{PARENT}/endpoints/1234"
+    task = component(existing_endpoint)(resource_name=name)
+    assert task.outputs["endpoint"].metadata["resourceName"] == name
+    assert task.outputs["endpoint"].uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{name}"
+    with pytest.raises(RuntimeError, match="existing-endpoint"):
+        component(existing_endpoint)(resource_name="my-endpoint")
+    out = capfd.readouterr()
+    assert "endpoint: expected projects/PROJECT/locations/REGION/endpoints/NUMBER, found 'my-endpoint'" in \
+        out.out + out.err
+
+
+# --- The whole pipeline run locally: the gate in place, after export. ---------------------------------------
+
+# A model that learns nothing (accuracy about 0.1) but passes the export gate at min_accuracy 0.
+UNTRAINED = {"verify_checksums": False, "train_epochs": 1, "batch_size": 32, "max_train_examples": 64,
+             "learning_rate": 1e-9, "min_accuracy": 0.0, "register": True, "model_display_name": NAME}
+
+
+def test_whole_local_run_with_a_better_baseline_registers_nothing(vertex, synthetic_data, tmp_path):
+    """register=true, and the Registry's default version is better than the new model: the run ends
+    after check-baseline, no upload step starts (kfp.local would refuse GCPC's container), and the
+    registration inputs are ready in the formats GCPC reads."""
+    from google.protobuf import json_format
+    from google_cloud_pipeline_components.container._implementation.model_evaluation import (
+        import_model_evaluation)
+
+    from pipelines import run_local
+
+    recorded, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", [[100, 0], [0, 100]]))
+    with serve_directory(synthetic_data) as url:
+        result = run_local.run(str(tmp_path / "runs"), {"source": url, **UNTRAINED})
+    run_dir = result["run_dir"]
+    assert {"export-model", "check-baseline", "registration-inputs"} <= set(os.listdir(run_dir))
+    assert not [d for d in os.listdir(run_dir) if d.startswith(("model-", "endpoint-"))]
+    with open(os.path.join(run_dir, "check-baseline", "verdict")) as f:
+        verdict = f.read()
+    assert verdict.startswith("**Not registered**: test accuracy 0.") and \
+        f"the baseline `{PARENT}/models/42` version 3 (the default version) with test accuracy 1.0000" in verdict
+    # The SavedModel to upload with its serving image, and the evaluation as GCPC's importer reads it.
+    evaluation = os.path.join(run_dir, "registration-inputs", "evaluation")
+    overall, slices = import_model_evaluation.read_metrics_from_file(evaluation, "classification")
+    metrics = json_format.MessageToDict(overall["metrics"])  # The protobuf Value the importer sends.
+    assert registry.accuracy_of(metrics["confusionMatrix"]) == pytest.approx(result["metrics"]["accuracy"], abs=1e-6)
+    assert metrics["logLoss"] == pytest.approx(result["metrics"]["loss"], rel=1e-6)
+    assert [s["displayName"] for s in metrics["confusionMatrix"]["annotationSpecs"]] == [str(d) for d in range(10)]
+    assert slices == []
+
+
+def test_whole_local_run_without_a_baseline_enters_the_upload_branch(vertex, synthetic_data, tmp_path, capsys):
+    """No model of that name: the gate says new-model and the run goes on into the first-model branch, up to
+    GCPC's upload, a container component that kfp.local's SubprocessRunner refuses (only Vertex AI runs it)."""
+    from pipelines import run_local
+
+    with serve_directory(synthetic_data) as url, pytest.raises(RuntimeError) as failed:
+        run_local.run(str(tmp_path / "runs"), {"source": url, **UNTRAINED})
+    assert "The SubprocessRunner only supports running Lightweight Python Components" in str(failed.value)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "Executing task 'model-upload-2'" in out  # The upload without parent_model: the first-model branch.
+    assert "Executing task 'model-upload'" not in out
+    (run_dir,) = os.listdir(tmp_path / "runs")
+    with open(tmp_path / "runs" / run_dir / "check-baseline" / "verdict") as f:
+        assert f.read().startswith(f"**Registered as a new model** `{NAME}`: no model of that name exists")
+
+
+# --- GCPC's steps, as compiled. ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = compile_module.compile_pipeline(str(tmp_path_factory.mktemp("spec") / "p.yaml"), hardware.Hardware())
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _tasks(spec) -> dict:
+    """Every task by its component's name, with the conditions of the groups holding it."""
+    found = {}
+
+    def walk(dag, conditions):
+        for name, task in dag["tasks"].items():
+            ref = task["componentRef"]["name"]
+            here = conditions + [task["triggerPolicy"]["condition"]] if "triggerPolicy" in task else conditions
+            if "dag" in spec["components"][ref]:
+                walk(spec["components"][ref]["dag"], here)
+            else:
+                found[name] = {**task, "_conditions": here, "_executor": spec["components"][ref]["executorLabel"]}
+
+    walk(spec["root"]["dag"], [])
+    return found
+
+
+REGISTER = "inputs.parameter_values['pipelinechannel--register'] == true"
+GATE = "inputs.parameter_values['pipelinechannel--check-baseline-Output']"
+
+
+def test_upload_sends_parent_model_only_for_a_new_version(spec):
+    tasks = _tasks(spec)
+    version, first = tasks["model-upload"], tasks["model-upload-2"]
+    assert version["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", f"{GATE} == 'new-version'"]
+    assert first["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", f"!({GATE} == 'new-version')"]
+    assert version["inputs"]["artifacts"]["parent_model"] == {
+        "componentInputArtifact": "pipelinechannel--check-baseline-parent_model"}
+    assert "parent_model" not in first["inputs"]["artifacts"]
+    for task in (version, first):
+        assert task["inputs"]["artifacts"]["unmanaged_container_model"] == {
+            "componentInputArtifact": "pipelinechannel--registration-inputs-model"}
+        assert task["inputs"]["parameters"]["display_name"] == {
+            "componentInputParameter": "pipelinechannel--model_display_name"}
+        # GCPC's own default is us-central1 whatever the run's region: the pipeline's region is passed.
+        assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
+        assert task["inputs"]["parameters"]["project"] == {"componentInputParameter": "pipelinechannel--project"}
+    # A version uploaded under a parent becomes the default (the next run's baseline) only when asked to.
+    assert version["inputs"]["parameters"]["version_aliases"] == {"runtimeValue": {"constant": ["default"]}}
+    # The launcher passes the parent only when the task has one, from the artifact's resourceName.
+    args = spec["deploymentSpec"]["executors"][version["_executor"]]["container"]["args"]
+    assert {"IfPresent": {"InputName": "parent_model", "Then": [
+        "--parent_model_name", "{{$.inputs.artifacts['parent_model'].metadata['resourceName']}}"]}} in \
+        [json.loads(a) for a in args if a.startswith("{\"IfPresent")]
+    assert "google_cloud_pipeline_components.container.v1.model.upload_model.launcher" in \
+        spec["deploymentSpec"]["executors"][version["_executor"]]["container"]["command"]
+
+
+def test_evaluation_is_imported_into_whichever_model_was_uploaded(spec):
+    tasks = _tasks(spec)
+    imported = tasks["model-evaluation-import"]
+    assert imported["_conditions"][-2:] == [REGISTER, f"{GATE} != 'keep-baseline'"]
+    assert imported["inputs"]["artifacts"]["classification_metrics"] == {
+        "componentInputArtifact": "pipelinechannel--registration-inputs-evaluation"}
+    producer = _component_of(spec, imported["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"])
+    (oneof,) = spec["components"][producer]["outputDefinitions"]["artifacts"].values()
+    assert oneof["artifactType"]["schemaTitle"] == "google.VertexModel"
+    selectors = spec["components"][producer]["dag"]["outputs"]["artifacts"]
+    (choices,) = selectors.values()
+    assert sorted(c["producerSubtask"] for c in choices["artifactSelectors"]) == ["condition-5", "condition-6"]
+
+
+def _component_of(spec, task_name) -> str:
+    def walk(dag):
+        for name, task in dag["tasks"].items():
+            ref = task["componentRef"]["name"]
+            if name == task_name:
+                return ref
+            if "dag" in spec["components"][ref]:
+                found = walk(spec["components"][ref]["dag"])
+                if found:
+                    return found
+    return walk(spec["root"]["dag"])
+
+
+DEPLOY = "inputs.parameter_values['pipelinechannel--deploy'] == true"
+GIVEN = "inputs.parameter_values['pipelinechannel--endpoint'] != ''"
+
+
+def test_deploy_is_requested_only_when_asked(spec):
+    tasks = _tasks(spec)
+    deploy, created, given = tasks["model-deploy"], tasks["endpoint-create"], tasks["existing-endpoint"]
+    assert deploy["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
+    # An endpoint is created only when none is given.
+    assert created["_conditions"][-2:] == [DEPLOY, f"!({GIVEN})"]
+    assert given["_conditions"][-2:] == [DEPLOY, GIVEN]
+    assert created["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
+    params = deploy["inputs"]["parameters"]
+    assert params["dedicated_resources_machine_type"] == {
+        "componentInputParameter": "pipelinechannel--endpoint_machine_type"}
+    assert params["traffic_split"] == {"runtimeValue": {"constant": {"0": 100.0}}}
+    producer = _component_of(spec, deploy["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"]["producerTask"])
+    (choices,) = spec["components"][producer]["dag"]["outputs"]["artifacts"].values()
+    assert sorted(c["outputArtifactKey"] for c in choices["artifactSelectors"]) == [
+        "pipelinechannel--endpoint-create-endpoint", "pipelinechannel--existing-endpoint-endpoint"]
+    assert "oneof" in deploy["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["deploy"]["defaultValue"] is False and defaults["register"]["defaultValue"] is False
+    assert "baseline_margin" in pipeline.PARAMETER_RULES  # Checked in [0, 1] before a run starts.

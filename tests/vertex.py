@@ -1,0 +1,138 @@
+"""A loopback stand-in for Vertex AI, Cloud Storage and Artifact Registry that the real clients talk to.
+
+An HTTP server on 127.0.0.1 written here: it records every request and
+answers the calls this project's clients make (the pipeline-root bucket
+lookup and creation of the GCS JSON API; pipeline job creation and polling;
+a KFP template upload; the Model Registry lookups of the baseline gate; the
+Metadata calls that attach a run to a Vertex AI Experiment). Nothing reaches
+the internet. Tests use the `endpoint` fixture (import it into the test module).
+"""
+
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+PROJECT, REGION = "mnist-project", "us-central1"
+PARENT = f"projects/{PROJECT}/locations/{REGION}"
+STORE = f"{PARENT}/metadataStores/default"
+
+
+def registered_model(model_id: str, display_name: str, version_id: str, confusion_rows=None) -> dict:
+    """A model the stand-in Registry holds at its default version, with an evaluation when rows are given."""
+    model = {"name": f"{PARENT}/models/{model_id}", "displayName": display_name, "versionId": version_id,
+             "versionAliases": ["default"], "createTime": "2026-01-01T00:00:00Z",
+             "updateTime": "2026-01-02T00:00:00Z", "evaluations": []}
+    if confusion_rows is not None:
+        model["evaluations"].append({
+            "name": f"{PARENT}/models/{model_id}@{version_id}/evaluations/1", "createTime": "2026-01-02T00:00:00Z",
+            "metricsSchemaUri": "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml",
+            "metrics": {"logLoss": 0.1, "confusionMatrix": {
+                "annotationSpecs": [{"id": str(i), "displayName": str(i)} for i in range(len(confusion_rows))],
+                "rows": confusion_rows}}})
+    return model
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers like Vertex AI, GCS and Artifact Registry would, and keeps what it received."""
+
+    requests: list = []  # Replaced per server, like the state below.
+    jobs: dict = {}
+    models: list = []
+    contexts: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status: int, payload, content_type="application/json"):
+        body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _not_found(self, what: str):
+        return self._reply(404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}})
+
+    def _handle(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        path = urllib.parse.unquote(url.path)  # The REST client escapes '@' in versioned names.
+        self.requests.append({"method": self.command, "path": path, "query": query,
+                              "headers": dict(self.headers), "body": body})
+        name = path.removeprefix("/v1/")
+        if path.startswith("/storage/v1/b/") and path.endswith("/iam"):
+            if self.command == "GET":
+                return self._reply(200, {"kind": "storage#policy", "bindings": [], "etag": "CAE=", "version": 1})
+            return self._reply(200, json.loads(body))
+        if path.startswith("/storage/v1/b/") and self.command == "GET":
+            # The pipeline-root bucket does not exist yet: the client creates it.
+            return self._reply(404, {"error": {"code": 404, "message": "The specified bucket does not exist."}})
+        if path == "/storage/v1/b" and self.command == "POST":
+            return self._reply(200, {"kind": "storage#bucket", **json.loads(body)})
+        if path.endswith("/pipelineJobs") and self.command == "POST":
+            job = json.loads(body)
+            job_id = query["pipelineJobId"][0]
+            job.update(name=f"{PARENT}/pipelineJobs/{job_id}", state="PIPELINE_STATE_PENDING",
+                       jobDetail={"pipelineRunContext": {"name": f"{STORE}/contexts/{job_id}",
+                                                         "schemaTitle": "system.PipelineRun"}})
+            self.jobs[job["name"]] = job
+            return self._reply(200, job)
+        if self.command == "GET" and name in self.jobs:
+            return self._reply(200, {**self.jobs[name], "state": "PIPELINE_STATE_SUCCEEDED"})
+        if path.startswith("/kfp/") and self.command == "POST":
+            return self._reply(200, "mnist-training/sha256:0123abcd", "text/plain")
+        if name == f"{PARENT}/models" and self.command == "GET":
+            wanted = urllib.parse.unquote(query.get("filter", [""])[0])
+            found = [{k: v for k, v in m.items() if k != "evaluations"} for m in self.models
+                     if wanted in ("", f'display_name="{m["displayName"]}"')]
+            return self._reply(200, {"models": found} if found else {})
+        if name.startswith(f"{PARENT}/models/") and name.endswith("/evaluations") and self.command == "GET":
+            model_name, _, version = name.removesuffix("/evaluations").partition("@")
+            for m in self.models:
+                if m["name"] == model_name and version in ("", m["versionId"]):
+                    return self._reply(200, {"modelEvaluations": m["evaluations"]} if m["evaluations"] else {})
+            return self._not_found(name)
+        # Vertex AI Experiments: an experiment is a Metadata context; a run joins it as a child context.
+        if name.startswith(f"{STORE}/contexts/") and ":" not in name and self.command == "GET":
+            return self._reply(200, self.contexts[name]) if name in self.contexts else self._not_found(name)
+        if name == f"{STORE}/contexts" and self.command == "POST":
+            context = {**json.loads(body), "name": f"{STORE}/contexts/{query['contextId'][0]}"}
+            self.contexts[context["name"]] = context
+            return self._reply(200, context)
+        if name.endswith(":addContextChildren") and self.command == "POST":
+            return self._reply(200, {})
+        if name == STORE and self.command == "GET":
+            return self._reply(200, {"name": STORE})
+        return self._reply(404, {"error": {"code": 404, "message": f"unexpected {self.command} {path}"}})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """Starts the recording server, points the real clients at it; yields (base URL, recorded requests, handler).
+
+    The handler's `models` list is the Registry's content; tests append registered_model(...) to it.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+    from google.cloud.aiplatform import initializer
+
+    recorded = []
+    handler = type("Handler", (Recorder,), {"requests": recorded, "jobs": {}, "models": [], "contexts": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    # Anonymous credentials: there is no account here, and the endpoint checks none.
+    aiplatform.init(credentials=AnonymousCredentials(), api_transport="rest")
+    yield url, recorded, handler
+    initializer.global_config.__init__()  # Back to defaults: aiplatform.init is bound to this object.
+    server.shutdown()
+    server.server_close()
