@@ -1,16 +1,16 @@
 """The model steps: train, evaluate, gate on accuracy, export a SavedModel."""
 
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_size: int, train_epochs: int,
                 epochs_between_evals: int, stop_threshold: float, learning_rate: float, max_train_examples: int = 0,
-                tpu: str = ""):
+                tpu: str = "", checkpoint_dir: str = ""):
     """Trains the seed's CNN, evaluating every few epochs and stopping at a threshold.
 
     Args:
       data: The validated MNIST directory.
-      model: model.keras, history.json, checkpoints and TensorBoard logs.
+      model: model.keras, history.json, TensorBoard logs and, unless they go elsewhere, checkpoints.
       recipe: 'fast' (per-epoch cosine schedule) or 'seed' (constant rate, float32).
       batch_size: Global batch size.
       train_epochs: Epochs to train at most.
@@ -19,19 +19,23 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_s
       learning_rate: Adam's (peak) learning rate.
       max_train_examples: Train on only this many examples; 0 means all.
       tpu: 'local' on a TPU VM; empty elsewhere.
+      checkpoint_dir: gs:// or path where checkpoints outlive this task, so a retried task or a resubmitted
+        run with the same settings resumes; empty: $AIP_CHECKPOINT_DIR on Vertex AI, else inside `model`.
     """
     from mnistkit import training
 
     config = training.TrainConfig.from_recipe(
         recipe, data_dir=data.path, model_dir=model.path, batch_size=batch_size, train_epochs=train_epochs,
         epochs_between_evals=epochs_between_evals, stop_threshold=stop_threshold, learning_rate=learning_rate,
-        max_train_examples=max_train_examples or None, tpu=tpu or None)
+        max_train_examples=max_train_examples or None, tpu=tpu or None,
+        checkpoint_dir=checkpoint_dir or None)
     result = training.train(config)
     model.metadata.update({"framework": "keras", "epochs": result["epochs"], "stopped_early": result["stopped_early"]})
 
 
 def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
-                   confusion_matrix: Output[ClassificationMetrics]) -> float:
+                   confusion_matrix: Output[ClassificationMetrics], class_metrics: Output[Metrics],
+                   report: Output[HTML]) -> float:
     """Evaluates the trained model on the test split.
 
     Args:
@@ -39,16 +43,25 @@ def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Me
       model: The trained model.
       metrics: Test accuracy, loss and number of examples.
       confusion_matrix: Rows are true digits, columns predicted ones.
+      class_metrics: precision_D and recall_D for each digit D.
+      report: A self-contained HTML page of figures: accuracy and loss by
+        epoch, confusion matrix, per-digit precision and recall, the most
+        confidently misclassified digits, examples per digit.
 
     Returns:
       The test accuracy, for the export gate.
     """
     from mnistkit import evaluation
+    from mnistkit.report import write_report
 
     result = evaluation.evaluate(model.path, data.path)
     for name in ("accuracy", "loss", "examples"):
         metrics.log_metric(name, result[name])
+    for digit in range(10):
+        class_metrics.log_metric(f"precision_{digit}", result["precision"][digit])
+        class_metrics.log_metric(f"recall_{digit}", result["recall"][digit])
     confusion_matrix.log_confusion_matrix([str(d) for d in range(10)], result["confusion_matrix"])
+    write_report(report.path, model.path, data.path, result)
     return result["accuracy"]
 
 

@@ -36,6 +36,10 @@ def export(model_dir: str, export_dir: str) -> str:
     [None, 28, 28] in [0, 1] and return `classes` int64 [None] and
     `probabilities` float32 [None, 10]. The SavedModel is written beside its
     final place and renamed into it, so a reader never sees half of one.
+    Where directories cannot be renamed (Cloud Storage FUSE on Vertex AI),
+    its files are moved in one by one with saved_model.pb last: a directory
+    without saved_model.pb is one still being moved, which TensorFlow's
+    loaders and TF Serving do not take for a SavedModel.
 
     Returns:
       The path of the new SavedModel.
@@ -51,6 +55,7 @@ def export(model_dir: str, export_dir: str) -> str:
     if not os.access(export_dir, os.W_OK):
         raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
     files.remove_dead_writers_leftovers(export_dir, _PARTIAL)
+    _remove_unfinished_moves(export_dir)
     stamp = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(stamp))):
         stamp += 1
@@ -60,7 +65,25 @@ def export(model_dir: str, export_dir: str) -> str:
     try:
         tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
                                                          "serving_default": module.classify})
-        os.replace(partial, final)
+        # TensorFlow itself renames only files while saving (seen with strace: variables_temp/ is filled,
+        # its files renamed out, then removed), so this is the one directory rename of an export.
+        files.replace_dir(partial, final, last=tf.saved_model.SAVED_MODEL_FILENAME_PB)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return final
+
+
+def _remove_unfinished_moves(export_dir: str) -> None:
+    """Deletes versions whose file-by-file move a killed export left half done.
+
+    Such a version has no saved_model.pb yet, and no `.partial-<stamp>-...`
+    beside it any more: the writer's partial directory lives until its last
+    file is moved, and a killed writer's is swept just before this.
+    """
+    entries = os.listdir(export_dir)
+    for entry in entries:
+        path = os.path.join(export_dir, entry)
+        if (entry.isdigit() and os.path.isdir(path)
+                and not os.path.exists(os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB))
+                and not any(e.startswith(f"{_PARTIAL}{entry}-") for e in entries)):
+            shutil.rmtree(path, ignore_errors=True)

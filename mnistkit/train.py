@@ -11,7 +11,7 @@ RECIPE = flags.DEFINE_enum("recipe", "fast", list(RECIPES),
                            "Hyperparameter set: 'seed' is tensorflow/models r1 (Adam 1e-4, batch 100, 40 "
                            "epochs); 'fast' reaches its accuracy in a few epochs. Flags below override it.")
 flags.DEFINE_string("data_dir", None, "Directory holding the four MNIST files.", required=True)
-flags.DEFINE_string("model_dir", None, "Checkpoints, summaries, history.json and model.keras go here.",
+flags.DEFINE_string("model_dir", None, "model.keras, history.json, summaries and (by default) checkpoints go here.",
                     required=True)
 flags.DEFINE_integer("batch_size", None, "Global batch size (recipe: seed 100).")
 flags.DEFINE_integer("train_epochs", None, "Epochs to train at most (recipe: seed 40).")
@@ -34,10 +34,18 @@ flags.DEFINE_integer("steps_per_loop", None, "Training steps per compiled call; 
 flags.DEFINE_float("collective_timeout_seconds", None,
                    "Multi-worker: fail when a peer does not answer a collective within this many seconds "
                    "(default 300).")
+flags.DEFINE_string("checkpoint_dir", None,
+                    "Checkpoints go here (a path or gs://, read through Cloud Storage FUSE at /gcs), in a "
+                    "subdirectory per training settings, so a rerun with the same settings resumes; default "
+                    "$AIP_CHECKPOINT_DIR when Vertex AI sets it, else MODEL_DIR/checkpoints.")
+flags.DEFINE_string("tensorboard_dir", None,
+                    "Also write TensorBoard summaries here (MODEL_DIR/logs always has them); default "
+                    "$AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it.")
 
 _FIELDS = ("data_dir", "model_dir", "batch_size", "train_epochs", "epochs_between_evals", "stop_threshold",
            "learning_rate", "schedule", "precision", "data_format", "distribution_strategy", "num_gpus",
-           "tpu", "clean", "seed", "max_train_examples", "steps_per_loop", "collective_timeout_seconds")
+           "tpu", "clean", "seed", "max_train_examples", "steps_per_loop", "collective_timeout_seconds",
+           "checkpoint_dir", "tensorboard_dir")
 
 
 def main(argv):
@@ -52,6 +60,9 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
     except training.PeerFailure as e:
         logging.error("%s", e)
+        sys.exit(1)
+    except training.Diverged as e:  # Not a bad input, yet as final as one: one line, exit 1.
+        print(f"{cli.prog_name()}: error: {e}", file=sys.stderr)
         sys.exit(1)
     logging.info("trained %d epochs; evaluations: %s", result["epochs"], result["evaluations"])
 

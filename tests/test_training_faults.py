@@ -1,0 +1,296 @@
+"""Training that fails fails fast and says why: a diverging loss, a full disk, checkpoints that no longer read."""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnistkit import model, training
+from tests.test_bad_inputs import error_line, run
+
+TINY = ["--batch_size", "20", "--max_train_examples", "200"]  # 10 steps an epoch on the synthetic digits.
+
+
+def train_cmd(data_dir, model_dir, *flags):
+    return run("-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", str(model_dir), *TINY, *flags)
+
+
+def latest_checkpoint(model_dir) -> str | None:
+    return tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+
+
+def checkpoint_weights_finite(path) -> bool:
+    reader = tf.train.load_checkpoint(path)
+    return all(np.isfinite(reader.get_tensor(name)).all() for name, dtype in
+               reader.get_variable_to_dtype_map().items() if dtype.is_floating)
+
+
+def leftovers(directory) -> list[str]:
+    """Temporary names a failed write could leave: `.tmp-*` files and TF's `*_temp` checkpoint directories."""
+    return [os.path.join(root, n) for root, dirs, names in os.walk(directory) for n in dirs + names
+            if n.startswith(".tmp-") or n.endswith("_temp") or ".tempstate" in n]
+
+
+# --- A diverging loss. ----------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_at_once_keeping_the_last_good_checkpoint_and_model(synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    constant = ("--schedule", "constant", "--precision", "float32")
+    first = train_cmd(synthetic_data, model_dir, "--train_epochs", "1", "--learning_rate", "1e-3", *constant)
+    assert first.returncode == 0, first.stderr[-3000:]
+    good_model = (model_dir / training.MODEL_FILE).read_bytes()
+    good_history = (model_dir / training.HISTORY_FILE).read_text()
+    ckpt1 = latest_checkpoint(model_dir)
+
+    # Adam at 1e6 blows the weights up in a few steps: the loss is Inf, then NaN. (The resumed run takes this
+    # run's rate, not the one the checkpoint holds, or it would not diverge.)
+    line = error_line(train_cmd(synthetic_data, model_dir, "--train_epochs", "3", "--learning_rate", "1e6", *constant),
+                      "mnist-train")
+    assert re.fullmatch(r"mnist-train: error: training diverged at epoch 2, steps 1-10 of 10: the loss became "
+                        r"(NaN|infinite) at learning rate 1e\+06 \(--learning_rate 1e\+06, precision float32\); "
+                        rf"no model was written and a rerun resumes from {re.escape(ckpt1)}, the last checkpoint "
+                        r"before it; try a lower --learning_rate \(e\.g\. 100000\)", line), line
+    # Nothing from the NaN weights was saved: the checkpoint, the model and the history are the first run's.
+    assert latest_checkpoint(model_dir) == ckpt1 and checkpoint_weights_finite(ckpt1)
+    assert (model_dir / training.MODEL_FILE).read_bytes() == good_model
+    assert (model_dir / training.HISTORY_FILE).read_text() == good_history
+
+    # As the line says: a lower rate resumes from that checkpoint and trains on.
+    again = train_cmd(synthetic_data, model_dir, "--train_epochs", "2", "--learning_rate", "1e-3", *constant)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {ckpt1} at epoch 1, step 0" in again.stderr
+    assert json.loads((model_dir / training.HISTORY_FILE).read_text())["epochs"] == 2
+    training.load_model(str(model_dir))  # Finite weights, or it raises.
+
+
+def test_a_run_that_diverges_before_any_checkpoint_writes_nothing(synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    config = training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                  max_train_examples=200, train_epochs=1, learning_rate=1e6, schedule="constant",
+                                  precision="mixed_bfloat16", steps_per_loop=2)
+    with pytest.raises(training.Diverged) as e:
+        training.train(config)
+    message = str(e.value)
+    assert re.match(r"training diverged at epoch 1, steps \d+-\d+ of 10: the loss became (NaN|infinite)", message)
+    assert "no model was written and no checkpoint was saved before it" in message
+    assert "--precision float32" in message  # The hint for a bfloat16 run.
+    assert latest_checkpoint(model_dir) is None
+    assert not (model_dir / training.MODEL_FILE).exists() and not (model_dir / training.HISTORY_FILE).exists()
+
+
+@pytest.fixture()
+def nan_model_dir(tmp_path):
+    """A model dir whose model.keras has NaN weights, as a diverged run without the check would have left."""
+    model_dir = tmp_path / "nan-model"
+    model_dir.mkdir()
+    nan = model.create_model("channels_last")
+    weights = nan.get_weights()
+    weights[0][...] = np.nan
+    nan.set_weights(weights)
+    nan.save(model_dir / training.MODEL_FILE)
+    return model_dir
+
+
+def test_evaluate_and_export_refuse_a_model_with_nan_weights(nan_model_dir, synthetic_data, tmp_path):
+    path = nan_model_dir / training.MODEL_FILE
+    # 5x5x1x32: the first convolution's kernel, all NaN.
+    expected = (rf"{re.escape(str(path))}: expected finite weights, found 800 NaN or infinite values in "
+                r"(\w+/)?conv2d(_\d+)?/kernel; the training that wrote it diverged: retrain with a lower "
+                r"--learning_rate")
+    line = error_line(run("-m", "mnistkit.evaluate", "--model_dir", str(nan_model_dir), "--data_dir", synthetic_data),
+                      "mnist-evaluate")
+    assert re.fullmatch(f"mnist-evaluate: error: {expected}", line), line
+    assert not (nan_model_dir / "metrics.json").exists()
+    export_dir = tmp_path / "export"
+    line = error_line(run("-m", "mnistkit.export", "--model_dir", str(nan_model_dir), "--export_dir", str(export_dir)),
+                      "mnist-export")
+    assert re.fullmatch(f"mnist-export: error: {expected}", line), line
+    assert not export_dir.exists()
+
+
+# --- A full disk, for real. -----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """Yields (setup, remount): setup(size) mounts a tmpfs and returns its path; remount(options) changes it.
+
+    Mounting needs root, as CI runs; without it the test fails in CI and skips elsewhere.
+    """
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+
+    def mount(*options):
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(mount_point)],
+                              capture_output=True, text=True)
+
+    def remount(option):
+        result = mount("remount", option)
+        assert result.returncode == 0, result.stderr
+
+    def setup(size):
+        result = mount(f"size={size}")
+        if result.returncode != 0:
+            message = f"cannot mount a tmpfs (root needed): {result.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        return mount_point
+
+    yield setup, remount
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+# A checkpoint with Adam's two slots is 39.3 MB, model.keras 13.1 MB. In 50 MiB
+# the first checkpoint fits and the second does not; in 45 MiB the checkpoint
+# fits and model.keras does not.
+@pytest.mark.parametrize("size, epochs, failed_path", [("50m", "2", "checkpoints"), ("45m", "1", training.MODEL_FILE)])
+def test_a_full_disk_ends_with_one_line_and_a_later_run_with_room_resumes(
+        tmpfs, synthetic_data, size, epochs, failed_path):
+    setup, remount = tmpfs
+    model_dir = setup(size) / "model"
+    flags = ("--train_epochs", epochs, "--precision", "float32")
+    line = error_line(train_cmd(synthetic_data, model_dir, *flags), "mnist-train")
+    assert line.startswith(f"mnist-train: error: {model_dir / failed_path}: No space left on device"), line
+    assert leftovers(model_dir) == []
+    ckpt1 = latest_checkpoint(model_dir)
+    assert ckpt1.endswith("ckpt-1") and checkpoint_weights_finite(ckpt1)
+    assert [h["epoch"] for h in json.loads((model_dir / training.HISTORY_FILE).read_text())["evaluations"]] == [1]
+    assert not (model_dir / training.MODEL_FILE).exists()
+
+    remount("size=200m")
+    again = train_cmd(synthetic_data, model_dir, *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {ckpt1} at epoch 1, step 0" in again.stderr
+    assert "epoch 1: step" not in again.stderr  # Epoch 1 was not trained again.
+    assert training.load_model(str(model_dir)).count_params() == model.NUM_PARAMETERS
+    assert leftovers(model_dir) == []
+
+
+def test_a_disk_full_before_the_first_json_is_an_oserror_naming_that_file(tmpfs, synthetic_data):
+    setup, _ = tmpfs
+    mount_point = setup("1m")
+    model_dir = mount_point / "model"
+    model_dir.mkdir()
+    fd = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:  # Until ENOSPC: not a byte is left.
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    with pytest.raises(OSError) as e:
+        training.train(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                            max_train_examples=200, precision="float32"))
+    assert (e.value.errno, e.value.filename) == (28, str(model_dir / training.CONFIG_FILE))  # ENOSPC
+    assert leftovers(mount_point) == [] and not (model_dir / training.CONFIG_FILE).exists()
+
+
+def test_a_read_only_disk_is_an_oserror_naming_the_checkpoint_dir(tmpfs, synthetic_data):
+    setup, remount = tmpfs
+    model_dir = setup("100m") / "model"
+    trainer = training.Trainer(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                                    max_train_examples=200, precision="float32"))
+    trainer._save_checkpoint()
+    remount("ro")
+    with pytest.raises(OSError) as e:
+        trainer._save_checkpoint()
+    assert (e.value.errno, e.value.strerror, e.value.filename) == (
+        30, "Read-only file system", str(model_dir / "checkpoints"))  # EROFS, from TF's PermissionDeniedError.
+    assert latest_checkpoint(model_dir).endswith("ckpt-1")
+
+
+# --- Checkpoints that no longer read. ---------------------------------------------------------------
+
+
+def _truncate(path, size=1000):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _flip_bytes(path, offset=20_000_000):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        chunk = f.read(64)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+CORRUPTIONS = {
+    "data cut short": lambda prefix: _truncate(prefix + ".data-00000-of-00001"),
+    "data bytes flipped": lambda prefix: _flip_bytes(prefix + ".data-00000-of-00001"),
+    "index cut short": lambda prefix: _truncate(prefix + ".index", 500),
+    "data missing": lambda prefix: os.remove(prefix + ".data-00000-of-00001"),
+}
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory, synthetic_data):
+    """A model dir trained two epochs (ckpt-1 and ckpt-2), to copy and damage."""
+    model_dir = tmp_path_factory.mktemp("two-epochs") / "model"
+    training.train(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                        max_train_examples=200, train_epochs=2, precision="float32"))
+    return model_dir
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_an_unreadable_newest_checkpoint_resumes_from_the_one_before(corruption, two_epochs, synthetic_data,
+                                                                     tmp_path, caplog):
+    model_dir = tmp_path / "model"
+    shutil.copytree(two_epochs, model_dir)
+    ckpt1, ckpt2 = str(model_dir / "checkpoints" / "ckpt-1"), str(model_dir / "checkpoints" / "ckpt-2")
+    CORRUPTIONS[corruption](ckpt2)
+
+    trainer = training.Trainer(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                                    max_train_examples=200, train_epochs=2, precision="float32"))
+    with caplog.at_level(logging.WARNING, logger=training.__name__):
+        result = trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith(f"{ckpt2}: cannot be read") for w in warnings), warnings
+    assert f"resuming from {ckpt1}: the newer ckpt-2 could not be read (up to an epoch more to train)" in warnings
+    # Epoch 2 was trained again from ckpt-1's state and its checkpoint rewritten whole.
+    assert int(trainer.optimizer.iterations) == 2 * trainer.steps_per_epoch
+    assert [h["epoch"] for h in result["evaluations"]] == [1, 2]
+    assert latest_checkpoint(model_dir) == ckpt2 and checkpoint_weights_finite(ckpt2)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "emptied", "deleted"])
+def test_a_broken_state_file_is_rebuilt_from_the_checkpoints_beside_it(damage, two_epochs, synthetic_data, tmp_path,
+                                                                       caplog):
+    """Cut short, TF would ignore the state file and start over; emptied, CheckpointManager would not start."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(two_epochs, model_dir)
+    state = model_dir / "checkpoints" / "checkpoint"
+    text = state.read_text()
+    if damage == "deleted":
+        state.unlink()
+    else:
+        state.write_text(text[:30] if damage == "cut short" else "")
+
+    with caplog.at_level(logging.WARNING, logger=training.__name__):
+        result = training.train(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
+                                                     max_train_examples=200, train_epochs=3, precision="float32"))
+    assert f"{state}: cannot be read" in caplog.text and "from the checkpoints there: ckpt-1, ckpt-2" in caplog.text
+    assert result["epochs"] == 3 and [h["epoch"] for h in result["evaluations"]] == [1, 2, 3]
+    # Resumed from ckpt-2, and the rebuilt list still rotates: only the newest two are kept.
+    assert sorted(n for n in os.listdir(model_dir / "checkpoints") if n.endswith(".index")) == [
+        "ckpt-2.index", "ckpt-3.index"]
+
+
+def test_only_unreadable_checkpoints_end_with_one_line_naming_them(two_epochs, synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(two_epochs, model_dir)
+    CORRUPTIONS["data cut short"](str(model_dir / "checkpoints" / "ckpt-2"))
+    CORRUPTIONS["index cut short"](str(model_dir / "checkpoints" / "ckpt-1"))
+    before = (model_dir / training.MODEL_FILE).read_bytes()
+    line = error_line(train_cmd(synthetic_data, model_dir, "--train_epochs", "3"), "mnist-train")
+    assert re.fullmatch(rf"mnist-train: error: {re.escape(str(model_dir / 'checkpoints'))}: expected a readable "
+                        r"checkpoint to resume from, found only unreadable ones: ckpt-2 \(.+\); ckpt-1 \(.+\); "
+                        r"use --clean to start over", line), line
+    assert (model_dir / training.MODEL_FILE).read_bytes() == before
