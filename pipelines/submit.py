@@ -133,9 +133,9 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError(f"--experiment: expected 1-128 of [a-z0-9-] starting with a letter or digit, "
                          f"found {args.experiment!r}")
     template_parameters = parameters.template_parameters(args.template)
+    values = parameters.parse_overrides(args.param, template_parameters)
     if not args.allow_unpullable_images:
         check_images(args.template)
-    values = parameters.parse_overrides(args.param, template_parameters)
     # What the template's steps need to know of the run and cannot read from it: the account custom jobs run
     # as, and the project and region of the Model Registry. By default the run's own.
     for name, value in (("service_account", args.service_account), ("project", args.project),
