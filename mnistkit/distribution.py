@@ -75,7 +75,14 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if not tpu:
         raise ValueError("tpu: expected a TPU name, address or 'local' for distribution_strategy=tpu, found none")
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        # A TPU job compiled for a machine without TPUs (or a wrong name) would otherwise end in a long
+        # TensorFlow traceback, after download and validation already ran.
+        raise ValueError(f"--tpu {tpu}: expected a TPU this machine can reach, found none "
+                         f"({str(e).strip().splitlines()[0][:200]}); leave --tpu unset to train on "
+                         "the CPU or GPUs") from e
     return tf.distribute.TPUStrategy(resolver)

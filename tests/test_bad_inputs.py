@@ -122,6 +122,17 @@ def test_a_checkpoint_of_another_model_is_refused(synthetic_data, tmp_path):
     assert not (model_dir / "model.keras").exists()
 
 
+def test_a_tpu_that_is_not_there_is_one_line_not_a_traceback(synthetic_data, tmp_path):
+    """A TPU template run where no TPU is (this machine has none) fails at once, naming --tpu, writing nothing."""
+    result = run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir", str(tmp_path / "model"),
+                 "--tpu", "local")
+    line = error_line(result, "mnist-train")
+    assert line.startswith("mnist-train: error: --tpu local: expected a TPU this machine can reach, found none ("), line
+    assert line.endswith("leave --tpu unset to train on the CPU or GPUs"), line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "model" / "model.keras").exists()
+
+
 def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
     from mnistkit.model import create_model
 
