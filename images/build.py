@@ -16,10 +16,9 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from components import images
 
-from components import images  # noqa: E402  (needs the repository on sys.path)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def dockerfile(kind: str) -> str:

@@ -10,12 +10,11 @@ import argparse
 import os
 import sys
 
+from components import images
+from pipelines import hardware
+
+# The checkout's root: `make venv` installs this package editable, so the file stays where it was written.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from components import images  # noqa: E402
-from pipelines import hardware  # noqa: E402
-
 DEFAULT_OUTPUT = os.path.join(REPO, "mnist_pipeline.yaml")
 
 

@@ -1,9 +1,10 @@
-"""Checking `NAME=VALUE` overrides against a compiled pipeline before a run starts.
+"""Checking `NAME=VALUE` overrides against a pipeline's parameters before a run starts.
 
-The compiled template gives each parameter's type; `pipeline.PARAMETER_RULES`
-adds the ranges the types cannot say (a threshold in [0, 1], at least one
-epoch). A bad override is refused here, before anything leaves the machine,
-with a message that names it, says what was expected and what was found.
+A compiled template (submit.py) or the built pipeline itself (run_local.py)
+gives each parameter's type; `pipeline.PARAMETER_RULES` adds the ranges the
+types cannot say (a threshold in [0, 1], at least one epoch). A bad override
+is refused here, before anything leaves the machine, with a message that
+names it, says what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ _TYPE_NAMES = {"STRING": "a string", "NUMBER_INTEGER": "an integer", "NUMBER_DOU
 
 class ParameterError(ValueError):
     """An override the pipeline cannot take."""
+
+
+def pipeline_parameters(pipeline_func) -> dict[str, dict]:
+    """The parameters of a built pipeline, exactly as template_parameters() reads them from its compiled YAML.
+
+    Args:
+      pipeline_func: What `@dsl.pipeline` returns; its pipeline spec is built in memory when it is defined.
+    """
+    from google.protobuf import json_format
+
+    spec = json_format.MessageToDict(pipeline_func.pipeline_spec.root.input_definitions)
+    return dict(spec.get("parameters", {}))
 
 
 def template_parameters(template_path: str) -> dict[str, dict]:

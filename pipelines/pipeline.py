@@ -8,32 +8,27 @@ the submitter before a run starts.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
-import os
-import sys
 import warnings
 from typing import NamedTuple
 
+from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from components import component  # noqa: E402
-from mnistkit import recipes  # noqa: E402
-from components.data import download_data, validate_data  # noqa: E402
-from components.model import check_accuracy, evaluate_model, export_model, train_model  # noqa: E402
-from components.registry import check_baseline, existing_endpoint, registration_inputs  # noqa: E402
-from mnistkit import registry  # noqa: E402
-from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp  # noqa: E402
-from google_cloud_pipeline_components.v1.model import ModelUploadOp  # noqa: E402
+from components import component
+from components.data import download_data, validate_data
+from components.model import check_accuracy, evaluate_model, export_model, train_model
+from components.registry import check_baseline, existing_endpoint, registration_inputs
+from mnistkit import recipes, registry
+from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
+from pipelines.hardware import Hardware
 
 with warnings.catch_warnings():  # Importing GCPC's preview evaluation package warns about its own components.
     warnings.simplefilter("ignore", FutureWarning)
-    from google_cloud_pipeline_components.preview.model_evaluation import ModelImportEvaluationOp  # noqa: E402
-from pipelines.hardware import Hardware  # noqa: E402
+    from google_cloud_pipeline_components.preview.model_evaluation import ModelImportEvaluationOp
 
 PIPELINE_NAME = "mnist-training"
-from mnistkit.fetch import DEFAULT_SOURCE  # noqa: E402  (the CVDF bucket, its HTTPS form, another mirror)
 RECIPES = tuple(recipes.RECIPES)
 # The pipeline's defaults are the 'fast' recipe's, so that leaving them alone trains that recipe.
 FAST = recipes.RECIPES["fast"]

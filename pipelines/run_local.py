@@ -14,14 +14,10 @@ import glob
 import os
 import re
 import sys
-import tempfile
 import warnings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from pipelines import parameters  # noqa: E402
-from pipelines.pipeline import DEFAULT_SOURCE  # noqa: E402
+from pipelines import parameters
+from pipelines.pipeline import DEFAULT_SOURCE
 
 RUNNERS = ("subprocess", "docker")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -108,13 +104,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def pipeline_parameters(registry: str | None = None, tag: str | None = None) -> dict[str, dict]:
-    """The parameters of the compiled CPU pipeline, as submit.py sees them in a template."""
-    from pipelines import compile as compile_module
-    from pipelines import hardware
+    """The parameters of the CPU pipeline, as submit.py sees them in its compiled template.
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = compile_module.compile_pipeline(os.path.join(tmp, "pipeline.yaml"), hardware.Hardware(), registry, tag)
-        return parameters.template_parameters(path)
+    Raises:
+      ValueError: a malformed image registry or tag.
+    """
+    from pipelines import pipeline
+
+    return parameters.pipeline_parameters(pipeline.build(registry=registry, tag=tag))
 
 
 def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registry: str | None = None,
@@ -135,7 +132,8 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
 
     if runner not in RUNNERS:
         raise ValueError(f"--runner: expected one of {', '.join(RUNNERS)}, found {runner!r}")
-    parameters.check_values(arguments, pipeline_parameters(registry, tag))
+    mnist_training = pipeline.build(registry=registry, tag=tag)
+    parameters.check_values(arguments, parameters.pipeline_parameters(mnist_training))
     pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     # install_kfp_package=False in every component, so nothing is pip-installed;
@@ -150,7 +148,7 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     local.init(runner=local.SubprocessRunner(use_venv=False) if runner == "subprocess"
                else local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}"),
                pipeline_root=pipeline_root)
-    task = pipeline.build(registry=registry, tag=tag)(**arguments)
+    task = mnist_training(**arguments)
     verdict = task.outputs["verdict"]
     with open(verdict.path) as f:
         verdict_text = f.read().strip()

@@ -14,12 +14,10 @@ import os
 import re
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from pipelines import parameters
+from pipelines.compile import DEFAULT_OUTPUT as DEFAULT_TEMPLATE
+from pipelines.pipeline import PIPELINE_NAME
 
-from pipelines import parameters  # noqa: E402
-
-DEFAULT_TEMPLATE = os.path.join(REPO, "mnist_pipeline.yaml")
 _PROJECT = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]+$")
@@ -170,7 +168,7 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
             return None
     aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
     job = aiplatform.PipelineJob(
-        display_name=args.display_name or "mnist-training", template_path=args.template,
+        display_name=args.display_name or PIPELINE_NAME, template_path=args.template,
         pipeline_root=args.pipeline_root, parameter_values=values, labels=labels or None,
         enable_caching=None if args.caching is None else args.caching == "on")
     job.submit(service_account=args.service_account, experiment=args.experiment)
