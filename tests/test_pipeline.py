@@ -1,5 +1,6 @@
 """The pipeline: it compiles for every hardware choice with the right structure, and runs whole through kfp.local."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from mnistkit import recipes
 from pipelines import compile as compile_module
 from pipelines import hardware, pipeline, run_local
 from tests import browser
@@ -96,14 +98,11 @@ def test_cpu_pipeline_has_the_steps_in_order_and_the_gate(tmp_path):
     assert "export gate" in params["min_accuracy"]["description"]
 
 
-def test_pipeline_defaults_are_the_fast_recipe():
-    from mnistkit import training
-
+def test_pipeline_defaults_leave_the_recipe_in_charge():
     import inspect
     defaults = {k: v.default for k, v in inspect.signature(pipeline.build().pipeline_func).parameters.items()}
-    fast = training.RECIPES["fast"]
-    assert (defaults["batch_size"], defaults["train_epochs"], defaults["learning_rate"]) == \
-        (fast["batch_size"], fast["train_epochs"], fast["learning_rate"])
+    # 0 stands for "the recipe's" (kfp.local refuses Optional parameters): the recipe chooses all three.
+    assert (defaults["batch_size"], defaults["train_epochs"], defaults["learning_rate"]) == (0, 0, 0.0)
     assert defaults["recipe"] == "fast" and 0 < defaults["min_accuracy"] <= defaults["stop_threshold"] <= 1
 
 
@@ -257,6 +256,11 @@ def test_whole_local_run_exports_a_model_that_classifies(mirror, tmp_path, synth
     with open(os.path.join(run_dir, "validate-data", "report")) as f:
         assert "| train | 600 |" in f.read()
     assert os.path.exists(os.path.join(run_dir, "train-model", "model", "model.keras"))
+    # Overrides given win; what is not given is the recipe's.
+    trained = _trained_config(run_dir)
+    fast = recipes.RECIPES["fast"]
+    assert (trained["batch_size"], trained["train_epochs"]) == (TINY["batch_size"], TINY["train_epochs"])
+    assert (trained["learning_rate"], trained["schedule"]) == (fast["learning_rate"], fast["schedule"])
     assert result["metrics"]["examples"] == 200 and result["metrics"]["accuracy"] >= 0.5
     assert result["verdict"].startswith("**Exported**: test accuracy")
     saved_model = result["saved_model"]
@@ -266,6 +270,23 @@ def test_whole_local_run_exports_a_model_that_classifies(mirror, tmp_path, synth
     out = classify(image=tf.constant(images[:50].astype(np.float32) / 255.0))
     assert out["probabilities"].shape == (50, 10)
     assert np.mean(out["classes"].numpy() == labels[:50]) >= 0.5
+
+
+def _trained_config(run_dir):
+    with open(os.path.join(run_dir, "train-model", "model", "train_config.json")) as f:
+        return json.load(f)
+
+
+def test_recipe_seed_in_the_pipeline_trains_the_seeds_hyperparameters(mirror, tmp_path):
+    """recipe=seed alone gives the seed's Adam 1e-4, batch 100, 40 epochs (the threshold of 0 stops it after one)."""
+    run_local.run(str(tmp_path), {"source": mirror, "verify_checksums": False, "recipe": "seed",
+                                  "max_train_examples": 600, "stop_threshold": 0.0, "min_accuracy": 1.0})
+    (run_dir,) = [os.path.join(tmp_path, r) for r in _run_ids(tmp_path)]
+    trained = _trained_config(run_dir)
+    assert (trained["batch_size"], trained["learning_rate"], trained["train_epochs"]) == (100, 1e-4, 40)
+    assert (trained["schedule"], trained["precision"]) == ("constant", "float32")
+    with open(os.path.join(run_dir, "train-model", "model", "history.json")) as f:
+        assert [h["epoch"] for h in json.load(f)["evaluations"]] == [1]
 
 
 def test_unreachable_threshold_skips_export_and_says_why(mirror, tmp_path, capsys):

@@ -118,8 +118,9 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "baseline_margin=2"], "parameter baseline_margin: expected a value in [0.0, 1.0], found 2.0"),
     (["--param", "endpoint=mnist"], "parameter endpoint: expected empty or projects/PROJECT/locations/REGION/"
      "endpoints/NUMBER, found 'mnist'"),
-    (["--param", "train_epochs=0"], "parameter train_epochs: expected at least 1, found 0"),
-    (["--param", "batch_size=0"], "parameter batch_size: expected at least 1, found 0"),
+    (["--param", "train_epochs=-1"], "parameter train_epochs: expected at least 0, found -1"),
+    (["--param", "batch_size=-64"], "parameter batch_size: expected at least 0, found -64"),
+    (["--param", "learning_rate=-0.001"], "parameter learning_rate: expected at least 0.0, found -0.001"),
     (["--param", "batch_size=12.5"], "parameter batch_size: expected an integer, found '12.5'"),
     (["--param", "learning_rate=fast"], "parameter learning_rate: expected a number, found 'fast'"),
     (["--param", "register=yes"], "parameter register: expected true or false, found 'yes'"),
