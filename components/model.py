@@ -22,6 +22,9 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_s
       checkpoint_dir: gs:// or path where checkpoints outlive this task, so a retried task or a resubmitted
         run with the same settings resumes; empty: $AIP_CHECKPOINT_DIR on Vertex AI, else inside `model`.
     """
+    from mnistkit import tf_settings
+
+    tf_settings.apply()  # First: before TensorFlow loads.
     from mnistkit import training
 
     config = training.TrainConfig.from_recipe(
@@ -53,6 +56,9 @@ def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Me
     Returns:
       The test accuracy, for the export gate.
     """
+    from mnistkit import tf_settings
+
+    tf_settings.apply()  # First: before TensorFlow loads.
     from mnistkit import evaluation
     from mnistkit.report import write_report
 
@@ -97,6 +103,9 @@ def export_model(model: Input[Model], saved_model: Output[Model]):
     """
     import os
 
+    from mnistkit import tf_settings
+
+    tf_settings.apply()  # First: before TensorFlow loads.
     from mnistkit import exporting
 
     path = exporting.export(model.path, saved_model.path)

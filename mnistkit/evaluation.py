@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mnistkit import idx, training
+from mnistkit import idx
 from mnistkit.model import for_inference
+from mnistkit.models_io import load_model
+
+EVAL_BATCH = 1000  # Test images per model call, here and in the trainer's evaluations.
 
 
-def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATCH, errors: int = 16) -> dict:
+def evaluate(model_dir: str, data_dir: str, batch_size: int = EVAL_BATCH, errors: int = 16) -> dict:
     """Evaluates the model in `model_dir` on the test split of `data_dir`.
 
     Args:
@@ -25,7 +28,7 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = training.EVAL_BATC
       predicted probability first, each as its index in the test split, true
       label, predicted label and the probability given to the prediction.
     """
-    model = for_inference(training.load_model(model_dir))
+    model = for_inference(load_model(model_dir))
     images, labels = idx.load_split(data_dir, idx.TEST)
     # One traced function over fixed-size batches (the last one shorter):
     # Keras' `predict` took twice as long for the 10,000 test images.

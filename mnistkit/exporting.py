@@ -8,11 +8,11 @@ import time
 
 import tensorflow as tf
 
-from mnistkit import files, training
+from mnistkit import files
 from mnistkit.model import for_inference
+from mnistkit.models_io import load_model
 
 SIGNATURE = "classify"
-_PARTIAL = ".partial-"
 
 
 class _Serving(tf.Module):
@@ -46,7 +46,7 @@ def export(model_dir: str, export_dir: str) -> str:
     """
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir}: expected a directory to export into, found a file")
-    module = _Serving(for_inference(training.load_model(model_dir)))
+    module = _Serving(for_inference(load_model(model_dir)))
     try:
         os.makedirs(export_dir, exist_ok=True)
     except OSError as e:  # A parent that is a file, a read-only file system, no permission.
@@ -54,14 +54,14 @@ def export(model_dir: str, export_dir: str) -> str:
                               f"created ({e.strerror})") from e
     if not os.access(export_dir, os.W_OK):
         raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
-    files.remove_dead_writers_leftovers(export_dir, _PARTIAL)
+    files.sweep_leftovers(export_dir)
     _remove_unfinished_moves(export_dir)
     stamp = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(stamp))):
         stamp += 1
     final = os.path.join(export_dir, str(stamp))
     # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
-    partial = os.path.join(export_dir, f"{_PARTIAL}{stamp}{files.writer_suffix()}")
+    partial = files.scratch_path(export_dir, str(stamp))
     try:
         tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
                                                          "serving_default": module.classify})
@@ -76,7 +76,7 @@ def export(model_dir: str, export_dir: str) -> str:
 def _remove_unfinished_moves(export_dir: str) -> None:
     """Deletes versions whose file-by-file move a killed export left half done.
 
-    Such a version has no saved_model.pb yet, and no `.partial-<stamp>-...`
+    Such a version has no saved_model.pb yet, and no scratch `.tmp-...-<stamp>`
     beside it any more: the writer's partial directory lives until its last
     file is moved, and a killed writer's is swept just before this.
     """
@@ -85,5 +85,5 @@ def _remove_unfinished_moves(export_dir: str) -> None:
         path = os.path.join(export_dir, entry)
         if (entry.isdigit() and os.path.isdir(path)
                 and not os.path.exists(os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB))
-                and not any(e.startswith(f"{_PARTIAL}{entry}-") for e in entries)):
+                and not any(e.startswith(files.PREFIX) and e.endswith(f"-{entry}") for e in entries)):
             shutil.rmtree(path, ignore_errors=True)

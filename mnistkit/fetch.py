@@ -1,10 +1,10 @@
 """Fetching the four MNIST files from a list of mirrors: verified, atomic, retried only when it can help.
 
-A source is a `gs://bucket/prefix`, an `http(s)://` base URL or a local
-directory; each one only knows how to copy one named object to a local path.
-`--source` takes one source or several separated by commas, tried in order for
-each file. Everything else (checksums, temporary files, retries, the choice of
-the next mirror) is shared.
+A source (`mnistkit.sources`) is a `gs://bucket/prefix`, an `http(s)://` base
+URL or a local directory; each one only knows how to copy one named object to a
+local path. `--source` takes one source or several separated by commas, tried
+in order for each file. Everything else (checksums, temporary files, retries,
+the choice of the next mirror) is here.
 
 Failures fall in four kinds, each handled once, here:
   * the machine's (full disk, read-only or vanished directory, too many open
@@ -24,17 +24,11 @@ import errno
 import hashlib
 import logging
 import os
-import re
-import shutil
 import socket
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Callable
 
-from mnistkit import idx
+from mnistkit import files, idx, sources
 
 # The CVDF bucket, its HTTPS form, and the mirror torchvision lists first. The
 # checksums make any mirror as good as the original.
@@ -45,9 +39,6 @@ DEFAULT_SOURCES = (
 )
 # One string, so that it is also a single pipeline parameter.
 DEFAULT_SOURCE = ",".join(DEFAULT_SOURCES)
-_PARTIAL_PREFIX = ".partial-"
-_GCS_HOST = "storage.googleapis.com"
-_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # Errors of this machine, whatever the path: no other attempt or mirror can help.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.EDQUOT, errno.EFBIG, errno.EIO}
 # Errors of this machine when they concern the data directory (elsewhere they are a local mirror's).
@@ -60,14 +51,6 @@ class FetchError(RuntimeError):
     """A file could not be fetched and verified; names the file and the source."""
 
 
-class _Refused(Exception):
-    """A mirror refused access with every set of credentials tried; `code` is the HTTP status."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,209 +59,13 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-# --- Progress of a large download. -------------------------------------------------
-
-
-class _ProgressWriter:
-    """A file-like sink that counts what it writes and logs bytes and rate every `interval` seconds."""
-
-    def __init__(self, out, name: str, total: int | None = None, interval: float = 5.0):
-        self._out, self._name, self.total, self._interval = out, name, total, interval
-        self.written = 0
-        self.started = self._last = time.monotonic()
-
-    def write(self, data) -> int:
-        count = self._out.write(data)
-        self.written += len(data)
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            log.info("%s: %s", self._name, self.describe())
-        return count
-
-    def describe(self) -> str:
-        """E.g. '4.2 of 9.9 MB (42%) at 2.1 MB/s'."""
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        done = f"{self.written / 1e6:.1f} MB"
-        if self.total:
-            done = f"{self.written / 1e6:.1f} of {self.total / 1e6:.1f} MB ({100 * self.written // self.total}%)"
-        return f"{done} at {self.written / 1e6 / elapsed:.1f} MB/s"
-
-    def flush(self) -> None:
-        self._out.flush()
-
-    def tell(self) -> int:
-        return self._out.tell()
-
-
-# --- Sources: copy one object to a local path, raise on any failure. -------------
-
-
-def _copy_local(base: str, name: str, dest: str) -> None:
-    shutil.copyfile(os.path.join(base, name), dest)
-
-
-def _copy_http(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float) -> None:
-    url = urllib.parse.urljoin(base if base.endswith("/") else base + "/", name)
-    with urllib.request.urlopen(url, timeout=timeout_seconds) as response, open(dest, "wb") as out:
-        expected = response.headers.get("Content-Length")
-        sink = _ProgressWriter(out, name, int(expected) if expected else None, progress_seconds)
-        # http.client's read(amt) returns a short body without complaint when
-        # the server hangs up early (seen on Python 3.11), so count the bytes;
-        # the checksum catches what a lying Content-Length would hide.
-        shutil.copyfileobj(response, sink, 1 << 20)
-        if expected is not None and out.tell() != int(expected):
-            raise OSError(f"{url}: body ended after {out.tell()} of the {expected} bytes announced")
-
-
-def _describe_credentials(credentials) -> str:
-    """Which Application Default Credentials google.auth found, in words a user can act on."""
-    where = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    where = f"GOOGLE_APPLICATION_CREDENTIALS={where}" if where else "gcloud's application-default login or this VM"
-    email = getattr(credentials, "service_account_email", None)
-    kind = f"service account {email}" if email and email != "default" else type(credentials).__name__
-    return f"Application Default Credentials ({kind}, from {where})"
-
-
-def gcs_clients() -> list[tuple[str, object]]:
-    """The storage clients to try in order, each with a description of its credentials.
-
-    Application Default Credentials come first when google.auth finds any, so a
-    team's private mirror works; anonymous access always follows, so a public
-    bucket like CVDF's needs no account (and broken credentials do not stop it).
-    The clients honour STORAGE_EMULATOR_HOST, which is how tests point them at
-    a local emulator.
-    """
-    import google.auth  # Imported here: HTTP and local sources do not need it.
-    from google.auth import exceptions
-    from google.cloud import storage
-
-    clients = []
-    try:
-        credentials, project = google.auth.default(scopes=[_READ_ONLY_SCOPE])
-    except exceptions.DefaultCredentialsError:
-        pass
-    else:
-        clients.append((_describe_credentials(credentials),
-                        storage.Client(project=project or "<none>", credentials=credentials)))
-    clients.append(("anonymous access" + ("" if clients else " (no Application Default Credentials found)"),
-                    storage.Client.create_anonymous_client()))
-    return clients
-
-
-def _copy_gcs(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float,
-              clients: list) -> None:
-    from google.auth import exceptions
-
-    bucket_name, _, prefix = base[len("gs://") :].partition("/")
-    blob_name = f"{prefix.rstrip('/')}/{name}" if prefix.strip("/") else name
-    refusals = []
-    for description, client in clients:
-        try:
-            with open(dest, "wb") as out:
-                sink = _ProgressWriter(out, name, None, progress_seconds)
-                # retry=None: the client's own retry (a 120 s deadline) inside
-                # our attempts would multiply them; only fetch_file retries.
-                client.bucket(bucket_name).blob(blob_name).download_to_file(
-                    sink, retry=None, timeout=(timeout_seconds, timeout_seconds))
-            return
-        except (exceptions.RefreshError, exceptions.TransportError) as e:
-            # No token (refused, or its server out of reach): the next credentials may still read a public bucket.
-            refusals.append(f"{description}: could not get a token ({_unreachable(e, 'oauth2') or e})")
-        except Exception as e:
-            if getattr(e, "code", None) not in (401, 403):
-                raise
-            refusals.append(f"{description}: {e.code}")
-    raise _Refused(f"{base}{'' if base.endswith('/') else '/'}{name}: access refused with every credential tried: "
-                   f"{'; '.join(refusals)}; use an account that may read the bucket "
-                   "(gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)", 403)
-
-
-def source_copier(source: str, progress_seconds: float = 5.0,
-                  timeout_seconds: float = 60.0) -> Callable[[str, str], None]:
-    """Returns the function that copies object `name` of one `source` (not a list) to a path.
-
-    Args:
-      source: gs://BUCKET[/PREFIX], an http(s):// base URL or a local directory.
-      progress_seconds: How often a download in progress logs its bytes and rate.
-      timeout_seconds: How long to wait to connect, and for each read.
-    """
-    if source.startswith("gs://"):
-        if not source[len("gs://") :].split("/")[0]:
-            raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], found no bucket name")
-        clients = []  # Made on first use: finding credentials is not free, and a list may never reach this source.
-
-        def copy_gcs(name, dest):
-            if not clients:
-                clients.extend(gcs_clients())
-            _copy_gcs(source, name, dest, progress_seconds, timeout_seconds, clients)
-
-        return copy_gcs
-    if source.startswith(("http://", "https://")):
-        return lambda name, dest: _copy_http(source, name, dest, progress_seconds, timeout_seconds)
-    path = source[len("file://") :] if source.startswith("file://") else source
-    if "://" in path:
-        raise ValueError(f"--source {source!r}: expected gs://..., http(s)://... or a local directory")
-    if not os.path.isdir(path):
-        raise ValueError(f"--source {source!r}: expected an existing local directory, found none")
-    return lambda name, dest: _copy_local(path, name, dest)
-
-
-def split_sources(source: str) -> list[str]:
-    """The mirrors of a `--source` value: one source, or several separated by commas."""
-    sources = [s.strip() for s in source.split(",")]
-    if not all(sources):
-        raise ValueError(f"--source {source!r}: expected one source or several separated by commas, "
-                         "found an empty one")
-    return sources
-
-
 # --- Telling the kinds of failure apart. ------------------------------------------
-
-
-def _causes(error: BaseException):
-    """`error` and everything it wraps: causes, contexts, urllib's and urllib3's `reason`, requests' first arg."""
-    seen, todo = [], [error]
-    while todo:
-        e = todo.pop(0)
-        if not isinstance(e, BaseException) or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *(e.args[:1] if e.args else ())]
-    return seen
-
-
-def _source_host(source: str) -> str:
-    """The host a source's requests go to."""
-    if not source.startswith("gs://"):
-        return urllib.parse.urlparse(source).hostname or source
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if not emulator:
-        return _GCS_HOST
-    return urllib.parse.urlparse(emulator if "://" in emulator else f"http://{emulator}").hostname or emulator
-
-
-def _unreachable(error: BaseException, source: str) -> str | None:
-    """Why `source` cannot be reached at all ('HOST: name does not resolve'), or None when it can."""
-    for e in _causes(error):
-        if isinstance(e, socket.gaierror):
-            why = "name does not resolve"
-        elif isinstance(e, ConnectionRefusedError):
-            why = "connection refused, nothing listens there"
-        elif isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            why = "network unreachable"
-        else:
-            continue
-        # urllib3 names the host it tried (perhaps an auth server rather than the mirror).
-        host = next((m.group(1) for c in _causes(error) for m in [re.search(r"host='([^']+)'", str(c))] if m), None)
-        return f"{host or _source_host(source)}: {why}"
-    return None
 
 
 def _machine_error(error: BaseException, data_dir: str) -> OSError | None:
     """The OSError of this machine inside `error` (full disk, vanished data dir...), or None."""
     data_dir = os.path.abspath(data_dir)
-    for e in _causes(error):
+    for e in sources.causes(error):
         if not isinstance(e, OSError) or isinstance(e, socket.gaierror) or e.errno is None:
             continue
         if e.errno in _MACHINE_ERRNOS:
@@ -332,12 +119,6 @@ def _check(path: str, name: str, verify_checksums: bool) -> None:
             raise FetchError(f"{name}: not a valid IDX file ({e})") from e
 
 
-def _remove_stale_partials(data_dir: str) -> None:
-    for entry in os.listdir(data_dir):
-        if entry.startswith(_PARTIAL_PREFIX):
-            os.remove(os.path.join(data_dir, entry))
-
-
 class _MirrorFailed(Exception):
     """One mirror could not deliver one file; `unreachable` when it could not be reached at all.
 
@@ -363,17 +144,12 @@ def _from_mirror(copy: Callable[[str, str], None], source: str, name: str, confi
     target = os.path.join(config.data_dir, name)
     delay = config.backoff_seconds
     for attempt in range(1, config.attempts + 1):
-        try:
-            fd, partial = tempfile.mkstemp(prefix=f"{_PARTIAL_PREFIX}{name}.", dir=config.data_dir)
-            os.close(fd)
-        except OSError as e:  # The data dir vanished, became read-only, or the process ran out of files.
-            raise OSError(e.errno, f"{e.strerror} (while creating a file for {name})", config.data_dir) from e
         started = time.monotonic()
         try:
-            copy(name, partial)
-            _check(partial, name, config.verify_checksums)
-            os.chmod(partial, 0o644)
-            os.replace(partial, target)
+            with files.atomic_path(target) as partial:
+                copy(name, partial)
+                _check(partial, name, config.verify_checksums)
+                os.chmod(partial, 0o644)
             seconds = time.monotonic() - started
             size = os.path.getsize(target)
             log.info("%s: fetched %.1f MB from %s in %.1f s (%.1f MB/s, attempt %d)", name, size / 1e6, source,
@@ -387,10 +163,7 @@ def _from_mirror(copy: Callable[[str, str], None], source: str, name: str, confi
                 raise OSError(machine.errno, f"{machine.strerror or os.strerror(machine.errno)} "
                                              f"(while writing {name})", config.data_dir) from e
             log.warning("%s: attempt %d of %d from %s failed: %s", name, attempt, config.attempts, source, e)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-        unreachable = _unreachable(error, source)
+        unreachable = sources.unreachable(error, source)
         if unreachable:
             raise _MirrorFailed(f"could not reach {{mirror}} ({unreachable}), so it was not retried", source, error,
                                 unreachable=True) from error
@@ -490,10 +263,10 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
         raise ValueError(f"attempts: expected at least 1, found {config.attempts}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
-    mirrors = [(source, source_copier(source, config.progress_seconds, config.timeout_seconds))
-               for source in split_sources(config.source)]
+    mirrors = [(source, sources.source_copier(source, config.progress_seconds, config.timeout_seconds))
+               for source in sources.split_sources(config.source)]
     os.makedirs(config.data_dir, exist_ok=True)
-    _remove_stale_partials(config.data_dir)
+    files.sweep_leftovers(config.data_dir)  # What killed downloads left.
     if not config.verify_checksums:
         log.warning("CHECKSUMS NOT VERIFIED: accepting any well-formed IDX files from %s", config.source)
     dead: dict[str, _MirrorFailed] = {}

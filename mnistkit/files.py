@@ -5,22 +5,98 @@ import errno
 import os
 import shutil
 import socket
-import tempfile
+import uuid
+
+# What every scratch file or directory of this project starts with: `<PREFIX><host>@<pid>-<token>-<name>`.
+# The host and pid of its writer let a sweep tell a killed writer's leftovers from a live writer's work.
+PREFIX = ".tmp-"
+
+
+def scratch_path(directory: str, name: str) -> str:
+    """A fresh path in `directory` for this process to write `name`'s next version at, before it is moved.
+
+    It ends in `name`, so a writer that picks a format by extension (Keras's
+    `.keras`) still does, and it carries this writer's host and pid for
+    `sweep_leftovers`.
+    """
+    return os.path.join(directory, f"{PREFIX}{socket.gethostname()}@{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+
+
+def remove(path: str) -> None:
+    """Deletes a file or a directory tree; nothing when it is gone already."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yields a scratch path beside `path`; renames it over `path` when the block ends, removes it on failure.
+
+    The block writes the scratch path (a file, or with a rename-capable file
+    system a directory; for directories on Cloud Storage FUSE see
+    `replace_dir`). A reader of `path` sees the old version or the new one,
+    and a killed writer leaves only a scratch entry that `sweep_leftovers`
+    removes. The directory of `path` must exist.
+    """
+    scratch = scratch_path(os.path.dirname(path) or ".", os.path.basename(path))
+    try:
+        yield scratch
+        os.replace(scratch, path)
+    finally:
+        if os.path.lexists(scratch):
+            remove(scratch)
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Writes `text` to `path` atomically (see `atomic_path`), creating its directory when missing."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_path(path) as scratch:
+        with open(scratch, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+
+def _writer(entry: str) -> int | None:
+    """The pid of the writer on this host that named `entry` (see `scratch_path`), or None when it is not one."""
+    mine = f"{PREFIX}{socket.gethostname()}@"  # '@' is never part of a host name, so no other host matches.
+    if not entry.startswith(mine):
+        return None
+    pid = entry[len(mine):].partition("-")[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def sweep_leftovers(directory: str, every_writer: bool = False) -> None:
+    """Deletes the scratch entries (see `scratch_path`) in `directory` whose writer no longer runs.
+
+    A killed process cannot clean up after itself, so the next one to write
+    there does. Entries of live processes are left alone, and so are those of
+    other hosts, which may share the directory and whose pids mean nothing here.
+
+    Args:
+      directory: Where to look; nothing happens when it does not exist.
+      every_writer: Delete every scratch entry, whoever wrote it: for callers
+        that know no other writer can be at work there (the chief before it
+        trains into its own directories).
+    """
+    if not os.path.isdir(directory):
+        return
+    for entry in os.listdir(directory):
+        if not entry.startswith(PREFIX):
+            continue
+        if not every_writer:
+            pid = _writer(entry)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # Alive.
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # Alive, under another user.
+        remove(os.path.join(directory, entry))  # Another sweeper may have removed it first: no matter.
 
 
 # Where Vertex AI mounts Cloud Storage in its containers (Cloud Storage FUSE): gs://BUCKET/PATH is /gcs/BUCKET/PATH.
@@ -83,33 +159,3 @@ def replace_dir(src: str, dst: str, last: str) -> None:
         shutil.rmtree(dst, ignore_errors=True)
         raise
     shutil.rmtree(src, ignore_errors=True)
-
-
-def writer_suffix() -> str:
-    """'-<host>-<pid>': ends the name of a scratch file or directory, so a later run can tell whose it is."""
-    return f"-{socket.gethostname()}-{os.getpid()}"
-
-
-def remove_dead_writers_leftovers(directory: str, prefix: str) -> None:
-    """Deletes `directory`'s entries named `<prefix>...<writer_suffix()>` whose writer no longer runs.
-
-    A killed process cannot clean up after itself, so the next one to write
-    there does. Entries of live processes are left alone, and so are those of
-    other hosts, which may share the directory and whose pids mean nothing here.
-    """
-    host = socket.gethostname()
-    for entry in os.listdir(directory):
-        rest, _, pid = entry.rpartition("-")
-        if not (entry.startswith(prefix) and rest.endswith(f"-{host}") and pid.isdigit()):
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            path = os.path.join(directory, entry)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):  # Another writer swept it first.
-                    os.remove(path)
-        except PermissionError:
-            pass  # Alive, under another user.

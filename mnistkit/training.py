@@ -1,146 +1,50 @@
-"""Training the seed's CNN with a stop threshold, checkpoints and resume.
+"""The training loop: the seed's CNN trained epoch by epoch with a stop threshold, checkpoints and resume.
 
 A custom loop rather than `model.fit`: it runs unchanged under every
 tf.distribute strategy (Keras 3's `fit` fails under MultiWorkerMirroredStrategy
 on TF 2.21), it resumes mid-epoch after a SIGTERM, and it runs many steps per
-`tf.function` call. Its speed over plain `fit` comes from oneDNN kernels (see
-mnistkit/__init__.py), a fused Adam update (mnistkit/optimizers.py) and dense
-kernels stored transposed (mnistkit/model.py).
+`tf.function` call (mnistkit/compiled_steps.py). Its speed over plain `fit`
+comes from oneDNN kernels (mnistkit/tf_settings.py), a fused Adam update
+(mnistkit/optimizers.py) and dense kernels stored transposed (mnistkit/model.py).
+
+The rest of a run lives beside it: its settings in train_config.py, checkpoints
+in checkpoints.py, TensorBoard and worker directories in run_dirs.py, SIGTERM
+in sigterm.py, errors in failures.py, the saved model in models_io.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
-import signal
-import tempfile
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from mnistkit import distribution, files, idx
-from mnistkit.optimizers import FusedAdam
-from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
+from mnistkit import checkpoints, compiled_steps, distribution, files, idx, run_dirs
+from mnistkit.evaluation import EVAL_BATCH
+from mnistkit.failures import PEER_ERRORS, Diverged, Interrupted, PeerFailure, disk_errors
 from mnistkit.model import create_model, keras
+from mnistkit.models_io import MODEL_FILE, load_model, weights_digest
+from mnistkit.optimizers import FusedAdam
+from mnistkit.sigterm import SigtermFlag
+from mnistkit.train_config import TrainConfig, resolve_precision
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
+# The names callers know training by, defined in the modules that do each job.
+__all__ = ["CONFIG_FILE", "HISTORY_FILE", "MODEL_FILE", "Diverged", "Interrupted", "PeerFailure", "TrainConfig",
+           "Trainer", "load_model", "resolve_precision", "train", "weights_digest"]
+
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "train_config.json"
-EVAL_BATCH = 1000
-WORKER_DIR_PREFIX = "mnistkit-worker-"  # A non-chief's private directory for its saves, under the temp dir.
-# What Vertex AI sets when the custom job has a base_output_directory (the pinned aiplatform lists them in
-# google/cloud/aiplatform/training_utils/environment_variables.py). AIP_MODEL_DIR is not read: the model
-# goes to the pipeline's Model artifact, which is where the evaluate and export steps look for it.
-CHECKPOINT_DIR_ENV = "AIP_CHECKPOINT_DIR"
-TENSORBOARD_DIR_ENV = "AIP_TENSORBOARD_LOG_DIR"
-# The settings that shape the training trajectory: a checkpoint directory shared across runs keeps each
-# combination apart, so a resubmitted run resumes its own checkpoints and never another run's.
-_TRAJECTORY_FIELDS = ("batch_size", "learning_rate", "schedule", "warmup_epochs", "precision", "data_format",
-                      "seed", "max_train_examples")
-
-
-def resolve_precision(precision: str, tpu: str | None = None) -> str:
-    """'auto' means bfloat16 compute only where the hardware does it natively.
-
-    On a CPU without AVX512_BF16 or AMX, bfloat16 is emulated: measured here
-    on an AVX2-only EPYC, Keras `fit` ran 6x slower in mixed_bfloat16 than in
-    float32 (99 vs 620 examples/s).
-    """
-    if precision != "auto":
-        return precision
-    if tpu:
-        return "mixed_bfloat16"
-    for gpu in tf.config.list_physical_devices("GPU"):
-        if tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) >= (8, 0):
-            return "mixed_bfloat16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        flags = ""
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGTERM after saving a checkpoint; rerun to resume."""
-
-
-class PeerFailure(RuntimeError):
-    """A multi-worker run lost a peer (it died or stopped answering); rerun every worker to resume."""
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; nothing was saved from the diverged steps."""
-
-
-# What a collective raises when a peer dies (Unavailable: connection reset),
-# hangs past the collective timeout (DeadlineExceeded) or was aborted.
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                tf.errors.AbortedError)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """One training run. Defaults are the 'fast' recipe; see `from_recipe`."""
-
-    data_dir: str
-    model_dir: str
-    batch_size: int = RECIPES["fast"]["batch_size"]
-    train_epochs: int = RECIPES["fast"]["train_epochs"]
-    epochs_between_evals: int = 1
-    stop_threshold: float | None = None
-    learning_rate: float = RECIPES["fast"]["learning_rate"]
-    schedule: str = RECIPES["fast"]["schedule"]
-    warmup_epochs: float = RECIPES["fast"]["warmup_epochs"]
-    precision: str = RECIPES["fast"]["precision"]
-    data_format: str | None = None
-    distribution_strategy: str = "default"
-    num_gpus: int | None = None
-    tpu: str | None = None
-    clean: bool = False
-    seed: int = 0
-    steps_per_loop: int = 50  # Training steps per tf.function call.
-    max_train_examples: int | None = None  # Train on a prefix of the data (tests, quick looks).
-    collective_timeout_seconds: float | None = 300.0
-    # Checkpoints outside model_dir, where a restarted worker, a retried task or a resubmitted run finds them
-    # (a local path or gs://); None: $AIP_CHECKPOINT_DIR when Vertex AI sets it, else model_dir/checkpoints.
-    checkpoint_dir: str | None = None
-    # A second copy of the TensorBoard summaries (model_dir/logs always has one); None: $AIP_TENSORBOARD_LOG_DIR.
-    tensorboard_dir: str | None = None
-
-    @classmethod
-    def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
-        if recipe not in RECIPES:
-            raise ValueError(f"recipe: expected one of {', '.join(RECIPES)}, found {recipe!r}")
-        return cls(**{**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}})
-
-    def check(self) -> None:
-        """Raises ValueError naming the first parameter out of range."""
-        problems = [
-            ("batch_size", self.batch_size, self.batch_size >= 1, "at least 1"),
-            ("train_epochs", self.train_epochs, self.train_epochs >= 1, "at least 1"),
-            ("epochs_between_evals", self.epochs_between_evals, self.epochs_between_evals >= 1, "at least 1"),
-            ("learning_rate", self.learning_rate, self.learning_rate > 0, "above 0"),
-            ("stop_threshold", self.stop_threshold,
-             self.stop_threshold is None or 0 <= self.stop_threshold <= 1, "in [0, 1]"),
-            ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-            ("warmup_epochs", self.warmup_epochs, self.warmup_epochs >= 0, "at least 0"),
-            ("steps_per_loop", self.steps_per_loop, self.steps_per_loop >= 1, "at least 1"),
-        ]
-        for name, value, ok, expected in problems:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, found {value!r}")
+# AIP_MODEL_DIR, which Vertex AI also sets, is not read: the model goes to the pipeline's Model artifact,
+# which is where the evaluate and export steps look for it.
 
 
 def load_data(config: TrainConfig):
@@ -198,11 +102,27 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
 
 
 class Trainer:
-    """Owns the strategy, model, optimizer and checkpoints of one run."""
+    """Owns the strategy, model, optimizer and checkpoints of one run.
 
-    def __init__(self, config: TrainConfig):
+    Public hooks: `train_epoch()` trains one epoch; `on_epoch` and
+    `on_evaluation` are called by `train()` after each epoch it trains and
+    each evaluation it makes.
+    """
+
+    def __init__(self, config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
+                 on_evaluation: Callable[[dict], None] | None = None):
+        """Builds the run's model and optimizer and reads the data; restores nothing yet (`train` does).
+
+        Args:
+          config: The run's settings; checked here.
+          on_epoch: Called after each epoch `train()` trains with {"epoch": epochs done, "loss": the
+            epoch's mean training loss, "learning_rate": the rate at its end}.
+          on_evaluation: Called after each evaluation `train()` makes, once history.json holds it, with its
+            record {"epoch", "loss", "accuracy"}.
+        """
         config.check()
         self.config = config
+        self.on_epoch, self.on_evaluation = on_epoch, on_evaluation
         self.strategy = distribution.get_strategy(
             config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
         self.chief = distribution.is_chief()
@@ -230,16 +150,18 @@ class Trainer:
         # Every worker saves (saving can involve collectives); only the chief's copy lands in model_dir
         # and the checkpoint directory, the others go to a private temporary place. Every worker resumes
         # from the chief's checkpoints.
-        self.checkpoint_dir = checkpoint_dir(config)
-        self.tensorboard_dirs = tensorboard_dirs(config) if self.chief else []
-        self.write_dir = config.model_dir if self.chief else _worker_dir()
+        self.checkpoint_dir = checkpoints.checkpoint_dir(config)
+        self.tensorboard_dirs = run_dirs.tensorboard_dirs(config) if self.chief else []
+        self.write_dir = config.model_dir if self.chief else run_dirs.worker_dir()
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.checkpoint_dir if self.chief else os.path.join(self.write_dir, "checkpoints"),
             max_to_keep=2)
         self._images = tf.constant(self.train_images)
         self._labels = tf.constant(self.train_labels)
         self._eval_dataset = self._make_eval_dataset()
-        self._build_functions()
+        self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
+                                                         config.batch_size)
+        self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
 
     # --- Data. ----------------------------------------------------------------------
 
@@ -265,55 +187,13 @@ class Trainer:
         ds = ds.batch(EVAL_BATCH).map(lambda x, y: (_to_float(x), y)).prefetch(tf.data.AUTOTUNE)
         return self.strategy.experimental_distribute_dataset(ds)
 
-    # --- Compiled steps. ------------------------------------------------------------
-
-    def _build_functions(self):
-        strategy, model, optimizer = self.strategy, self.model, self.optimizer
-        global_batch = self.config.batch_size
-
-        def step_fn(images, labels):
-            with tf.GradientTape() as tape:
-                logits = model(images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-
-        @tf.function
-        def train_steps(iterator, steps):
-            total = tf.constant(0.0)
-            for _ in tf.range(steps):
-                per_replica = strategy.run(step_fn, args=next(iterator))
-                total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            return total
-
-        def eval_fn(images, labels):
-            logits = model(images, training=False)
-            loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            correct = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels), tf.float32)
-            return tf.reduce_sum(loss), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)
-
-        # An iterator and a step count, like train_steps: a Python `for` over a
-        # distributed dataset fell back to unrolling here, retracing the model
-        # for every batch of every evaluation (20 s per evaluation).
-        @tf.function
-        def evaluate(iterator, steps):
-            sums = tf.zeros(3)
-            for _ in tf.range(steps):
-                per_replica = strategy.run(eval_fn, args=next(iterator))
-                sums += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica])
-            return sums
-
-        self.train_steps = train_steps
-        self.evaluate_fn = evaluate
+    # --- Evaluation and the loop. ---------------------------------------------------
 
     def evaluate(self) -> dict:
+        """The current model's mean loss and accuracy on the whole test split."""
         steps = tf.constant(-(-len(self.test_images) // EVAL_BATCH))
         loss_sum, correct, count = self.evaluate_fn(iter(self._eval_dataset), steps).numpy()
         return {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
-
-    # --- The loop. ------------------------------------------------------------------
 
     def _load_history(self) -> list[dict]:
         # The copy beside the checkpoints first: a resubmitted run has a new, empty model_dir.
@@ -327,14 +207,14 @@ class Trainer:
     def _write_history(self, payload: dict) -> None:
         """Writes history.json to model_dir and, when checkpoints live elsewhere, beside them too (chief only)."""
         self._write_json(HISTORY_FILE, payload)
-        if self.chief and not _inside(self.checkpoint_dir, self.config.model_dir):
+        if self.chief and not run_dirs.inside(self.checkpoint_dir, self.config.model_dir):
             path = os.path.join(self.checkpoint_dir, HISTORY_FILE)
-            with _disk_errors(path):
+            with disk_errors(path):
                 files.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
     def _write_json(self, name: str, payload: dict) -> None:
         path = os.path.join(self.write_dir, name)
-        with _disk_errors(path):
+        with disk_errors(path):
             files.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
     def train(self) -> dict:
@@ -346,7 +226,7 @@ class Trainer:
         """
         try:
             return self._train()
-        except _PEER_ERRORS as e:
+        except PEER_ERRORS as e:
             if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
                 raise
             raise PeerFailure(
@@ -360,7 +240,7 @@ class Trainer:
 
     def _train(self) -> dict:
         config = self.config
-        latest = self._restore(self.checkpoint_dir)
+        latest = self._restore()
         if latest:
             log.info("resumed from %s at epoch %d, step %d", latest, int(self.epoch), int(self.step_in_epoch))
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
@@ -369,7 +249,7 @@ class Trainer:
         log.info("checkpoints in %s; TensorBoard summaries in %s", self.checkpoint_dir,
                  ", ".join(self.tensorboard_dirs) or "none (not the chief)")
         writers = [tf.summary.create_file_writer(d) for d in self.tensorboard_dirs]
-        stop = _SigtermFlag()
+        stop = SigtermFlag()
         with stop, contextlib.ExitStack() as closing:
             for writer in writers:
                 closing.callback(writer.close)
@@ -379,16 +259,21 @@ class Trainer:
                 if due and not any(h["epoch"] == epoch for h in history):
                     history.append({"epoch": epoch, **self.evaluate()})
                     log.info("epoch %d: %s", epoch, history[-1])
-                    _write_summaries(writers, epoch, {"eval/accuracy": history[-1]["accuracy"],
-                                                      "eval/loss": history[-1]["loss"]})
+                    run_dirs.write_summaries(writers, epoch, {"eval/accuracy": history[-1]["accuracy"],
+                                                              "eval/loss": history[-1]["loss"]})
                     self._write_history({"evaluations": history})
+                    if self.on_evaluation:
+                        self.on_evaluation(dict(history[-1]))
                 if _reached(history, config.stop_threshold) or epoch >= config.train_epochs:
                     break
                 if stop.raised:  # Between epochs: the last epoch's checkpoint is already saved.
                     raise Interrupted(f"SIGTERM before epoch {epoch + 1}: nothing lost since the last checkpoint; "
                                       "rerun to resume")
-                loss = self._train_epoch(epoch, stop)
-                _write_summaries(writers, epoch + 1, {"train/loss": loss, "train/learning_rate": self._current_lr()})
+                loss = self.train_epoch(stop)
+                lr = self._current_lr()
+                run_dirs.write_summaries(writers, epoch + 1, {"train/loss": loss, "train/learning_rate": lr})
+                if self.on_epoch:
+                    self.on_epoch({"epoch": epoch + 1, "loss": loss, "learning_rate": lr})
         result = {"evaluations": history, "stopped_early": _reached(history, config.stop_threshold)
                   and int(self.epoch) < config.train_epochs, "epochs": int(self.epoch)}
         self._write_history(result)
@@ -397,44 +282,28 @@ class Trainer:
         log.info("trained weights sha256 %s", weights_digest(self.model))
         return result
 
-    def _restore(self, checkpoint_dir: str) -> str | None:
-        """Restores the newest checkpoint in `checkpoint_dir` that reads; returns its path (None: there is none).
+    def _restore(self) -> str | None:
+        """Restores the newest readable checkpoint of the run (see checkpoints.restore_newest); returns its path."""
+        path = checkpoints.restore_newest(self.checkpoint, self.checkpoint_dir, self.config.model_dir)
+        if path and self.config.schedule == "constant":
+            # A constant rate is an optimizer variable, so the checkpoint brought back the old run's; the
+            # --learning_rate of this run wins (the way to go on after a divergence is a lower one).
+            self.optimizer.learning_rate = self.config.learning_rate
+        return path
 
-        One cut short or corrupted on disk is skipped, with a warning, for the
-        one before it (at most an epoch more to train); one that reads but
-        belongs to another model is an error, as is finding only unreadable ones.
+    def train_epoch(self, stop: SigtermFlag | None = None) -> float:
+        """Trains the current epoch (`self.epoch`) from `self.step_in_epoch` to its end, then saves a checkpoint.
+
+        Args:
+          stop: When its `raised` turns true (SIGTERM), saves a checkpoint mid-epoch and raises Interrupted.
+
+        Returns:
+          The mean training loss of the steps it ran.
+
+        Raises:
+          Diverged: the loss became NaN or infinite (nothing saved from those steps).
         """
-        unreadable = []
-        for path in _checkpoints_newest_first(checkpoint_dir):
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (AssertionError, ValueError) as e:
-                raise ValueError(f"{self.config.model_dir}: expected a checkpoint of this model to resume from, found "
-                                 f"{path}, which does not match it ({_first_line(e)}); "
-                                 "use --clean or another --model_dir") from e
-            except _PEER_ERRORS:
-                raise
-            except Exception as e:  # Truncated: IndexError; flipped bytes: DataLossError; bad index: OpError.
-                log.warning("%s: cannot be read (%s: %s); trying the checkpoint before it", path, type(e).__name__,
-                            _first_line(e))
-                unreadable.append((os.path.basename(path), _first_line(e)))
-                continue
-            if unreadable:
-                log.warning("resuming from %s: the newer %s could not be read (up to an epoch more to train)", path,
-                            ", ".join(name for name, _ in unreadable))
-            if self.config.schedule == "constant":
-                # A constant rate is an optimizer variable, so the checkpoint brought back the old run's; the
-                # --learning_rate of this run wins (the way to go on after a divergence is a lower one).
-                self.optimizer.learning_rate = self.config.learning_rate
-            return path
-        if unreadable:
-            found = "; ".join(f"{name} ({why})" for name, why in unreadable)
-            raise ValueError(f"{checkpoint_dir}: expected a readable checkpoint to resume from, found only unreadable "
-                             f"ones: {found}; use --clean to start over")
-        return None
-
-    def _train_epoch(self, epoch: int, stop: "_SigtermFlag") -> float:
-        start = int(self.step_in_epoch)
+        epoch, start = int(self.epoch), int(self.step_in_epoch)
         iterator = iter(self._train_dataset(epoch, start))
         total, step = 0.0, start
         while step < self.steps_per_epoch:
@@ -446,13 +315,13 @@ class Trainer:
             total += loss_sum
             step += n
             log.info("epoch %d: step %d of %d", epoch + 1, step, self.steps_per_epoch)
-            if stop.raised and step < self.steps_per_epoch:
+            if stop is not None and stop.raised and step < self.steps_per_epoch:
                 self.step_in_epoch.assign(step)
-                path = self._save_checkpoint()
+                path = self.save_checkpoint()
                 raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; rerun to resume")
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
-        self._save_checkpoint()
+        self.save_checkpoint()
         return total / max(step - start, 1)
 
     def _diverged(self, loss_sum: float, epoch: int, step: int, n: int) -> Diverged:
@@ -469,254 +338,54 @@ class Trainer:
                         f"(--learning_rate {self.config.learning_rate:g}, precision {self.precision}); no model was "
                         f"written and {resume}; try {', or '.join(hints)}")
 
-    def _save_checkpoint(self) -> str:
+    def save_checkpoint(self) -> str:
         """Saves a checkpoint; a failure to write it is an OSError naming the directory, with no leftovers."""
-        directory = self.manager.directory
-        try:
-            with _disk_errors(directory):
-                return self.manager.save()
-        except OSError:
-            # TF writes into `ckpt-N_temp` and renames it when complete; the last good checkpoint stays listed.
-            for entry in os.listdir(directory) if os.path.isdir(directory) else []:
-                if entry.endswith("_temp") and os.path.isdir(os.path.join(directory, entry)):
-                    shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
-            raise
+        return checkpoints.save(self.manager)
 
     def _current_lr(self) -> float:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def weights_digest(model: keras.Model) -> str:
-    """SHA-256 over every weight's bytes, in order: equal digests mean identical weights."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()
-
-
-def _checkpoints_newest_first(checkpoint_dir: str) -> list[str]:
-    """The checkpoints the state file of `checkpoint_dir` lists, newest first."""
-    state = tf.train.get_checkpoint_state(checkpoint_dir)
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    # Relative entries are relative to the directory, as tf.train.latest_checkpoint reads them.
-    return [p if os.path.isabs(p) else os.path.join(checkpoint_dir, p) for p in reversed(paths)]
-
-
-def _repair_checkpoint_state(checkpoint_dir: str) -> None:
-    """Rebuilds a lost or broken checkpoint state file from the checkpoints found by name.
-
-    TF ignores a state file that does not parse (cut short) and so would start
-    over, overwriting the checkpoints; CheckpointManager refuses to start on an
-    empty one. The checkpoints beside it may be whole: `_restore` skips those
-    that are not.
-    """
-    if not os.path.isdir(checkpoint_dir):
-        return
-    numbered = filter(None, (re.fullmatch(r"(.+-(\d+))\.index", n) for n in os.listdir(checkpoint_dir)))
-    names = [m[1] for m in sorted(numbered, key=lambda m: int(m[2]))]
-    state = os.path.join(checkpoint_dir, "checkpoint")
-    try:
-        if tf.train.get_checkpoint_state(checkpoint_dir) is not None or not (names or os.path.exists(state)):
-            return
-        reason = "it does not parse" if os.path.exists(state) else "it is missing"
-    except Exception as e:  # ValueError: "Invalid checkpoint state loaded from ...".
-        reason = _first_line(e)
-    log.warning("%s: cannot be read (%s); rebuilding it from the checkpoints there: %s", state, reason,
-                ", ".join(names) or "none")
-    if names:
-        # The CheckpointState text format, paths relative to the directory. Without timestamps later than
-        # last_preserved_timestamp, CheckpointManager would keep these forever instead of rotating them out.
-        stamps = [os.path.getmtime(os.path.join(checkpoint_dir, n + ".index")) for n in names]
-        files.atomic_write_text(state, "".join(
-            [f'model_checkpoint_path: "{names[-1]}"\n'] + [f'all_model_checkpoint_paths: "{n}"\n' for n in names]
-            + [f"all_model_checkpoint_timestamps: {t}\n" for t in stamps]
-            + [f"last_preserved_timestamp: {min(stamps) - 1}\n"]))
-    else:
-        os.remove(state)
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an error's message, without TF's decorations ({{function_node ...}}, [Op:...])."""
-    text = re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)))
-    return (text.strip().splitlines() or [type(e).__name__])[0]
-
-
 def _reached(history: list[dict], threshold: float | None) -> bool:
     return threshold is not None and bool(history) and history[-1]["accuracy"] >= threshold
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks between step batches (main thread only)."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread: leave signals alone.
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint at the end of the current steps")
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
-
-
 def _save_model_atomically(model: keras.Model, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with _disk_errors(path):
-            model.save(tmp)
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with disk_errors(path), files.atomic_path(path) as scratch:
+        model.save(scratch)  # The scratch name ends in `.keras` too, which Keras needs to pick the format.
 
 
-# What the machine, not the input, can refuse while a file is written; TF reports them as text.
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EMFILE, errno.ENFILE,
-                errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG)
-
-
-@contextlib.contextmanager
-def _disk_errors(path: str):
-    """Re-raises a failed write under `path` as OSError(errno, strerror, path), however it was reported.
-
-    Python's own writes often leave the file name out, and TensorFlow raises
-    OpErrors (ResourceExhaustedError for a full disk, PermissionDeniedError
-    for a read-only one, ...) whose message ends in the C library's strerror:
-    the errno is recovered from that text so callers can print one line.
-    """
-    try:
-        yield
-    except OSError as e:
-        # Python's writes may name no file, or a temporary sibling that is gone by now: name the real one.
-        if e.errno is None or e.filename == path:
-            raise
-        raise OSError(e.errno, e.strerror, path) from e
-    except _PEER_ERRORS:
-        raise
-    except tf.errors.OpError as e:
-        message = re.sub(r"\s*\[Op:\w+\]\s*$", "", e.message)
-        for code in _DISK_ERRNOS:
-            if message.endswith(os.strerror(code)) or f"; {os.strerror(code)}" in message:
-                raise OSError(code, os.strerror(code), path) from e
-        raise
-
-
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
+          on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Trains per `config` and writes model.keras, history.json and summaries to `model_dir`.
 
-    Checkpoints go to `checkpoint_dir(config)`, summaries also to the
-    directories of `tensorboard_dirs(config)`.
+    Checkpoints go to `checkpoints.checkpoint_dir(config)`, summaries also to
+    the directories of `run_dirs.tensorboard_dirs(config)`. `on_epoch` and
+    `on_evaluation` are the Trainer's hooks (see Trainer).
     """
-    checkpoints = checkpoint_dir(config)
-    tensorboard_dirs(config)  # Refuses a gs:// directory without a FUSE mount before any training.
+    checkpoint_dir = checkpoints.checkpoint_dir(config)
+    run_dirs.tensorboard_dirs(config)  # Refuses a gs:// directory without a FUSE mount before any training.
     if config.clean and distribution.is_chief():
-        for directory in (config.model_dir, checkpoints):
+        for directory in (config.model_dir, checkpoint_dir):
             if os.path.isdir(directory):
                 shutil.rmtree(directory)
     os.makedirs(config.model_dir, exist_ok=True)
     if distribution.is_chief():
-        _remove_leftovers(config.model_dir, checkpoints)
-        _repair_checkpoint_state(checkpoints)
-    return Trainer(config).train()
-
-
-def checkpoint_dir(config: TrainConfig) -> str:
-    """Where the run's checkpoints live, as a local path.
-
-    `config.checkpoint_dir`, else $AIP_CHECKPOINT_DIR (set by Vertex AI from
-    the custom job's base_output_directory), each in a subdirectory named
-    after the settings that shape the training (see `_TRAJECTORY_FIELDS`), else
-    model_dir/checkpoints. gs:// URIs are read through the Cloud Storage FUSE
-    mount (files.local_path).
-    """
-    for what, value in (("checkpoint_dir", config.checkpoint_dir),
-                        (CHECKPOINT_DIR_ENV, os.environ.get(CHECKPOINT_DIR_ENV))):
-        if value:
-            return os.path.join(files.local_path(value, what), trajectory_key(config))
-    return os.path.join(config.model_dir, "checkpoints")
-
-
-def trajectory_key(config: TrainConfig) -> str:
-    """'run-' and 12 hex digits that change with any setting of _TRAJECTORY_FIELDS, and with train_epochs
-    under the 'cosine' schedule, whose decay spans all epochs."""
-    fields = {f: getattr(config, f) for f in _TRAJECTORY_FIELDS}
-    if config.schedule == "cosine":
-        fields["train_epochs"] = config.train_epochs
-    return "run-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def tensorboard_dirs(config: TrainConfig) -> list[str]:
-    """Where the chief writes TensorBoard summaries: model_dir/logs, and `config.tensorboard_dir` or
-    $AIP_TENSORBOARD_LOG_DIR (which Vertex AI TensorBoard uploads from) when set."""
-    dirs = [os.path.join(config.model_dir, "logs")]
-    for what, value in (("tensorboard_dir", config.tensorboard_dir),
-                        (TENSORBOARD_DIR_ENV, os.environ.get(TENSORBOARD_DIR_ENV))):
-        if value:
-            path = files.local_path(value, what)
-            if os.path.abspath(path) != os.path.abspath(dirs[0]):
-                dirs.append(path)
-            break
-    return dirs
-
-
-def _write_summaries(writers: list, step: int, values: dict) -> None:
-    """Writes scalars to every writer, flushed so that Vertex AI TensorBoard can upload them mid-run."""
-    for writer in writers:
-        with writer.as_default():
-            for name, value in values.items():
-                tf.summary.scalar(name, value, step=step)
-        writer.flush()
-
-
-def _inside(path: str, directory: str) -> bool:
-    path, directory = os.path.abspath(path), os.path.abspath(directory)
-    return os.path.commonpath([path, directory]) == directory
-
-
-def _worker_dir() -> str:
-    """A non-chief's private directory; first deletes those that killed workers on this host left behind."""
-    files.remove_dead_writers_leftovers(tempfile.gettempdir(), WORKER_DIR_PREFIX)
-    return tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX, suffix=files.writer_suffix())
+        _remove_leftovers(config.model_dir, checkpoint_dir)
+        checkpoints.repair_state(checkpoint_dir)
+    return Trainer(config, on_epoch, on_evaluation).train()
 
 
 def _remove_leftovers(model_dir: str, checkpoints: str) -> None:
     """Deletes the temporary files a killed run left; they never hold anything a reader needs."""
     for directory in (model_dir, checkpoints):
-        if not os.path.isdir(directory):
+        # Only the chief writes these directories, and it has not started: whoever wrote a scratch entry is gone.
+        files.sweep_leftovers(directory, every_writer=True)
+        if directory == model_dir or not os.path.isdir(directory):
             continue
         for entry in os.listdir(directory):
             path = os.path.join(directory, entry)
-            if entry.startswith(".tmp-") and os.path.isfile(path):
-                os.remove(path)
-            elif directory != model_dir and entry.endswith("_temp") and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)  # A checkpoint whose save did not finish.
+            if entry.endswith("_temp") and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)  # A TensorFlow checkpoint whose save did not finish.
 
-
-def load_model(model_dir: str) -> keras.Model:
-    """Loads the trained model that `train` wrote into `model_dir`."""
-    path = os.path.join(model_dir, MODEL_FILE) if os.path.isdir(model_dir) else model_dir
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: expected a trained model ({MODEL_FILE} written by mnist-train), found none")
-    try:
-        model = keras.models.load_model(path)
-    except Exception as e:
-        raise ValueError(f"{path}: expected a Keras model saved by mnist-train, found one that does not load ({e})")
-    # A model of NaN weights would evaluate to 10% and export a classifier that answers class 0 for everything.
-    for weight in model.weights:
-        values = keras.ops.convert_to_numpy(weight)
-        if not np.isfinite(values).all():
-            raise ValueError(f"{path}: expected finite weights, found {np.size(values) - np.isfinite(values).sum()} "
-                             f"NaN or infinite values in {weight.path}; the training that wrote it diverged: "
-                             "retrain with a lower --learning_rate")
-    return model

@@ -11,6 +11,7 @@ import os
 import sys
 
 from components import images
+from mnistkit import files
 from pipelines import hardware
 
 # The checkout's root: `make venv` installs this package editable, so the file stays where it was written.
@@ -52,13 +53,8 @@ def compile_pipeline(output: str, hw: hardware.Hardware, registry: str | None = 
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
         raise ValueError(f"--output {output}: expected a path in an existing directory, found no {directory}")
-    partial = os.path.join(directory, f".partial-{os.getpid()}-{os.path.basename(output)}")
-    try:
-        compiler.Compiler().compile(pipeline.build(hw, registry, tag), partial)
-        os.replace(partial, output)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with files.atomic_path(output) as scratch:
+        compiler.Compiler().compile(pipeline.build(hw, registry, tag), scratch)
     return output
 
 

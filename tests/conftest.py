@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from mnistkit import tf_settings
 from tests import synthetic
 from tests.servers import serve_directory  # noqa: F401  (tests import it from here)
 
@@ -18,6 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 os.environ.setdefault("NO_GCE_CHECK", "true")
+
+# The tests train in this process as the commands do: with the project's TensorFlow settings, applied before
+# any test module loads TensorFlow (child processes inherit them).
+tf_settings.apply()
 
 
 def free_port() -> int:

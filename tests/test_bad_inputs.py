@@ -144,7 +144,8 @@ def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     export_dir = blocker / "export"
-    line = error_line(run("-m", "mnistkit.commands.export", "--model_dir", str(model_dir), "--export_dir", str(export_dir)),
+    line = error_line(run("-m", "mnistkit.commands.export", "--model_dir", str(model_dir),
+                          "--export_dir", str(export_dir)),
                       "mnist-export")
     assert line == (f"mnist-export: error: {export_dir}: expected a writable export directory, found that it "
                     "cannot be created (Not a directory)")

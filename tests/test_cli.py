@@ -21,8 +21,8 @@ BIN = os.path.dirname(sys.executable)
 
 
 def _run(module: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m mnistkit.MODULE ARGS` the way a user or a container would."""
-    return subprocess.run([sys.executable, "-m", f"mnistkit.{module}", *map(str, args)], cwd=REPO,
+    """Runs `python -m mnistkit.commands.MODULE ARGS` the way a user or a container would."""
+    return subprocess.run([sys.executable, "-m", f"mnistkit.commands.{module}", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -93,10 +93,10 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
     data_dir = tmp_path / "data"
     with serve_directory(str(tmp_path), Stalling) as url:
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "mnistkit.download", f"--data_dir={data_dir}",
+            proc = subprocess.Popen([sys.executable, "-m", "mnistkit.commands.download", f"--data_dir={data_dir}",
                                      f"--source={url}"], cwd=REPO, stderr=subprocess.PIPE, text=True)
             deadline = time.time() + 60
-            while not (data_dir.exists() and any(n.startswith(".partial-") for n in os.listdir(data_dir))):
+            while not (data_dir.exists() and any(n.startswith(".tmp-") for n in os.listdir(data_dir))):
                 assert time.time() < deadline and proc.poll() is None, "no partial file ever appeared"
                 time.sleep(0.05)
             time.sleep(0.5)  # Let the client get into its read of the stalled body.

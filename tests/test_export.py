@@ -168,9 +168,9 @@ def test_a_killed_writers_partial_export_is_removed_by_the_next_export(model_dir
     host = socket.gethostname()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # Its pid names a writer that no longer runs.
-    dead = export_dir / f".partial-1700000000-{host}-{gone.pid}"
-    alive = export_dir / f".partial-1700000001-{host}-{os.getpid()}"
-    elsewhere = export_dir / ".partial-1700000002-another-host-1"
+    dead = export_dir / f".tmp-{host}@{gone.pid}-abc123-1700000000"
+    alive = export_dir / f".tmp-{host}@{os.getpid()}-abc123-1700000001"
+    elsewhere = export_dir / ".tmp-another-host@1-abc123-1700000002"
     for partial in (dead, alive, elsewhere):
         (partial / "variables").mkdir(parents=True)
     path = exporting.export(model_dir, str(export_dir))

@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from mnistkit import cli, fetch, idx
+from mnistkit import fetch, idx, sources
+from mnistkit.commands import cli
 from tests.conftest import REPO, free_port, serve_directory
 from tests.test_images import cpu_image  # noqa: F401  (the fixture: the CPU image, built once per session)
 
@@ -76,7 +77,7 @@ def remount(path, size: str) -> None:
 
 
 def test_a_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
-    result, seconds = run_command("-m", "mnistkit.download", "--data_dir", tmp_path / "d", "--source", NO_HOST)
+    result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d", "--source", NO_HOST)
     line = error_line(result, "mnist-download")
     assert seconds < 20, seconds
     assert line.startswith(f"mnist-download: error: {idx.TRAIN.images}: could not reach {NO_HOST} "
@@ -88,7 +89,7 @@ def test_a_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
 
 def test_a_port_where_nothing_listens_fails_in_seconds_naming_it(tmp_path):
     source = f"http://127.0.0.1:{free_port()}/"
-    result, seconds = run_command("-m", "mnistkit.download", "--data_dir", tmp_path / "d", "--source", source)
+    result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d", "--source", source)
     line = error_line(result, "mnist-download")
     assert seconds < 20, seconds
     assert f"could not reach {source} (127.0.0.1: connection refused, nothing listens there)" in line, line
@@ -99,7 +100,7 @@ def test_a_port_where_nothing_listens_fails_in_seconds_naming_it(tmp_path):
 def test_a_gcs_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
     # One attempt layer: google-cloud-storage's own retry (a 120 s deadline) is off, only ours remains.
     env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://storage.mnist.invalid:9023"}
-    result, seconds = run_command("-m", "mnistkit.download", "--data_dir", tmp_path / "d",
+    result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d",
                                   "--source", "gs://cvdf-datasets/mnist/", env=env)
     line = error_line(result, "mnist-download")
     assert seconds < 20, seconds
@@ -110,7 +111,7 @@ def test_a_gcs_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
 def test_with_no_network_at_all_the_default_mirrors_fail_in_seconds(tmp_path):
     # A new network namespace has no network at all: no route, no DNS. Every default mirror is tried once.
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
-    result, seconds = run_command("-m", "mnistkit.download", "--data_dir", tmp_path / "d", env=env,
+    result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d", env=env,
                                   prefix=("unshare", "--net"))
     line = error_line(result, "mnist-download")
     assert seconds < 20, seconds
@@ -206,7 +207,8 @@ def test_first_mirror_dead_second_serves_the_files_and_the_switch_is_logged(tmp_
     dead = f"http://127.0.0.1:{free_port()}/"
     data_dir = tmp_path / "d"
     with serve_directory(mnist_dir) as alive:
-        result, _ = run_command("-m", "mnistkit.download", "--data_dir", data_dir, "--source", f"{dead},{alive}")
+        result, _ = run_command("-m", "mnistkit.commands.download", "--data_dir", data_dir,
+                                "--source", f"{dead},{alive}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(data_dir)) == sorted(idx.FILES)
     for name in idx.FILES:
@@ -286,7 +288,7 @@ def test_a_full_disk_ends_mnist_download_in_one_line_and_a_later_run_resumes(tmp
         # A file verified by an earlier run: it must survive the failure and not be fetched again.
         shutil.copyfile(os.path.join(mnist_dir, idx.TEST.labels), os.path.join(data_dir, idx.TEST.labels))
         kept = os.stat(os.path.join(data_dir, idx.TEST.labels)).st_mtime_ns
-        result, seconds = run_command("-m", "mnistkit.download", "--data_dir", data_dir, "--source", url)
+        result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", data_dir, "--source", url)
         line = error_line(result, "mnist-download")
         assert line == (f"mnist-download: error: {data_dir}: No space left on device (while writing "
                         f"{idx.TRAIN.images}); the disk is full: free some space or choose another directory")
@@ -296,7 +298,7 @@ def test_a_full_disk_ends_mnist_download_in_one_line_and_a_later_run_resumes(tmp
         assert os.listdir(data_dir) == [idx.TEST.labels]
 
         remount(disk, "16m")
-        result, _ = run_command("-m", "mnistkit.download", "--data_dir", data_dir, "--source", url)
+        result, _ = run_command("-m", "mnistkit.commands.download", "--data_dir", data_dir, "--source", url)
         assert result.returncode == 0, result.stderr[-3000:]
         assert sorted(os.listdir(data_dir)) == sorted(idx.FILES)
         assert f"{idx.TEST.labels}: present and verified, not fetched again" in result.stderr
@@ -320,7 +322,7 @@ def test_a_full_disk_during_a_gcs_download_is_not_retried(tmp_path, gcs_mnist):
 
 def test_a_read_only_data_dir_ends_mnist_download_in_one_line(tmp_path, mnist_dir):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
-        result, _ = run_command("-m", "mnistkit.download", "--data_dir", os.path.join(disk, "data"),
+        result, _ = run_command("-m", "mnistkit.commands.download", "--data_dir", os.path.join(disk, "data"),
                                 "--source", mnist_dir)
         assert error_line(result, "mnist-download") == (
             f"mnist-download: error: {os.path.join(disk, 'data')}: Read-only file system; the file system is "
@@ -353,7 +355,7 @@ def test_a_data_dir_that_vanishes_mid_download_is_not_retried(tmp_path, mnist_di
 def test_every_command_prints_an_error_of_the_machine_as_path_cause_and_hint(code, hint, tmp_path):
     # cli.run is what every mnist-* command runs its main through; a tiny command shows its contract.
     script = tmp_path / "probe.py"  # Run as a script, it is called mnist-probe.
-    script.write_text(f"import os\nfrom mnistkit import cli\n\n"
+    script.write_text(f"import os\nfrom mnistkit.commands import cli\n\n"
                       f"def main(argv):\n    raise OSError({code}, os.strerror({code}), '/some/dir')\n\n"
                       f"cli.run(main)\n")
     result, _ = run_command(script, env={**os.environ, "PYTHONPATH": REPO})
@@ -364,7 +366,7 @@ def test_every_command_prints_an_error_of_the_machine_as_path_cause_and_hint(cod
 
 
 def test_a_large_download_logs_its_bytes_and_rate(tmp_path, mnist_dir, caplog):
-    with serve_directory(mnist_dir) as url, caplog.at_level(logging.INFO, logger="mnistkit.fetch"):
+    with serve_directory(mnist_dir) as url, caplog.at_level(logging.INFO, logger="mnistkit"):
         fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "d"), source=url, files=(idx.TRAIN.images,),
                                             progress_seconds=0))
     progress = [r.getMessage() for r in caplog.records if " MB/s" in r.getMessage() and "fetched" not in r.getMessage()]
@@ -441,7 +443,7 @@ def test_gcs_uses_application_default_credentials_when_there_are_some(no_adc, mo
     key = tmp_path / "key.json"
     email = service_account_key(key, f"{token_server}/token")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
-    clients = fetch.gcs_clients()
+    clients = sources.gcs_clients()
     assert [description for description, _ in clients] == [
         f"Application Default Credentials (service account {email}, from GOOGLE_APPLICATION_CREDENTIALS={key})",
         "anonymous access"]
@@ -463,7 +465,7 @@ def test_credentials_whose_token_server_is_out_of_reach_give_way_to_anonymous_ac
 def test_gcs_without_credentials_is_anonymous(no_adc):
     from google.auth.credentials import AnonymousCredentials
 
-    clients = fetch.gcs_clients()
+    clients = sources.gcs_clients()
     assert [description for description, _ in clients] == [
         "anonymous access (no Application Default Credentials found)"]
     assert isinstance(clients[0][1]._credentials, AnonymousCredentials)
@@ -493,7 +495,7 @@ def test_a_refused_private_bucket_names_every_credential_tried(no_adc, monkeypat
 def test_a_refused_private_bucket_without_credentials_says_so(no_adc, monkeypatch, tmp_path, loopback_google):
     url, handler = loopback_google
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-    result, _ = run_command("-m", "mnistkit.download", "--data_dir", tmp_path / "d",
+    result, _ = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d",
                             "--source", "gs://team-private/mnist/", env=dict(os.environ))
     line = error_line(result, "mnist-download")
     assert (f"gs://team-private/mnist/{idx.TRAIN.images}: access refused with every credential tried: anonymous "

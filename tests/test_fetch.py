@@ -4,6 +4,9 @@ import http.server
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -259,7 +262,9 @@ def test_an_interrupted_attempt_leaves_no_partial_file(tmp_path, labels_source):
 def test_partials_left_by_a_killed_run_are_removed(tmp_path, labels_source):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    (data_dir / ".partial-t10k-labels-idx1-ubyte.gz.abc123").write_bytes(b"half")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # Its pid names a writer that no longer runs.
+    (data_dir / f".tmp-{socket.gethostname()}@{gone.pid}-abc123-t10k-labels-idx1-ubyte.gz").write_bytes(b"half")
     fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS))
     assert _leftovers(data_dir) == sorted(LABELS)
 

@@ -2,6 +2,7 @@
 
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -102,7 +103,10 @@ def test_a_file_that_never_arrives_whole_fails_naming_it_and_leaves_nothing(mode
 def test_an_unverified_file_already_in_data_dir_is_replaced(mirror, tmp_path):
     url, _ = mirror
     (tmp_path / idx.TRAIN.labels).write_bytes(b"left by someone else")
-    (tmp_path / f".partial-{idx.TEST.labels}.abc123").write_bytes(b"left by a killed download")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # Its pid names a writer that no longer runs.
+    (tmp_path / f".tmp-{socket.gethostname()}@{gone.pid}-abc123-{idx.TEST.labels}").write_bytes(
+        b"left by a killed download")
     fetch.download(config(tmp_path, url))
     assert left_in(tmp_path) == sorted(LABEL_FILES)
     assert fetch.sha256_of(tmp_path / idx.TRAIN.labels) == idx.SHA256[idx.TRAIN.labels]
@@ -113,7 +117,8 @@ def test_mnist_download_reports_the_file_it_could_not_verify(mirror, tmp_path):
     handler.plan = {name: ["wrong", "always"] for name in idx.FILES}
     data_dir = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "mnistkit.download", "--data_dir", str(data_dir), "--source", url, "--attempts", "2"],
+        [sys.executable, "-m", "mnistkit.commands.download", "--data_dir", str(data_dir), "--source", url,
+         "--attempts", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mnistkit import exporting, files, training
+from mnistkit import checkpoints, exporting, files, training
 
 SAVED_MODEL = "saved_model.pb"
 
@@ -108,7 +108,7 @@ def test_a_move_that_fails_midway_leaves_no_version(no_directory_renames, tmp_pa
 def test_an_export_killed_during_the_move_is_swept_by_the_next(synthetic_data, tmp_path, monkeypatch):
     """A killed move leaves `<stamp>/` without saved_model.pb and, once its writer's partial directory is
     swept, nothing that says a writer is still at it: the next export deletes it. A version whose writer
-    still runs (its `.partial-<stamp>-...` is there) is left alone."""
+    still runs (its `.tmp-<host>@<pid>-...-<stamp>` is there) is left alone."""
     model_dir = tmp_path / "model"
     training.train(config(synthetic_data, model_dir))
     export_dir = tmp_path / "export"
@@ -119,10 +119,10 @@ def test_an_export_killed_during_the_move_is_swept_by_the_next(synthetic_data, t
     for version, writer in ((killed, gone.pid), (running, os.getpid())):
         (version / "variables").mkdir(parents=True)
         (version / "variables" / "variables.index").write_text("half")
-        (export_dir / f".partial-{version.name}-{host}-{writer}" / "variables").mkdir(parents=True)
+        (export_dir / f".tmp-{host}@{writer}-abc123-{version.name}" / "variables").mkdir(parents=True)
     path = exporting.export(str(model_dir), str(export_dir))
     assert sorted(os.listdir(export_dir)) == sorted(
-        [running.name, f".partial-{running.name}-{host}-{os.getpid()}", os.path.basename(path)])
+        [running.name, f".tmp-{host}@{os.getpid()}-abc123-{running.name}", os.path.basename(path)])
 
 
 # --- gs:// and the mount. --------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_vertex_variables_send_checkpoints_and_summaries_to_the_mount(synthetic_
     model_dir = tmp_path / "model"
     cfg = config(synthetic_data, model_dir)
     training.train(cfg)
-    run_dir = mount / "bucket" / "job" / "checkpoints" / training.trajectory_key(cfg)
+    run_dir = mount / "bucket" / "job" / "checkpoints" / checkpoints.trajectory_key(cfg)
     assert {"checkpoint", "ckpt-1.index", "history.json"} <= set(os.listdir(run_dir))
     assert sorted(os.listdir(model_dir)) == ["history.json", "logs", "model.keras", "train_config.json"]
     for logs in (model_dir / "logs", mount / "bucket" / "job" / "logs"):
@@ -170,13 +170,13 @@ def test_a_resubmitted_run_resumes_from_the_shared_checkpoint_dir(synthetic_data
 
     caplog.set_level("INFO", logger="mnistkit.training")
     resumed = training.train(config(synthetic_data, tmp_path / "run2", checkpoint_dir=shared, train_epochs=2))
-    assert f"resumed from {shared}/{training.trajectory_key(first)}/ckpt-1 at epoch 1, step 0" in caplog.text
+    assert f"resumed from {shared}/{checkpoints.trajectory_key(first)}/ckpt-1 at epoch 1, step 0" in caplog.text
     assert "epoch 1: step" not in caplog.text  # Epoch 1 was not trained again.
     assert resumed["epochs"] == 2 and resumed["evaluations"][0] == epoch1[0]
 
     caplog.clear()
     other = config(synthetic_data, tmp_path / "run3", checkpoint_dir=shared, learning_rate=3e-4)
-    assert training.trajectory_key(other) != training.trajectory_key(first)
+    assert checkpoints.trajectory_key(other) != checkpoints.trajectory_key(first)
     training.train(other)
     assert "resumed from" not in caplog.text
     assert len(os.listdir(shared)) == 2
@@ -203,10 +203,10 @@ def test_the_trajectory_key_ignores_what_does_not_change_the_training():
     base = training.TrainConfig(data_dir="/a", model_dir="/b", schedule="constant")
     same = training.TrainConfig(data_dir="/c", model_dir="/d", schedule="constant", train_epochs=9,
                                 stop_threshold=0.5, epochs_between_evals=3)
-    assert training.trajectory_key(base) == training.trajectory_key(same)
-    assert training.trajectory_key(base) != training.trajectory_key(
+    assert checkpoints.trajectory_key(base) == checkpoints.trajectory_key(same)
+    assert checkpoints.trajectory_key(base) != checkpoints.trajectory_key(
         training.TrainConfig(data_dir="/a", model_dir="/b", schedule="constant", batch_size=base.batch_size * 2))
     cosine = training.TrainConfig(data_dir="/a", model_dir="/b", schedule="cosine")
-    assert training.trajectory_key(cosine) != training.trajectory_key(
+    assert checkpoints.trajectory_key(cosine) != checkpoints.trajectory_key(
         training.TrainConfig(data_dir="/a", model_dir="/b", schedule="cosine", train_epochs=cosine.train_epochs + 1))
 

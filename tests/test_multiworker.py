@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from mnistkit import training
+from mnistkit import run_dirs
 from tests import synthetic
 from tests.conftest import REPO, free_port
 
@@ -34,7 +34,7 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
         log_path = tmp_path / f"{task_type}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", model_dir,
+                [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir,
                  "--distribution_strategy", "multi_worker_mirrored", "--recipe", "seed", "--learning_rate", "1e-3",
                  "--batch_size", "20", "--train_epochs", str(train_epochs), "--steps_per_loop", "5",
                  "--collective_timeout_seconds", str(collective_timeout)],
@@ -127,11 +127,11 @@ def test_a_worker_that_dies_or_hangs_makes_the_chief_fail_clearly(data_dir, tmp_
     host = re.escape(socket.gethostname())
 
     def worker_dirs():
-        return [e for e in os.listdir(scratch) if e.startswith(training.WORKER_DIR_PREFIX)]
+        return [e for e in os.listdir(scratch) if e.endswith(f"-{run_dirs.WORKER_DIR_NAME}")]
 
     left = worker_dirs()
-    assert len(left) == 1 and re.fullmatch(rf"{training.WORKER_DIR_PREFIX}\w+-{host}-{worker.pid}", left[0]), \
+    assert len(left) == 1 and re.fullmatch(rf"\.tmp-{host}@{worker.pid}-\w+-{run_dirs.WORKER_DIR_NAME}", left[0]), \
         os.listdir(scratch)
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    mine = training._worker_dir()
+    mine = run_dirs.worker_dir()
     assert worker_dirs() == [os.path.basename(mine)]

@@ -26,13 +26,13 @@ ACCURACY_NOISE = 0.05
 
 
 class Trainer:
-    """`python -m mnistkit.train` as a child process whose log goes to a file the test reads."""
+    """`python -m mnistkit.commands.train` as a child process whose log goes to a file the test reads."""
 
     def __init__(self, data_dir, model_dir, log_path):
         self.log_path = log_path
         self.log_file = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", model_dir, *TRAIN_FLAGS],
+            [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir, *TRAIN_FLAGS],
             cwd=REPO, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:

@@ -18,18 +18,22 @@ def _config(data_dir, model_dir, **overrides) -> training.TrainConfig:
     return training.TrainConfig(data_dir=data_dir, model_dir=str(model_dir), **{**TINY, **overrides})
 
 
+class EpochsRun(list):
+    """The index of every epoch the trainer actually trains, recorded through its public `on_epoch` hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def hook(self, record: dict) -> None:
+        self.records.append(record)
+        self.append(record["epoch"] - 1)  # The record counts the epochs done: the one trained is one less.
+
+
 @pytest.fixture()
-def epochs_run(monkeypatch) -> list[int]:
-    """Records the epoch index of every epoch the trainer actually trains (a spy: the real method still runs)."""
-    calls = []
-    real = training.Trainer._train_epoch
-
-    def spy(self, epoch, stop):
-        calls.append(epoch)
-        return real(self, epoch, stop)
-
-    monkeypatch.setattr(training.Trainer, "_train_epoch", spy)
-    return calls
+def epochs_run() -> EpochsRun:
+    """Pass `epochs_run.hook` as `on_epoch`; compare `epochs_run` to the list of epoch indices expected."""
+    return EpochsRun()
 
 
 # --- The model. -------------------------------------------------------------------
@@ -86,9 +90,21 @@ def test_for_inference_copies_weights_into_a_float32_channels_last_model():
 
 def test_training_writes_model_history_checkpoints_and_summaries(synthetic_data, tmp_path, epochs_run):
     model_dir = tmp_path / "model"
-    result = training.train(_config(synthetic_data, model_dir, train_epochs=2))
+    history_when_called = []
+
+    def on_evaluation(record):
+        history_when_called.append(json.loads((model_dir / training.HISTORY_FILE).read_text())["evaluations"])
+        evaluations.append(record)
+
+    evaluations = []
+    result = training.train(_config(synthetic_data, model_dir, train_epochs=2), on_epoch=epochs_run.hook,
+                            on_evaluation=on_evaluation)
 
     assert epochs_run == [0, 1]
+    # The hooks see each epoch's loss and rate, and each evaluation once history.json already holds it.
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 and r["learning_rate"] >= 0 for r in epochs_run.records)
+    assert evaluations == result["evaluations"]
+    assert history_when_called == [result["evaluations"][:1], result["evaluations"]]
     assert result["epochs"] == 2 and result["stopped_early"] is False
     assert [h["epoch"] for h in result["evaluations"]] == [1, 2]
     assert result["evaluations"][-1]["accuracy"] >= 0.9  # The synthetic digits are easy to learn.
@@ -111,10 +127,22 @@ def test_training_writes_model_history_checkpoints_and_summaries(synthetic_data,
 
 
 def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epochs_run):
-    result = training.train(_config(synthetic_data, tmp_path, train_epochs=5, stop_threshold=0.9))
+    result = training.train(_config(synthetic_data, tmp_path, train_epochs=5, stop_threshold=0.9),
+                            on_epoch=epochs_run.hook)
     assert epochs_run == [0]
     assert result["epochs"] == 1 and result["stopped_early"] is True
     assert len(result["evaluations"]) == 1 and result["evaluations"][0]["accuracy"] >= 0.9
+
+
+def test_train_epoch_trains_one_epoch_at_a_time_and_checkpoints_it(synthetic_data, tmp_path):
+    trainer = training.Trainer(_config(synthetic_data, tmp_path / "model", train_epochs=3))
+    losses = [trainer.train_epoch(), trainer.train_epoch()]
+    assert int(trainer.epoch) == 2 and int(trainer.step_in_epoch) == 0
+    assert int(trainer.optimizer.iterations) == 2 * trainer.steps_per_epoch
+    assert all(np.isfinite(loss) and loss > 0 for loss in losses)
+    assert losses[1] < losses[0]  # The synthetic digits are easy: the second epoch's mean loss is lower.
+    assert tf.train.latest_checkpoint(trainer.checkpoint_dir).endswith("ckpt-2")
+    assert trainer.evaluate()["accuracy"] >= 0.9
 
 
 def test_evaluations_every_n_epochs_and_after_the_last(synthetic_data, tmp_path):
@@ -125,10 +153,10 @@ def test_evaluations_every_n_epochs_and_after_the_last(synthetic_data, tmp_path)
 
 def test_resume_continues_from_the_saved_epoch(synthetic_data, tmp_path, epochs_run):
     model_dir = tmp_path / "model"
-    first = training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    first = training.train(_config(synthetic_data, model_dir, train_epochs=1), on_epoch=epochs_run.hook)
     assert epochs_run == [0]
 
-    trainer = training.Trainer(_config(synthetic_data, model_dir, train_epochs=2))
+    trainer = training.Trainer(_config(synthetic_data, model_dir, train_epochs=2), on_epoch=epochs_run.hook)
     second = trainer.train()
     assert epochs_run == [0, 1], "the second run should train epoch 2 only"
     assert int(trainer.optimizer.iterations) == 2 * trainer.steps_per_epoch
@@ -138,16 +166,16 @@ def test_resume_continues_from_the_saved_epoch(synthetic_data, tmp_path, epochs_
     assert [h["epoch"] for h in second["evaluations"]] == [1, 2]
 
     # A third run of a finished model_dir trains nothing and keeps the history.
-    third = training.train(_config(synthetic_data, model_dir, train_epochs=2))
+    third = training.train(_config(synthetic_data, model_dir, train_epochs=2), on_epoch=epochs_run.hook)
     assert epochs_run == [0, 1]
     assert third["evaluations"] == second["evaluations"]
 
 
 def test_clean_starts_over(synthetic_data, tmp_path, epochs_run):
     model_dir = tmp_path / "model"
-    training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    training.train(_config(synthetic_data, model_dir, train_epochs=1), on_epoch=epochs_run.hook)
     (model_dir / "stale.txt").write_text("from an older run")
-    result = training.train(_config(synthetic_data, model_dir, train_epochs=1, clean=True))
+    result = training.train(_config(synthetic_data, model_dir, train_epochs=1, clean=True), on_epoch=epochs_run.hook)
     assert epochs_run == [0, 0]
     assert result["epochs"] == 1
     assert not (model_dir / "stale.txt").exists()

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnistkit import model, training
+from mnistkit import checkpoints, model, training
 from tests.test_bad_inputs import error_line, run
 
 TINY = ["--batch_size", "20", "--max_train_examples", "200"]  # 10 steps an epoch on the synthetic digits.
 
 
 def train_cmd(data_dir, model_dir, *flags):
-    return run("-m", "mnistkit.train", "--data_dir", data_dir, "--model_dir", str(model_dir), *TINY, *flags)
+    return run("-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", str(model_dir), *TINY, *flags)
 
 
 def latest_checkpoint(model_dir) -> str | None:
@@ -105,12 +105,12 @@ def test_evaluate_and_export_refuse_a_model_with_nan_weights(nan_model_dir, synt
     expected = (rf"{re.escape(str(path))}: expected finite weights, found 800 NaN or infinite values in "
                 r"(\w+/)?conv2d(_\d+)?/kernel; the training that wrote it diverged: retrain with a lower "
                 r"--learning_rate")
-    line = error_line(run("-m", "mnistkit.evaluate", "--model_dir", str(nan_model_dir), "--data_dir", synthetic_data),
+    line = error_line(run("-m", "mnistkit.commands.evaluate", "--model_dir", str(nan_model_dir), "--data_dir", synthetic_data),
                       "mnist-evaluate")
     assert re.fullmatch(f"mnist-evaluate: error: {expected}", line), line
     assert not (nan_model_dir / "metrics.json").exists()
     export_dir = tmp_path / "export"
-    line = error_line(run("-m", "mnistkit.export", "--model_dir", str(nan_model_dir), "--export_dir", str(export_dir)),
+    line = error_line(run("-m", "mnistkit.commands.export", "--model_dir", str(nan_model_dir), "--export_dir", str(export_dir)),
                       "mnist-export")
     assert re.fullmatch(f"mnist-export: error: {expected}", line), line
     assert not export_dir.exists()
@@ -197,10 +197,10 @@ def test_a_read_only_disk_is_an_oserror_naming_the_checkpoint_dir(tmpfs, synthet
     model_dir = setup("100m") / "model"
     trainer = training.Trainer(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
                                                     max_train_examples=200, precision="float32"))
-    trainer._save_checkpoint()
+    trainer.save_checkpoint()
     remount("ro")
     with pytest.raises(OSError) as e:
-        trainer._save_checkpoint()
+        trainer.save_checkpoint()
     assert (e.value.errno, e.value.strerror, e.value.filename) == (
         30, "Read-only file system", str(model_dir / "checkpoints"))  # EROFS, from TF's PermissionDeniedError.
     assert latest_checkpoint(model_dir).endswith("ckpt-1")
@@ -249,7 +249,7 @@ def test_an_unreadable_newest_checkpoint_resumes_from_the_one_before(corruption,
 
     trainer = training.Trainer(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
                                                     max_train_examples=200, train_epochs=2, precision="float32"))
-    with caplog.at_level(logging.WARNING, logger=training.__name__):
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
         result = trainer.train()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith(f"{ckpt2}: cannot be read") for w in warnings), warnings
@@ -273,7 +273,7 @@ def test_a_broken_state_file_is_rebuilt_from_the_checkpoints_beside_it(damage, t
     else:
         state.write_text(text[:30] if damage == "cut short" else "")
 
-    with caplog.at_level(logging.WARNING, logger=training.__name__):
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
         result = training.train(training.TrainConfig(data_dir=synthetic_data, model_dir=str(model_dir), batch_size=20,
                                                      max_train_examples=200, train_epochs=3, precision="float32"))
     assert f"{state}: cannot be read" in caplog.text and "from the checkpoints there: ckpt-1, ckpt-2" in caplog.text

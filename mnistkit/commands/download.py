@@ -2,7 +2,8 @@
 
 from absl import flags, logging
 
-from mnistkit import cli, fetch
+from mnistkit import fetch
+from mnistkit.commands import cli
 
 FLAGS = flags.DEFINE_string("data_dir", None, "Directory that receives the four files.", required=True)
 SOURCE = flags.DEFINE_string(

@@ -4,7 +4,8 @@ import sys
 
 from absl import flags, logging
 
-from mnistkit import cli
+from mnistkit import tf_settings
+from mnistkit.commands import cli
 from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 
 RECIPE = flags.DEFINE_enum("recipe", "fast", list(RECIPES),
@@ -68,6 +69,7 @@ def main(argv):
 
 
 def run():
+    tf_settings.apply()  # Before anything loads TensorFlow.
     cli.run(main)
 
 

@@ -13,7 +13,7 @@ class UserError(Exception):
 
 
 def prog_name() -> str:
-    """The command's name as users know it: `mnist-download` also under `python -m mnistkit.download`."""
+    """The command's name as users know it: `mnist-download` also under `python -m mnistkit.commands.download`."""
     name = os.path.basename(sys.argv[0])
     return f"mnist-{name[:-3]}" if name.endswith(".py") else name
 

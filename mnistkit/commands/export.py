@@ -2,7 +2,8 @@
 
 from absl import flags, logging
 
-from mnistkit import cli
+from mnistkit import tf_settings
+from mnistkit.commands import cli
 
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Receives a timestamped SavedModel directory.",
@@ -20,6 +21,7 @@ def main(argv):
 
 
 def run():
+    tf_settings.apply()  # Before anything loads TensorFlow.
     cli.run(main)
 
 

@@ -4,7 +4,8 @@ import os
 
 from absl import flags, logging
 
-from mnistkit import cli, validation
+from mnistkit import validation
+from mnistkit.commands import cli
 
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory holding the four files.", required=True)
 REPORT_DIR = flags.DEFINE_string(

@@ -5,7 +5,8 @@ import os
 
 from absl import flags, logging
 
-from mnistkit import cli, files
+from mnistkit import files, tf_settings
+from mnistkit.commands import cli
 
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory holding the four MNIST files.", required=True)
@@ -34,6 +35,7 @@ def main(argv):
 
 
 def run():
+    tf_settings.apply()  # Before anything loads TensorFlow.
     cli.run(main)
 
 

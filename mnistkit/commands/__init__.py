@@ -1,0 +1,1 @@
+"""The `mnist-*` commands: each parses its flags and hands them to the library, one page each."""

@@ -1,0 +1,100 @@
+"""The one way to write a path atomically, the one sweep of dead writers' leftovers, and explicit TF settings."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mnistkit import files
+from tests.conftest import REPO
+
+
+def _dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # Its pid names a writer that no longer runs.
+    return gone.pid
+
+
+def test_atomic_path_replaces_the_file_only_when_the_block_succeeds(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with files.atomic_path(str(path)) as scratch:
+        with open(scratch, "w") as f:
+            f.write("new")
+        assert path.read_text() == "old"  # A reader meanwhile sees the old version.
+        # Beside the target, named after its writer, and ending in the target's name (Keras picks formats by it).
+        assert os.path.dirname(scratch) == str(tmp_path)
+        assert os.path.basename(scratch).startswith(f"{files.PREFIX}{socket.gethostname()}@{os.getpid()}-")
+        assert scratch.endswith("-metrics.json")
+    assert path.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
+
+
+def test_atomic_path_keeps_the_old_file_and_removes_the_scratch_on_failure(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="half written"):
+        with files.atomic_path(str(path)) as scratch:
+            os.mkdir(scratch)  # A directory too: whatever the block left is removed.
+            (tmp_path / os.path.basename(scratch) / "part").write_text("half")
+            raise RuntimeError("half written")
+    assert path.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+
+def test_atomic_write_text_creates_the_directory(tmp_path):
+    path = tmp_path / "new" / "report.md"
+    files.atomic_write_text(str(path), "# report\n")
+    assert path.read_text() == "# report\n"
+    assert os.listdir(path.parent) == ["report.md"]
+
+
+def test_sweep_removes_dead_writers_leftovers_and_nothing_else(tmp_path):
+    host = socket.gethostname()
+    dead = _dead_pid()
+    dead_file = tmp_path / f".tmp-{host}@{dead}-abc123-train-images-idx3-ubyte.gz"
+    dead_dir = tmp_path / f".tmp-{host}@{dead}-def456-1700000000"
+    alive = tmp_path / f".tmp-{host}@{os.getpid()}-abc123-model.keras"
+    other_host = tmp_path / f".tmp-{host}-2@{dead}-abc123-model.keras"  # Another host whose name starts like ours.
+    unnamed = tmp_path / ".tmp-written-by-someone-else"
+    ours = tmp_path / "model.keras"
+    for path in (dead_file, alive, other_host, unnamed, ours):
+        path.write_text("x")
+    (dead_dir / "variables").mkdir(parents=True)
+
+    files.sweep_leftovers(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (alive, other_host, unnamed, ours))
+
+    files.sweep_leftovers(str(tmp_path), every_writer=True)  # No writer can be at work: every scratch entry goes.
+    assert os.listdir(tmp_path) == ["model.keras"]
+    files.sweep_leftovers(str(tmp_path / "missing"))  # Nothing to sweep, no error.
+
+
+def _child(code: str, env: dict) -> str:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=True, timeout=120).stdout.strip()
+
+
+def test_importing_mnistkit_changes_no_tensorflow_setting_and_apply_does():
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    probe = "import os, mnistkit, mnistkit.fetch, mnistkit.files; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"
+    assert _child(probe, env) == "None"
+    apply = ("import os; from mnistkit import tf_settings; tf_settings.apply(); "
+             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    assert _child(apply, env) == "1"
+    assert _child(apply, {**env, "TF_ENABLE_ONEDNN_OPTS": "0"}) == "0"  # An explicit choice wins.
+
+
+@pytest.mark.parametrize("command, flags", [("train", "'--model_dir=m', '--data_dir=d'"),
+                                           ("evaluate", "'--model_dir=m', '--data_dir=d'"),
+                                           ("export", "'--model_dir=m', '--export_dir=e'")])
+def test_commands_that_load_tensorflow_apply_the_settings_before_main(command, flags):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = (f"import os, sys\nfrom mnistkit.commands import {command} as c\n"
+            f"sys.argv = ['x', {flags}]\n"
+            "c.main = lambda argv: print('in main:', os.environ.get('TF_ENABLE_ONEDNN_OPTS'), "
+            "'tensorflow' in sys.modules)\n"
+            "c.run()\n")
+    assert _child(code, env) == "in main: 1 False"
