@@ -18,16 +18,19 @@ from benchmarks.common import Timer, summary
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IN_PROCESS = r"""
 import json, os, sys
+from mnistkit import tf_settings
+tf_settings.apply()  # As each of the pipeline's steps does.
 from mnistkit import evaluation, exporting, fetch, training, validation
 root, source, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 data = os.path.join(root, "data"); model = os.path.join(root, "model")
 verify = args["verify_checksums"]
 fetch.download(fetch.DownloadConfig(data_dir=data, source=source, verify_checksums=verify))
 validation.write_report(validation.validate(data, canonical=verify), markdown_path=os.path.join(root, "report.md"))
+# As the train component reads them: 0 means the recipe's value.
 training.train(training.TrainConfig.from_recipe(
-    args["recipe"], data_dir=data, model_dir=model, batch_size=args.get("batch_size"),
-    train_epochs=args.get("train_epochs"), stop_threshold=args.get("stop_threshold"),
-    learning_rate=args.get("learning_rate"), max_train_examples=args.get("max_train_examples") or None))
+    args["recipe"], data_dir=data, model_dir=model, batch_size=args.get("batch_size") or None,
+    train_epochs=args.get("train_epochs") or None, stop_threshold=args.get("stop_threshold"),
+    learning_rate=args.get("learning_rate") or None, max_train_examples=args.get("max_train_examples") or None))
 accuracy = evaluation.evaluate(model, data)["accuracy"]
 if accuracy >= args["min_accuracy"]:
     exporting.export(model, os.path.join(root, "saved_model"))

@@ -1,9 +1,9 @@
-"""`python -m benchmarks`: measures the trainer, the recipe, the pipeline, downloads and serving; writes results.md/json.
+"""`python -m benchmarks`: times the trainer, the recipe, the pipeline, downloads, serving and each step.
 
-Every figure is a median of several runs with its min and max; ratios are
-taken between runs made side by side in the same invocation. `--quick` runs
-every section small (synthetic data is fine) to check that the suite works,
-not to produce figures worth quoting.
+It writes results.md and results.json. Every figure is a median of several
+runs with its min and max; ratios are taken between runs made side by side in
+the same invocation. `--quick` runs every section small (synthetic data is
+fine) to check that the suite works, not to produce figures worth quoting.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import mnistkit  # noqa: E402,F401  (first: it sets TensorFlow's CPU options before TensorFlow loads)
+from mnistkit import tf_settings  # noqa: E402
+
+tf_settings.apply()  # First: the project's TensorFlow options, before any section loads TensorFlow.
 from benchmarks import common  # noqa: E402
 from mnistkit import files  # noqa: E402
+from mnistkit.recipes import RECIPES  # noqa: E402
 
-SECTIONS = ("throughput", "recipe", "pipeline", "download", "serving")
+SECTIONS = ("throughput", "recipe", "pipeline", "download", "serving", "steps")
 
 
 def default_data_dir() -> str:
@@ -43,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train_examples", type=int, default=12_800,
                    help="Examples per epoch of the throughput section (default %(default)s).")
     p.add_argument("--first_seed", type=int, default=0, help="The recipe section's first seed (default 0).")
+    p.add_argument("--recipe", default="fast", help="The recipe of the recipe section (default %(default)s).")
+    p.add_argument("--noplain", dest="plain", action="store_false",
+                   help="Leave plain Keras fit out of the recipe section (it takes minutes per seed).")
     return p
 
 
@@ -60,7 +66,7 @@ def _serving(data_dir: str, quick: bool, rounds: int) -> dict:
 
 
 def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int, seeds,
-                 train_examples: int = 12_800) -> dict:
+                 train_examples: int = 12_800, recipe_name: str = "fast", plain: bool = True) -> dict:
     results = {}
     for section in sections:
         print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
@@ -73,7 +79,8 @@ def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int, s
             from benchmarks import recipe
 
             overrides = dict(train_epochs=1, max_train_examples=512) if quick else {}
-            results[section] = recipe.measure(data_dir, seeds=tuple(seeds), **overrides)
+            results[section] = recipe.measure(data_dir, seeds=tuple(seeds), recipe=recipe_name, plain=plain,
+                                              **overrides)
         elif section == "pipeline":
             from benchmarks import pipeline_overhead
 
@@ -85,6 +92,11 @@ def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int, s
             results[section] = download.measure(data_dir, rounds=rounds)
         elif section == "serving":
             results[section] = _serving(data_dir, quick, rounds)
+        elif section == "steps":
+            from benchmarks import steps
+
+            train_args = ("--train_epochs=1", "--max_train_examples=512") if quick else ("--train_epochs=1",)
+            results[section] = steps.measure(data_dir, rounds=1 if quick else 3, train_args=train_args)
     return results
 
 
@@ -115,19 +127,44 @@ def to_markdown(report: dict) -> str:
             if kind in t:
                 row("1 throughput", f"{label}, examples/s (batch {info['batch_size']}, {info['precision']})",
                     t[kind]["examples_per_s"], ".0f")
+                row("1 throughput", f"{label}, examples per CPU-second", t[kind]["examples_per_cpu_s"], ".0f")
         for kind, label in (("keras_fit", "plain Keras fit"), ("keras_fit_onednn", "Keras fit with oneDNN")):
             if f"ratio_vs_{kind}" in t:
                 row("1 throughput", f"ratio trainer / {label} (wall)", t[f"ratio_vs_{kind}"], ".2f")
                 row("1 throughput", f"ratio trainer / {label} (per CPU-second)", t[f"cpu_ratio_vs_{kind}"], ".2f")
-        row("1 throughput", "TensorFlow float32 matmul GFLOP/s (2048x2048)",
+        row("1 throughput", "TensorFlow float32 matmul GFLOP/s (2048x2048, main process)",
             {"median": t["matmul_gflops"], "min": t["matmul_gflops"], "max": t["matmul_gflops"], "n": 1}, ".0f")
+        if "matmul_fraction" in t:
+            mm = t["matmul"]
+            row("1 throughput", f"trainer GFLOP/s ({info['flops_per_example'] / 1e6:.1f} MFLOP per example)",
+                t["trainer_gflops"], ".0f")
+            row("1 throughput", f"{mm['dtype']} matmul GFLOP/s ({mm['size']}x{mm['size']}, after each trainer epoch)",
+                mm["gflops"], ".0f")
+            row("1 throughput", f"trainer GFLOP/s / {mm['dtype']} matmul GFLOP/s, round by round (wall)",
+                t["matmul_fraction"], ".2f")
+            row("1 throughput", "trainer GFLOP per CPU-second", t["trainer_gflops_per_cpu_s"], ".0f")
+            row("1 throughput", f"{mm['dtype']} matmul GFLOP per CPU-second", mm["gflops_per_cpu_s"], ".0f")
+            row("1 throughput", f"trainer / {mm['dtype']} matmul, per CPU-second, round by round",
+                t["matmul_fraction_per_cpu_s"], ".2f")
     if "recipe" in r:
         c = r["recipe"]
-        row("2 recipe", f"seconds to {c['target']:.1%} test accuracy (reached {c['reached_target']})",
-            c["seconds_to_target"])
-        for epoch, s in c["accuracy_by_epoch"].items():
-            row("2 recipe", f"test accuracy after epoch {epoch}", s, ".4f")
-        row("2 recipe", "whole run, seconds", c["total_seconds"])
+        contenders = [(f"recipe {c['recipe']}", c)]
+        if "plain_keras_fit" in c:
+            p = c["plain_keras_fit"]
+            contenders.append((f"plain Keras fit ({p['precision']}, Adam {p['learning_rate']:g}, "
+                               f"batch {p['batch_size']})", p))
+        for name, x in contenders:
+            row("2 recipe", f"{name}: seconds to {c['target']:.1%} test accuracy (reached {x['reached_target']})",
+                x["seconds_to_target"])
+            row("2 recipe", f"{name}: CPU-seconds to {c['target']:.1%}", x["cpu_seconds_to_target"])
+            row("2 recipe", f"{name}: epochs to {c['target']:.1%}", x["epoch_to_target"], ".0f")
+            for epoch, s in x["accuracy_by_epoch"].items():
+                row("2 recipe", f"{name}: test accuracy after epoch {epoch}", s, ".4f")
+            row("2 recipe", f"{name}: whole run, seconds", x["total_seconds"])
+        if c.get("speedup"):
+            row("2 recipe", f"speedup to {c['target']:.1%}: plain fit seconds / recipe seconds (wall)",
+                c["speedup"], ".1f")
+            row("2 recipe", f"speedup to {c['target']:.1%} (per CPU-second)", c["cpu_speedup"], ".1f")
     if "pipeline" in r:
         p = r["pipeline"]
         if "status" in p:
@@ -147,6 +184,13 @@ def to_markdown(report: dict) -> str:
         row("5 serving", "batch-1 latency p50, ms", s["batch1_p50_ms"], ".2f")
         row("5 serving", "batch-1 latency p99, ms", s["batch1_p99_ms"], ".2f")
         row("5 serving", "batch-1000 throughput, examples/s", s["batch1000_examples_per_s"], ".0f")
+    if "steps" in r:
+        st = r["steps"]
+        for step in ("download", "validate", "train", "evaluate", "export"):
+            flags = f" ({' '.join(st['train_args'])})" if step == "train" else ""
+            row("6 steps", f"mnist-{step}{flags}: seconds", st[step]["wall_s"], ".1f")
+            row("6 steps", f"mnist-{step}: CPU-seconds", st[step]["cpu_s"], ".1f")
+            row("6 steps", f"mnist-{step}: peak resident MB", st[step]["peak_mb"], ".0f")
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m benchmarks: error: --sections: expected names from {', '.join(SECTIONS)}, "
               f"found {args.sections!r}", file=sys.stderr)
         return 1
+    if args.recipe not in RECIPES:
+        print(f"python -m benchmarks: error: --recipe: expected one of {', '.join(RECIPES)}, found {args.recipe!r}",
+              file=sys.stderr)
+        return 1
     if not os.path.isdir(args.data_dir):
         print(f"python -m benchmarks: error: --data_dir: expected a directory with the four MNIST files, "
               f"found {args.data_dir!r} missing", file=sys.stderr)
@@ -167,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
               "quick": args.quick, "data_dir": os.path.abspath(args.data_dir), "rounds": rounds,
               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
     report["results"] = run_sections(sections, args.data_dir, args.quick, rounds,
-                                     range(args.first_seed, args.first_seed + args.seeds), args.train_examples)
+                                     range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
+                                     args.recipe, args.plain)
     os.makedirs(args.output_dir, exist_ok=True)
     files.atomic_write_text(os.path.join(args.output_dir, "results.json"), json.dumps(report, indent=2) + "\n")
     files.atomic_write_text(os.path.join(args.output_dir, "results.md"), to_markdown(report))

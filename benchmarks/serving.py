@@ -73,7 +73,9 @@ def measure_here(export_path: str, data_dir: str, single_calls: int, large_calls
 
 
 if __name__ == "__main__":
-    import mnistkit  # noqa: F401  (the project's TensorFlow settings, before TensorFlow loads)
+    from mnistkit import tf_settings
+
+    tf_settings.apply()  # The project's TensorFlow settings, before TensorFlow loads.
 
     path, data, singles, large, n = sys.argv[1:6]
     print(json.dumps(measure_here(path, data, int(singles), int(large), int(n))))

@@ -2,18 +2,25 @@
 
 Each contender lives in its own worker process, so each gets the TensorFlow
 settings it would have on its own: plain `fit` runs with TensorFlow's
-defaults, the trainer with the ones `import mnistkit` sets (oneDNN kernels
+defaults, the trainer with the ones `tf_settings.apply()` sets (oneDNN kernels
 on), and a third worker runs `fit` with oneDNN on too, to show how much of the
 gap is kernels and how much is the loop. The parent asks the workers for one
 epoch each in turn, round after round, so other load on a shared machine falls
 on all alike; the first round traces and builds everything and is not counted.
 The trainer's epochs include its per-epoch checkpoint; `fit` gets no metrics
 and no validation, the cheapest plain baseline.
+
+How close the trainer runs to the machine's limit: after each of its epochs
+the trainer's worker times a square matmul at the precision the model
+computes in, and the trainer's rate (examples/s times the FLOPs of a training
+example, counted from the model's layers) is divided by it round by round, so
+both sides of each quotient see the same load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,34 +31,62 @@ from benchmarks.common import summary
 CONTENDERS = ("trainer", "keras_fit", "keras_fit_onednn")
 
 
-class _NoSigterm:
-    raised = False
+def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """Matmul GFLOP/s that TensorFlow reaches in this process at `dtype` (median of `repeats`)."""
+    return matmul_rates(size, repeats, dtype)[0]
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Float32 matmul GFLOP/s that TensorFlow reaches in this process (median of `repeats`)."""
+def matmul_rates(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> tuple[float, float]:
+    """A square matmul's GFLOP per wall second and per CPU-second (medians of `repeats`) at `dtype`."""
     import time
 
     import numpy as np
     import tensorflow as tf
 
-    a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
-    product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    a = tf.cast(tf.random.normal([size, size]), dtype)
+    b = tf.cast(tf.random.normal([size, size]), dtype)
+    product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     product().numpy()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         product().numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times)) / 1e9
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    return 2 * size**3 / float(np.median(wall)) / 1e9, 2 * size**3 / float(np.median(cpu)) / 1e9
+
+
+def training_flops_per_example(model) -> float:
+    """Floating-point operations of one training example (forward, backward, no optimizer), from the layers.
+
+    Counts the multiply-adds of convolutions and dense layers, two FLOPs each:
+    the forward pass once, the backward pass twice (the gradient with respect
+    to the weights and with respect to the input), except that the first
+    layer needs no input gradient. About 82 MFLOP for the seed's CNN.
+    """
+    macs = []
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        weights = math.prod(int(n) for n in kernel.shape)
+        if len(kernel.shape) == 4:  # A convolution: each kernel weight is used once per output position.
+            out = layer.output.shape
+            positions = out[1] * out[2] if layer.data_format == "channels_last" else out[2] * out[3]
+            macs.append(weights * positions)
+        else:
+            macs.append(weights)
+    return 2.0 * (3 * sum(macs) - macs[0])
 
 
 def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict) -> None:
     """Runs one epoch per line read from stdin; answers each with a JSON line of wall and CPU seconds."""
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow default")
     if kind == "trainer":
-        onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")  # What `import mnistkit` leaves it at.
-        import mnistkit  # noqa: F401  (sets the project's TensorFlow options before TensorFlow loads)
+        from mnistkit import tf_settings
+
+        tf_settings.apply()  # The project's TensorFlow options, before TensorFlow loads.
+        onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"]
     import tensorflow as tf  # Before mnistkit for `fit`: plain `fit` keeps TensorFlow's own defaults.
 
     import time
@@ -68,13 +103,9 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
                                                   max_train_examples=examples, **overrides)
         if kind == "trainer":
             trainer = training.Trainer(config)
-            count, epoch = trainer.steps_per_epoch * config.batch_size, 0
+            count = trainer.steps_per_epoch * config.batch_size
             precision = trainer.precision
-
-            def run_epoch():
-                nonlocal epoch
-                trainer._train_epoch(epoch, _NoSigterm())
-                epoch += 1
+            run_epoch = trainer.train_epoch  # Each call trains the next epoch and saves its checkpoint.
         else:
             (images, labels), _ = training.load_data(config)
             count = len(images) // config.batch_size * config.batch_size
@@ -89,8 +120,18 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
                 model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
         hello = {"examples": count, "batch_size": config.batch_size, "precision": precision,
                  "onednn": onednn, "tf": tf.__version__}
+        if kind == "trainer":
+            hello["flops_per_example"] = training_flops_per_example(trainer.model)
         print(json.dumps(hello), file=out, flush=True)
-        for _ in sys.stdin:
+        for line in sys.stdin:
+            if line.startswith("matmul"):
+                # The machine's limit at the precision the model computes in, right after an epoch.
+                size = int(line.split()[1])
+                dtype = "bfloat16" if precision == "mixed_bfloat16" else "float32"
+                gflops, per_cpu_s = matmul_rates(size, dtype=dtype)
+                print(json.dumps({"gflops": gflops, "gflops_per_cpu_s": per_cpu_s, "dtype": dtype}), file=out,
+                      flush=True)
+                continue
             wall, cpu = time.perf_counter(), time.process_time()
             run_epoch()
             print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}),
@@ -122,7 +163,7 @@ def _ask(proc: subprocess.Popen, line: str | None) -> dict:
 
 
 def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str = "fast",
-            contenders: tuple[str, ...] = CONTENDERS, **overrides) -> dict:
+            contenders: tuple[str, ...] = CONTENDERS, matmul_size: int = 2048, **overrides) -> dict:
     """Examples/s of each contender: `rounds` counted rounds after one warm-up round.
 
     Args:
@@ -131,6 +172,8 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
       rounds: counted rounds; each runs one epoch of each contender.
       recipe: the recipe whose batch size, learning rate and precision all use.
       contenders: which of CONTENDERS to run; 'trainer' and 'keras_fit' give the ratio.
+      matmul_size: after each of its epochs the trainer's worker times a square matmul of this size at the
+        model's compute precision; the trainer's GFLOP/s over that rate, round by round, is `matmul_fraction`.
       **overrides: TrainConfig fields that replace the recipe's.
     """
     procs = {kind: _start(kind, data_dir, examples, recipe, overrides) for kind in contenders}
@@ -138,12 +181,18 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
         info = {kind: _ask(proc, None) for kind, proc in procs.items()}
         wall = {kind: [] for kind in procs}
         cpu = {kind: [] for kind in procs}
+        matmul, matmul_cpu, matmul_dtype = [], [], None
         for r in range(rounds + 1):
             for kind, proc in procs.items():
                 t = _ask(proc, "epoch\n")
                 if r:
                     wall[kind].append(info[kind]["examples"] / t["wall"])
                     cpu[kind].append(info[kind]["examples"] / t["cpu"])
+                if r and kind == "trainer":
+                    m = _ask(proc, f"matmul {matmul_size}\n")
+                    matmul.append(m["gflops"])
+                    matmul_cpu.append(m["gflops_per_cpu_s"])
+                    matmul_dtype = m["dtype"]
     finally:
         for proc in procs.values():
             proc.stdin.close()
@@ -151,6 +200,17 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
     result = {"recipe": recipe, "overrides": overrides, "rounds": rounds, "contenders": info}
     for kind in procs:
         result[kind] = {"examples_per_s": summary(wall[kind]), "examples_per_cpu_s": summary(cpu[kind])}
+    if matmul:
+        flops = info["trainer"]["flops_per_example"]
+        gflops = [e * flops / 1e9 for e in wall["trainer"]]
+        gflops_cpu = [e * flops / 1e9 for e in cpu["trainer"]]
+        result["trainer_gflops"] = summary(gflops)
+        result["trainer_gflops_per_cpu_s"] = summary(gflops_cpu)
+        result["matmul"] = {"size": matmul_size, "dtype": matmul_dtype, "gflops": summary(matmul),
+                            "gflops_per_cpu_s": summary(matmul_cpu)}
+        result["matmul_fraction"] = summary([g / m for g, m in zip(gflops, matmul)])
+        # Per CPU-second both sides are steadier on a shared machine: a stolen slice costs wall time, not CPU.
+        result["matmul_fraction_per_cpu_s"] = summary([g / m for g, m in zip(gflops_cpu, matmul_cpu)])
     for kind in procs:
         if kind != "trainer" and "trainer" in procs:
             result[f"ratio_vs_{kind}"] = summary([a / b for a, b in zip(wall["trainer"], wall[kind])])

@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import REPO
 
-SECTIONS = "throughput,recipe,download,serving"
+SECTIONS = "throughput,recipe,download,serving,steps"
 
 
 def _numbers(summary):
@@ -30,13 +30,34 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     figures += [results["throughput"]["ratio_vs_keras_fit"], results["download"]["local_dir"]["total_s"],
                 results["download"]["http_loopback"]["total_s"], results["serving"]["batch1_p50_ms"],
                 results["serving"]["batch1_p99_ms"], results["serving"]["batch1000_examples_per_s"],
-                results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"]]
+                results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"],
+                results["recipe"]["plain_keras_fit"]["total_seconds"], results["throughput"]["trainer_gflops"],
+                results["throughput"]["matmul"]["gflops"], results["throughput"]["matmul_fraction"]]
+    figures += [results["steps"][step][k] for step in ("download", "validate", "train", "evaluate", "export")
+                for k in ("wall_s", "cpu_s", "peak_mb")]
     for summary in figures:
         low, high = summary["min"], summary["max"]
         assert all(math.isfinite(v) and v > 0 for v in _numbers(summary)), summary
         assert low <= summary["median"] <= high
     assert results["throughput"]["contenders"]["trainer"]["onednn"] == "1"
     assert results["throughput"]["contenders"]["keras_fit"]["onednn"] == "TensorFlow default"
+    # The seed's CNN: 82 MFLOP per training example, counted from its layers.
+    assert round(results["throughput"]["contenders"]["trainer"]["flops_per_example"] / 1e6) == 82
+    t = results["throughput"]
+    assert t["matmul"]["dtype"] == ("bfloat16" if t["contenders"]["trainer"]["precision"] == "mixed_bfloat16"
+                                    else "float32")
+    for got, examples, matmul in zip(t["matmul_fraction"]["values"], t["trainer"]["examples_per_s"]["values"],
+                                     t["matmul"]["gflops"]["values"]):
+        assert math.isclose(got, examples * t["contenders"]["trainer"]["flops_per_example"] / 1e9 / matmul)
+    assert all(math.isfinite(v) and v > 0 for v in t["matmul_fraction_per_cpu_s"]["values"])
+    # The plain contender is the user's recipe: float32, Adam 1e-3, batch 128, the same parameter count.
+    plain = results["recipe"]["plain_keras_fit"]
+    assert (plain["precision"], plain["learning_rate"], plain["batch_size"]) == ("float32", 1e-3, 128)
+    assert plain["runs"][0]["seed"] == 0 and 0 < plain["final_accuracy"]["median"] <= 1
+    # Peak memory is the child's own: TensorFlow's steps hold far more than the data steps, which import none.
+    steps = results["steps"]
+    assert steps["train"]["peak_mb"]["median"] > 2 * steps["download"]["peak_mb"]["median"]
+    assert 5 < steps["download"]["peak_mb"]["median"] < 200
     assert results["serving"]["batch1_p50_ms"]["median"] <= results["serving"]["batch1_p99_ms"]["median"]
     # The synthetic digits are easy: one epoch of the default recipe learns them.
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
@@ -44,7 +65,8 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     table = (out / "results.md").read_text()
     for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit (wall)", "test accuracy after epoch 1",
                 "http_loopback: download (verified) + validate", "batch-1 latency p50, ms",
-                "batch-1000 throughput"):
+                "batch-1000 throughput", "trainer GFLOP/s / ", "plain Keras fit (float32, Adam 0.001, batch 128)",
+                "mnist-train (--train_epochs=1 --max_train_examples=512): seconds", "mnist-validate: peak resident MB"):
         assert row in table, row
     for line in table.splitlines():
         if line.startswith("| 1 throughput | ratio trainer / plain Keras fit (wall)"):
@@ -74,4 +96,13 @@ def test_unknown_section_is_a_one_line_error(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "--sections: expected names from throughput" in proc.stderr and "'speed'" in proc.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_unknown_recipe_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "recipe", "--recipe", "fastest",
+                           "--output_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "python -m benchmarks: error: --recipe: expected one of fast, seed, found 'fastest'"
     assert not os.listdir(tmp_path)
