@@ -1,4 +1,4 @@
-"""Loading the trained model that training wrote, refusing a diverged one, and fingerprinting its weights."""
+"""Saving and loading the trained model (model.keras), refusing a diverged one, and fingerprinting its weights."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import os
 
 import numpy as np
 
+from mnistkit import files
+from mnistkit.failures import disk_errors
 from mnistkit.model import keras
 
 MODEL_FILE = "model.keras"  # What training writes into model_dir.
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Writes `model` to `path` atomically: a reader sees the old file or the new one, never half of one."""
+    with disk_errors(path), files.atomic_path(path) as scratch:
+        model.save(scratch)  # The scratch name ends in `.keras` too, which Keras needs to pick the format.
 
 
 def load_model(model_dir: str) -> keras.Model:

@@ -30,7 +30,7 @@ from mnistkit import checkpoints, compiled_steps, distribution, files, idx, run_
 from mnistkit.evaluation import EVAL_BATCH
 from mnistkit.failures import PEER_ERRORS, Diverged, Interrupted, PeerFailure, disk_errors
 from mnistkit.model import create_model, keras
-from mnistkit.models_io import MODEL_FILE, load_model, weights_digest
+from mnistkit.models_io import MODEL_FILE, load_model, save_model, weights_digest
 from mnistkit.optimizers import FusedAdam
 from mnistkit.sigterm import SigtermFlag
 from mnistkit.train_config import TrainConfig, resolve_precision
@@ -277,7 +277,7 @@ class Trainer:
         result = {"evaluations": history, "stopped_early": _reached(history, config.stop_threshold)
                   and int(self.epoch) < config.train_epochs, "epochs": int(self.epoch)}
         self._write_history(result)
-        _save_model_atomically(self.model, os.path.join(self.write_dir, MODEL_FILE))
+        save_model(self.model, os.path.join(self.write_dir, MODEL_FILE))
         # Every worker logs it: in a multi-worker run they must agree.
         log.info("trained weights sha256 %s", weights_digest(self.model))
         return result
@@ -349,11 +349,6 @@ class Trainer:
 
 def _reached(history: list[dict], threshold: float | None) -> bool:
     return threshold is not None and bool(history) and history[-1]["accuracy"] >= threshold
-
-
-def _save_model_atomically(model: keras.Model, path: str) -> None:
-    with disk_errors(path), files.atomic_path(path) as scratch:
-        model.save(scratch)  # The scratch name ends in `.keras` too, which Keras needs to pick the format.
 
 
 def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,

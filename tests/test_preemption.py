@@ -159,14 +159,14 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(data_dir, tmp_path, uninterr
 # so that a kill at a random moment often lands inside a write.
 WRITER = """
 import itertools, os, sys
-from mnistkit import exporting, training
+from mnistkit import exporting, models_io, training
 data_dir, model_dir, export_dir = sys.argv[1:]
 trainer = training.Trainer(training.TrainConfig.from_recipe(
     "seed", data_dir=data_dir, model_dir=model_dir, batch_size=40, max_train_examples=80, precision="float32"))
 for cycle in itertools.count(1):
     trainer.step_in_epoch.assign(cycle)
     trainer.manager.save()
-    training._save_model_atomically(trainer.model, os.path.join(model_dir, training.MODEL_FILE))
+    models_io.save_model(trainer.model, os.path.join(model_dir, training.MODEL_FILE))
     exporting.export(model_dir, export_dir)
     print("cycle", cycle, flush=True)
 """
