@@ -1,10 +1,9 @@
-"""Adam in one kernel per variable.
+"""Adam in one fused kernel per variable, on Keras' public optimizer API.
 
 Keras 3's Adam updates each variable with about ten elementwise operations,
-each a pass over memory; for this model's 3.3 million parameters that took
-14 ms of a 64 ms training step at batch 64 on a 2-core AVX2 EPYC. TensorFlow's
-own fused kernel (`ResourceApplyAdam`, which has CPU, GPU and TPU/XLA
-implementations) does the same update in one pass: 3.5 ms.
+each a pass over memory. TensorFlow's own fused kernel (`ResourceApplyAdam`,
+which has CPU, GPU and TPU/XLA implementations) does the same update in one
+pass; the saving is measured in benchmarks/results.md.
 """
 
 from __future__ import annotations
@@ -14,27 +13,49 @@ import tensorflow as tf
 from mnistkit.model import keras
 
 
-class FusedAdam(keras.optimizers.Adam):
-    """keras.optimizers.Adam with the update done by `tf.raw_ops.ResourceApplyAdam`.
+class FusedAdam(keras.optimizers.Optimizer):
+    """Adam whose update is `tf.raw_ops.ResourceApplyAdam`: the maths of keras.optimizers.Adam, one kernel.
 
-    Same hyperparameters, slot variables and checkpoints as Keras' Adam, and the
-    same update (lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)).
-    Falls back to Keras' own update where the fused kernel does not apply:
-    amsgrad and sparse (IndexedSlices) gradients.
+    lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon), with the
+    same slot variables (a momentum and a velocity per variable, created in the
+    same order). Only public Keras API is used: the optimizer makes its own
+    slots in `build` and finds them again by the variable it is given.
     """
 
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 name: str = "fused_adam", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.momentums, self.velocities = [], []
+        self._slot_of = {}
+        # Under a tf.distribute strategy, update_step is handed each replica's own component of a
+        # variable; every component is listed here, so each replica updates its own copy of the slots.
+        strategy = tf.distribute.get_strategy()
+        for index, variable in enumerate(var_list):
+            self.momentums.append(self.add_variable_from_reference(variable, "momentum"))
+            self.velocities.append(self.add_variable_from_reference(variable, "velocity"))
+            tensor = variable.value if isinstance(variable, keras.Variable) else variable
+            for component in strategy.experimental_local_results(tensor):
+                self._slot_of[component.ref()] = index
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
-        # Under a tf.distribute strategy Keras passes the replica's tf.Variable;
-        # otherwise its own Variable, which wraps one.
         var = variable.value if isinstance(variable, keras.Variable) else variable
-        m, v = self._momentums[index].value, self._velocities[index].value
+        index = self._slot_of.get(var.ref())
+        if index is None:
+            raise ValueError(f"{variable.name}: expected a variable this optimizer was built with, found another")
+        m, v = self.momentums[index].value, self.velocities[index].value
         dtype = var.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=var.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(beta_1, step),
             beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
