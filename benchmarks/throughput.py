@@ -93,7 +93,7 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
 
     import numpy as np
 
-    from mnistkit import training
+    from mnistkit import inputs, training
     from mnistkit.model import create_model, keras
 
     out = sys.stdout
@@ -107,7 +107,7 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
             precision = trainer.precision
             run_epoch = trainer.train_epoch  # Each call trains the next epoch and saves its checkpoint.
         else:
-            (images, labels), _ = training.load_data(config)
+            (images, labels), _ = inputs.load_data(config)
             count = len(images) // config.batch_size * config.batch_size
             x, y = images[:count].astype(np.float32) / 255.0, labels[:count]
             keras.utils.set_random_seed(config.seed)

@@ -23,15 +23,15 @@ import os
 import shutil
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
-from mnistkit import checkpoints, compiled_steps, distribution, files, idx, run_dirs
+from mnistkit import checkpoints, compiled_steps, distribution, files, inputs, run_dirs
 from mnistkit.evaluation import EVAL_BATCH
 from mnistkit.failures import PEER_ERRORS, Diverged, Interrupted, PeerFailure, disk_errors
 from mnistkit.model import create_model, keras
 from mnistkit.models_io import MODEL_FILE, load_model, save_model, weights_digest
 from mnistkit.optimizers import FusedAdam
+from mnistkit.schedules import learning_rate_schedule
 from mnistkit.sigterm import SigtermFlag
 from mnistkit.train_config import TrainConfig, resolve_precision
 
@@ -45,60 +45,6 @@ HISTORY_FILE = "history.json"
 CONFIG_FILE = "train_config.json"
 # AIP_MODEL_DIR, which Vertex AI also sets, is not read: the model goes to the pipeline's Model artifact,
 # which is where the evaluate and export steps look for it.
-
-
-def load_data(config: TrainConfig):
-    """Reads both splits into memory: uint8 images and int32 labels."""
-    train_images, train_labels = idx.load_split(config.data_dir, idx.TRAIN)
-    test_images, test_labels = idx.load_split(config.data_dir, idx.TEST)
-    if config.max_train_examples:
-        train_images = train_images[: config.max_train_examples]
-        train_labels = train_labels[: config.max_train_examples]
-    return (train_images, train_labels.astype(np.int32)), (test_images, test_labels.astype(np.int32))
-
-
-def _to_float(images):
-    return tf.cast(images, tf.float32) * (1.0 / 255.0)
-
-
-class EpochCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup, then within each epoch a cosine from that epoch's peak down to zero.
-
-    Each epoch's peak is `decay` times the last one's. The learning rate is
-    near zero at every epoch's end, where the trainer evaluates, so each
-    evaluation sees a settled model instead of one still jumping about at a
-    high learning rate: with the 'fast' recipe that is what lifts the first
-    epoch's test accuracy past 99%.
-    """
-
-    def __init__(self, peak: float, steps_per_epoch: int, warmup_steps: int = 0, decay: float = 0.5):
-        self.peak, self.steps_per_epoch, self.warmup_steps, self.decay = peak, steps_per_epoch, warmup_steps, decay
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        epoch = tf.floor(step / self.steps_per_epoch)
-        phase = (step - epoch * self.steps_per_epoch) / self.steps_per_epoch
-        rate = self.peak * tf.pow(self.decay, epoch) * 0.5 * (1.0 + tf.cos(np.pi * phase))
-        if self.warmup_steps:
-            rate *= tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
-        return rate
-
-    def get_config(self):
-        return {"peak": self.peak, "steps_per_epoch": self.steps_per_epoch, "warmup_steps": self.warmup_steps,
-                "decay": self.decay}
-
-
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-    if config.schedule == "constant":
-        return config.learning_rate
-    if config.schedule == "epoch_cosine":
-        return EpochCosine(config.learning_rate, steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
-    total = config.train_epochs * steps_per_epoch
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate * 0.01 if warmup else config.learning_rate,
-        warmup_target=config.learning_rate if warmup else None,
-        warmup_steps=warmup, decay_steps=max(total - warmup, 1))
 
 
 class Trainer:
@@ -126,7 +72,7 @@ class Trainer:
         self.strategy = distribution.get_strategy(
             config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
         self.chief = distribution.is_chief()
-        (self.train_images, self.train_labels), (self.test_images, self.test_labels) = load_data(config)
+        (self.train_images, self.train_labels), (self.test_images, self.test_labels) = inputs.load_data(config)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
@@ -158,7 +104,7 @@ class Trainer:
             max_to_keep=2)
         self._images = tf.constant(self.train_images)
         self._labels = tf.constant(self.train_labels)
-        self._eval_dataset = self._make_eval_dataset()
+        self._eval_dataset = inputs.eval_dataset(self.strategy, self.test_images, self.test_labels, EVAL_BATCH)
         self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
                                                          config.batch_size)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
@@ -166,26 +112,8 @@ class Trainer:
     # --- Data. ----------------------------------------------------------------------
 
     def _train_dataset(self, epoch: int, skip_steps: int):
-        """This epoch's batches in a fixed shuffled order, so a resumed epoch can skip what was done."""
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_images))
-        order = order.astype(np.int32)
-        global_batch = self.config.batch_size
-
-        def dataset_fn(context: tf.distribute.InputContext):
-            per_replica = context.get_per_replica_batch_size(global_batch)
-            ds = tf.data.Dataset.from_tensor_slices(order)
-            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
-            ds = ds.batch(per_replica, drop_remainder=True).skip(skip_steps)
-            ds = ds.map(lambda i: (_to_float(tf.gather(self._images, i)), tf.gather(self._labels, i)),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-            return ds.prefetch(tf.data.AUTOTUNE)
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-    def _make_eval_dataset(self):
-        ds = tf.data.Dataset.from_tensor_slices((self.test_images, self.test_labels))
-        ds = ds.batch(EVAL_BATCH).map(lambda x, y: (_to_float(x), y)).prefetch(tf.data.AUTOTUNE)
-        return self.strategy.experimental_distribute_dataset(ds)
+        return inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
+                                    self.config.batch_size, skip_steps)
 
     # --- Evaluation and the loop. ---------------------------------------------------
 

@@ -22,7 +22,7 @@ def _train_both(strategy_name: str, steps: int = 5) -> dict:
 
     from mnistkit.model import create_model, keras
     from mnistkit.optimizers import FusedAdam
-    from mnistkit.training import EpochCosine
+    from mnistkit.schedules import EpochCosine
 
     if strategy_name == "mirrored":
         tf.config.set_logical_device_configuration(

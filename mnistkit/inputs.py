@@ -1,0 +1,51 @@
+"""The training data as the trainer feeds it: both splits in memory, each epoch in a fixed shuffled order."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mnistkit import idx
+from mnistkit.train_config import TrainConfig
+
+
+def load_data(config: TrainConfig):
+    """Reads both splits into memory: uint8 images and int32 labels."""
+    train_images, train_labels = idx.load_split(config.data_dir, idx.TRAIN)
+    test_images, test_labels = idx.load_split(config.data_dir, idx.TEST)
+    if config.max_train_examples:
+        train_images = train_images[: config.max_train_examples]
+        train_labels = train_labels[: config.max_train_examples]
+    return (train_images, train_labels.astype(np.int32)), (test_images, test_labels.astype(np.int32))
+
+
+def to_float(images):
+    """uint8 pixels to float32 in [0, 1], the model's input."""
+    return tf.cast(images, tf.float32) * (1.0 / 255.0)
+
+
+def train_dataset(strategy: tf.distribute.Strategy, images: tf.Tensor, labels: tf.Tensor, seed: int, epoch: int,
+                  global_batch: int, skip_steps: int = 0):
+    """Epoch `epoch`'s batches in an order fixed by (seed, epoch), so a resumed epoch can skip what was done.
+
+    `images` and `labels` are tensors already in memory: each batch gathers its rows.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(int(images.shape[0])).astype(np.int32)
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        ds = tf.data.Dataset.from_tensor_slices(order)
+        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        ds = ds.batch(per_replica, drop_remainder=True).skip(skip_steps)
+        ds = ds.map(lambda i: (to_float(tf.gather(images, i)), tf.gather(labels, i)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def eval_dataset(strategy: tf.distribute.Strategy, images: np.ndarray, labels: np.ndarray, batch: int):
+    """The test split in batches of `batch`, distributed over the strategy's replicas."""
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = ds.batch(batch).map(lambda x, y: (to_float(x), y)).prefetch(tf.data.AUTOTUNE)
+    return strategy.experimental_distribute_dataset(ds)
