@@ -20,10 +20,10 @@ class TransposedDense(keras.layers.Layer):
 
     The same maths and initializer as `keras.layers.Dense`, which stores
     [inputs, units]. On CPU, oneDNN multiplies by a transposed right-hand
-    matrix much faster at this model's shapes: x [64, 3136] times a kernel of
-    [3136, 1024] ran at 75 GFLOP/s stored as Keras stores it and at 143 GFLOP/s
-    stored transposed, and whole training steps got 10-11% faster (trainer
-    against trainer, interleaved). GPUs and TPUs handle either layout alike.
+    matrix much faster at this model's shapes (x [batch, 3136] times the
+    [3136, 1024] kernel), which made whole training steps faster; the figures
+    are in the README's Performance section. GPUs and TPUs handle either
+    layout alike.
     """
 
     def __init__(self, units: int, activation=None, **kwargs):
