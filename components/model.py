@@ -3,21 +3,16 @@
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_size: int, train_epochs: int,
-                epochs_between_evals: int, stop_threshold: float, learning_rate: float, max_train_examples: int = 0,
-                tpu: str = "", checkpoint_dir: str = ""):
+def train_model(data: Input[Dataset], model: Output[Model], recipe: str, overrides: dict, tpu: str = "",
+                checkpoint_dir: str = ""):
     """Trains the seed's CNN, evaluating every few epochs and stopping at a threshold.
 
     Args:
       data: The validated MNIST directory.
       model: model.keras, history.json, TensorBoard logs and, unless they go elsewhere, checkpoints.
       recipe: 'fast' (per-epoch cosine schedule) or 'seed' (constant rate, float32).
-      batch_size: Global batch size; 0: the recipe's.
-      train_epochs: Epochs to train at most; 0: the recipe's.
-      epochs_between_evals: Evaluate on the test split every this many epochs.
-      stop_threshold: Stop once test accuracy reaches this (0 to 1).
-      learning_rate: Adam's (peak) learning rate; 0: the recipe's.
-      max_train_examples: Train on only this many examples; 0 means all.
+      overrides: The pipeline's training parameters (mnistkit/train_config.py declares them): name -> value,
+        where 0 or empty stands for "the recipe's".
       tpu: 'local' on a TPU VM; empty elsewhere.
       checkpoint_dir: gs:// or path where checkpoints outlive this task, so a retried task or a resubmitted
         run with the same settings resumes; empty: $AIP_CHECKPOINT_DIR on Vertex AI, else inside `model`.
@@ -25,15 +20,10 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, batch_s
     from mnistkit import tf_settings
 
     tf_settings.apply()  # First: before TensorFlow loads.
-    from mnistkit import training
+    from mnistkit import train_config, training
 
-    config = training.TrainConfig.from_recipe(
-        # 0 stands for "the recipe's": kfp.local refuses Optional parameters, so None cannot.
-        recipe, data_dir=data.path, model_dir=model.path, batch_size=batch_size or None,
-        train_epochs=train_epochs or None, epochs_between_evals=epochs_between_evals,
-        stop_threshold=stop_threshold, learning_rate=learning_rate or None,
-        max_train_examples=max_train_examples or None, tpu=tpu or None,
-        checkpoint_dir=checkpoint_dir or None)
+    config = train_config.from_pipeline(recipe, overrides, data_dir=data.path, model_dir=model.path,
+                                        tpu=tpu or None, checkpoint_dir=checkpoint_dir or None)
     result = training.train(config)
     model.metadata.update({"framework": "keras", "epochs": result["epochs"], "stopped_early": result["stopped_early"]})
 

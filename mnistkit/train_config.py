@@ -3,38 +3,82 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 
 
+NOT_IN_PIPELINE = object()  # hyper(pipeline=...) default: the pipeline does not expose the field.
+
+
+def hyper(default, help: str, *, low=None, high=None, above=None, choices=None, pipeline=NOT_IN_PIPELINE,
+          unset=None, unset_means="the recipe's"):
+    """Declares one TrainConfig field: everything the flags, the pipeline, the checks and the docs derive.
+
+    Args:
+      default: The value when neither the recipe nor the user sets one; dataclasses.MISSING: required.
+      help: One sentence for the flag's help and the pipeline's docs.
+      low: The least allowed value (inclusive). high: the greatest allowed value (inclusive).
+      above: A bound the value must exceed (exclusive).
+      choices: The allowed values of a string.
+      pipeline: The pipeline parameter's default; NOT_IN_PIPELINE keeps the field out of the pipeline.
+      unset: The pipeline value meaning "not given: the recipe's, else the default" (0 or ""), since
+        kfp.local refuses Optional parameters; None when every value of the parameter is a real value.
+      unset_means: What `unset` stands for, in the pipeline's docs.
+    """
+    metadata = dict(help=help, low=low, high=high, above=above, choices=choices, pipeline=pipeline, unset=unset,
+                    unset_means=unset_means)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _recipe(name: str):
+    """A recipe field's default: the first recipe's value."""
+    return RECIPES["fast"][name]
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. Defaults are the 'fast' recipe; see `from_recipe`."""
+    """One training run. Defaults are the 'fast' recipe; see `from_recipe`.
 
-    data_dir: str
-    model_dir: str
-    batch_size: int = RECIPES["fast"]["batch_size"]
-    train_epochs: int = RECIPES["fast"]["train_epochs"]
-    epochs_between_evals: int = 1
-    stop_threshold: float | None = None
-    learning_rate: float = RECIPES["fast"]["learning_rate"]
-    schedule: str = RECIPES["fast"]["schedule"]
-    warmup_epochs: float = RECIPES["fast"]["warmup_epochs"]
-    precision: str = RECIPES["fast"]["precision"]
-    data_format: str | None = None
-    distribution_strategy: str = "default"
-    num_gpus: int | None = None
-    tpu: str | None = None
-    clean: bool = False
-    seed: int = 0
-    steps_per_loop: int = 50  # Training steps per tf.function call.
-    max_train_examples: int | None = None  # Train on a prefix of the data (tests, quick looks).
-    collective_timeout_seconds: float | None = 300.0
-    # Checkpoints outside model_dir, where a restarted worker, a retried task or a resubmitted run finds them
-    # (a local path or gs://); None: $AIP_CHECKPOINT_DIR when Vertex AI sets it, else model_dir/checkpoints.
-    checkpoint_dir: str | None = None
-    # A second copy of the TensorBoard summaries (model_dir/logs always has one); None: $AIP_TENSORBOARD_LOG_DIR.
-    tensorboard_dir: str | None = None
+    The one place a training setting is declared: add a field here (with `hyper`) and use it in training;
+    `mnist-train`'s flags, the pipeline's parameters, their checks and docs follow from it.
+    """
+
+    data_dir: str = hyper(dataclasses.MISSING, "Directory holding the four MNIST files.")
+    model_dir: str = hyper(dataclasses.MISSING,
+                           "model.keras, history.json, summaries and (by default) checkpoints go here.")
+    batch_size: int = hyper(_recipe("batch_size"), "Global batch size.", low=1, pipeline=0, unset=0)
+    train_epochs: int = hyper(_recipe("train_epochs"), "Epochs to train at most.", low=1, pipeline=0, unset=0)
+    epochs_between_evals: int = hyper(1, "Evaluate on the test split every this many epochs.", low=1, pipeline=1)
+    stop_threshold: float | None = hyper(None, "Stop once test accuracy reaches this (0 to 1).", low=0, high=1,
+                                         pipeline=0.99)
+    learning_rate: float = hyper(_recipe("learning_rate"), "Adam's (peak) learning rate.", above=0, pipeline=0.0,
+                                 unset=0.0)
+    schedule: str = hyper(_recipe("schedule"), "Learning-rate schedule.", choices=SCHEDULES)
+    warmup_epochs: float = hyper(_recipe("warmup_epochs"), "Epochs of linear learning-rate warmup.", low=0)
+    precision: str = hyper(_recipe("precision"), "Compute precision.", choices=PRECISIONS)
+    data_format: str | None = hyper(None, "Tensor layout; by default channels_first on GPUs, channels_last "
+                                    "elsewhere.", choices=("channels_first", "channels_last"))
+    distribution_strategy: str = hyper("default", "tf.distribute strategy; 'default' chooses from the hardware "
+                                       "and TF_CONFIG.", choices=("default", "off", "one_device", "mirrored",
+                                                                  "multi_worker_mirrored", "tpu"))
+    num_gpus: int | None = hyper(None, "GPUs to use (default: all visible).")
+    tpu: str | None = hyper(None, "TPU name or address for the cluster resolver; 'local' on a TPU VM.")
+    clean: bool = hyper(False, "Delete model_dir before training instead of resuming from it.")
+    seed: int = hyper(0, "Seed of the initial weights and the shuffling.")
+    steps_per_loop: int = hyper(50, "Training steps per compiled call; SIGTERM is honoured between calls.", low=1)
+    max_train_examples: int | None = hyper(None, "Train on only this many examples (quick looks).", pipeline=0,
+                                           unset=0, unset_means="all")
+    collective_timeout_seconds: float | None = hyper(
+        300.0, "Multi-worker: fail when a peer does not answer a collective within this many seconds.")
+    # Outside model_dir, where a restarted worker, a retried task or a resubmitted run finds them.
+    checkpoint_dir: str | None = hyper(
+        None, "Checkpoints go here (a path or gs://, read through Cloud Storage FUSE at /gcs), in a "
+        "subdirectory per training settings, so a rerun with the same settings resumes; default "
+        "$AIP_CHECKPOINT_DIR when Vertex AI sets it, else MODEL_DIR/checkpoints.")
+    tensorboard_dir: str | None = hyper(
+        None, "Also write TensorBoard summaries here (MODEL_DIR/logs always has them); default "
+        "$AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it.")
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
@@ -44,22 +88,126 @@ class TrainConfig:
         return cls(**{**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}})
 
     def check(self) -> None:
-        """Raises ValueError naming the first parameter out of range."""
-        problems = [
-            ("batch_size", self.batch_size, self.batch_size >= 1, "at least 1"),
-            ("train_epochs", self.train_epochs, self.train_epochs >= 1, "at least 1"),
-            ("epochs_between_evals", self.epochs_between_evals, self.epochs_between_evals >= 1, "at least 1"),
-            ("learning_rate", self.learning_rate, self.learning_rate > 0, "above 0"),
-            ("stop_threshold", self.stop_threshold,
-             self.stop_threshold is None or 0 <= self.stop_threshold <= 1, "in [0, 1]"),
-            ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-            ("warmup_epochs", self.warmup_epochs, self.warmup_epochs >= 0, "at least 0"),
-            ("steps_per_loop", self.steps_per_loop, self.steps_per_loop >= 1, "at least 1"),
-        ]
-        for name, value, ok, expected in problems:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, found {value!r}")
+        """Raises ValueError naming the first field out of its declared range."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None and not _within(value, field.metadata):
+                raise ValueError(f"{field.name}: expected {_expected(field.metadata)}, found {value!r}")
+
+
+def _within(value, rule) -> bool:
+    if rule.get("choices") is not None:
+        return value in rule["choices"]
+    return ((rule.get("low") is None or value >= rule["low"]) and (rule.get("high") is None or value <= rule["high"])
+            and (rule.get("above") is None or value > rule["above"]))
+
+
+def _expected(rule) -> str:
+    if rule.get("choices") is not None:
+        return f"one of {', '.join(rule['choices'])}"
+    if rule.get("low") is not None and rule.get("high") is not None:
+        return f"in [{rule['low']}, {rule['high']}]"
+    return f"above {rule['above']}" if rule.get("above") is not None else f"at least {rule['low']}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One TrainConfig field as a flag or a pipeline parameter sees it.
+
+    Attributes:
+      name: The field's name. kind: int, float, bool or str. help: Its sentence. default: TrainConfig's default.
+      low, high, above, choices: Its range (see `hyper`). pipeline: The pipeline parameter's default, or
+        NOT_IN_PIPELINE. unset: The pipeline value meaning "not given", or None; unset_means: what it means.
+    """
+
+    name: str
+    kind: type
+    help: str
+    default: object
+    low: object = None
+    high: object = None
+    above: object = None
+    choices: tuple | None = None
+    pipeline: object = NOT_IN_PIPELINE
+    unset: object = None
+    unset_means: str = "the recipe's"
+
+
+def fields(config_class=TrainConfig) -> list[Field]:
+    """Every field of `config_class` (TrainConfig or a subclass declaring more), in declaration order."""
+    hints = typing.get_type_hints(config_class)
+    result = []
+    for f in dataclasses.fields(config_class):
+        kind = next(a for a in typing.get_args(hints[f.name]) or (hints[f.name],) if a is not type(None))
+        result.append(Field(f.name, kind, default=f.default, **f.metadata))
+    return result
+
+
+def pipeline_fields(config_class=TrainConfig) -> list[Field]:
+    """The fields the pipeline exposes as parameters."""
+    return [f for f in fields(config_class) if f.pipeline is not NOT_IN_PIPELINE]
+
+
+def pipeline_rule(field: Field) -> tuple:
+    """(minimum, maximum, choices) of the pipeline parameter: the field's range, widened to take `unset`."""
+    low = field.unset if field.unset is not None else (field.low if field.low is not None else field.above)
+    cast = field.kind if field.kind in (int, float) else (lambda v: v)
+    return (None if low is None else cast(low), None if field.high is None else cast(field.high), field.choices)
+
+
+def pipeline_help(field: Field) -> str:
+    """The pipeline parameter's description: the field's help, and what its `unset` value means."""
+    if field.unset is None:
+        return field.help
+    return f"{field.help.rstrip('.')}; {field.unset:g}: {field.unset_means}." if field.kind in (int, float) else \
+        f"{field.help.rstrip('.')}; empty: {field.unset_means}."
+
+
+def from_pipeline(recipe: str, overrides: dict, config_class=TrainConfig, **given) -> TrainConfig:
+    """The config a pipeline run asks for: `recipe`, then the `overrides` that are not `unset`, then `given`.
+
+    Args:
+      recipe: A name in RECIPES.
+      overrides: Pipeline parameter name -> value, as the component receives them: typed values, or the strings
+        kfp.local and Vertex AI substitute into a dict of parameters ("100.0" for an int, "true" for a bool).
+      config_class: TrainConfig or a subclass declaring more fields.
+      **given: Further field values (data_dir, model_dir, ...); None is "not given".
+
+    Raises:
+      ValueError: an unknown name, or a value not of its field's type, named in one line.
+    """
+    known = {f.name: f for f in pipeline_fields(config_class)}
+    values = {}
+    for name, raw in overrides.items():
+        if name not in known:
+            raise ValueError(f"overrides: unknown field {name!r}; expected some of {', '.join(known)}")
+        value = _typed(name, raw, known[name].kind)
+        if value != known[name].unset:
+            values[name] = value
+    return config_class.from_recipe(recipe, **values, **given)
+
+
+def _typed(name: str, raw, kind: type):
+    """`raw` (a value or its text) as `kind`; ValueError naming `name` otherwise."""
+    try:
+        value = raw
+        if isinstance(raw, str) and kind is not str:
+            if kind is bool:
+                if raw.strip().lower() not in ("true", "false"):
+                    raise ValueError
+                return raw.strip().lower() == "true"
+            value = float(raw)  # The backend writes an integer parameter as "100.0".
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            return int(value)
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, kind):
+            return value
+        raise ValueError
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"overrides: {name}: expected {kind.__name__}, found {raw!r}") from None
 
 
 def resolve_precision(precision: str, tpu: str | None = None) -> str:

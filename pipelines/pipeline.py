@@ -8,6 +8,7 @@ the submitter before a run starts.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
+import inspect
 import warnings
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ from components import component
 from components.data import download_data, validate_data
 from components.model import check_accuracy, evaluate_model, export_model, train_model
 from components.registry import check_baseline, existing_endpoint, registration_inputs
-from mnistkit import recipes, registry
+from mnistkit import recipes, registry, train_config
 from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
 from pipelines.hardware import Hardware
 
@@ -34,18 +35,16 @@ RECIPES = tuple(recipes.RECIPES)
 # (tests/test_serving_image.py checks that an export of this project's TensorFlow answers in that version).
 DEFAULT_SERVING_IMAGE = registry.default_serving_image()
 
-# What a value must satisfy beyond its type: (minimum, maximum, choices); None is no bound.
-PARAMETER_RULES = {
-    "batch_size": (0, None, None),  # 0: the recipe's.
-    "train_epochs": (0, None, None),
-    "epochs_between_evals": (1, None, None),
-    "stop_threshold": (0.0, 1.0, None),
-    "min_accuracy": (0.0, 1.0, None),
-    "baseline_margin": (0.0, 1.0, None),
-    "learning_rate": (0.0, None, None),
-    "max_train_examples": (0, None, None),
-    "recipe": (None, None, RECIPES),
-}
+def parameter_rules(config_class=train_config.TrainConfig) -> dict:
+    """What each value must satisfy beyond its type: name -> (minimum, maximum, choices); None is no bound.
+
+    The training parameters' rules come from their declarations in `config_class` (mnistkit/train_config.py).
+    """
+    return {**{field.name: train_config.pipeline_rule(field) for field in train_config.pipeline_fields(config_class)},
+            "min_accuracy": (0.0, 1.0, None), "baseline_margin": (0.0, 1.0, None), "recipe": (None, None, RECIPES)}
+
+
+PARAMETER_RULES = parameter_rules()
 EXCLUSIVE_MINIMUM = ()
 # What a string must look like: (regular expression, what to say was expected).
 PARAMETER_PATTERNS = {
@@ -54,8 +53,12 @@ PARAMETER_PATTERNS = {
 }
 
 
-def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str | None = None):
-    """Returns the `mnist-training` pipeline function for `hardware` and the images of `registry`:`tag`."""
+def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str | None = None,
+          config_class=train_config.TrainConfig):
+    """Returns the `mnist-training` pipeline function for `hardware` and the images of `registry`:`tag`.
+
+    `config_class` (TrainConfig, or in tests a subclass declaring more) gives the training parameters.
+    """
     cpu = dict(registry=registry, tag=tag)
     download_op = component(download_data, **cpu)
     validate_op = component(validate_data, **cpu)
@@ -69,18 +72,11 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
     if hardware.custom_job:
         train_op = _custom_job(train_op, hardware)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="The tensorflow/models official/r1/mnist CNN: verified data, "
-                  "training with a stop threshold, evaluation, and a SavedModel exported when accurate enough.")
     def mnist_training(
         source: str = DEFAULT_SOURCE,
         verify_checksums: bool = True,
         recipe: str = "fast",
-        batch_size: int = 0,
-        train_epochs: int = 0,
-        epochs_between_evals: int = 1,
-        stop_threshold: float = 0.99,
-        learning_rate: float = 0.0,
-        max_train_examples: int = 0,
+        # Here come the training parameters of mnistkit/train_config.py (see _with_training_parameters).
         min_accuracy: float = 0.98,
         register: bool = False,
         model_display_name: str = "mnist-cnn",
@@ -93,6 +89,7 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         region: str = "",
         service_account: str = "",
         checkpoint_root: str = "",
+        **training,
     ) -> NamedTuple("Outputs", metrics=Metrics, verdict=Markdown):
         """Trains the MNIST CNN and exports it as a SavedModel when its test accuracy is high enough.
 
@@ -104,12 +101,7 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
           recipe: The whole set of training hyperparameters: 'fast' (per-epoch
             cosine schedule, bfloat16 where the hardware has it) or 'seed' (the
             seed's Adam 1e-4, batch 100, 40 epochs, constant rate, float32).
-          batch_size: Global batch size; 0: the recipe's.
-          train_epochs: Epochs to train at most; 0: the recipe's.
-          epochs_between_evals: Evaluate on the test split every this many epochs.
-          stop_threshold: Stop training once test accuracy reaches this (0 to 1).
-          learning_rate: Adam's (peak) learning rate; 0: the recipe's.
-          max_train_examples: Train on only this many examples; 0 means all.
+          {training}
           min_accuracy: The export gate: the test accuracy a model needs to be
             exported (0 to 1).
           register: Also register the exported model in the Vertex AI Model
@@ -144,10 +136,9 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         download = download_op(source=source, verify_checksums=verify_checksums).set_display_name("download-data")
         validate = validate_op(data=download.outputs["data"], canonical=verify_checksums)
         validate.set_display_name("validate-data")
-        train = train_op(data=download.outputs["data"], recipe=recipe, batch_size=batch_size,
-                         train_epochs=train_epochs, epochs_between_evals=epochs_between_evals,
-                         stop_threshold=stop_threshold, learning_rate=learning_rate,
-                         max_train_examples=max_train_examples, tpu="local" if hardware.kind == "tpu" else "",
+        # A dict of pipeline channels: KFP passes it as one STRUCT whose values the backend fills in as text.
+        train = train_op(data=download.outputs["data"], recipe=recipe, overrides=training,
+                         tpu="local" if hardware.kind == "tpu" else "",
                          checkpoint_dir=checkpoint_root,
                          **({"service_account": service_account} if hardware.custom_job else {}))
         train.set_display_name("train-model").after(validate)
@@ -170,7 +161,34 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         outputs = NamedTuple("Outputs", metrics=Metrics, verdict=Markdown)
         return outputs(metrics=evaluate.outputs["metrics"], verdict=check.outputs["verdict"])
 
-    return mnist_training
+    return dsl.pipeline(name=PIPELINE_NAME, description="The tensorflow/models official/r1/mnist CNN: verified "
+                        "data, training with a stop threshold, evaluation, and a SavedModel exported when "
+                        "accurate enough.")(_with_training_parameters(mnist_training, config_class))
+
+
+def _with_training_parameters(pipeline_func, config_class=train_config.TrainConfig):
+    """`pipeline_func` taking, after `recipe`, one parameter per training field the config exposes.
+
+    KFP reads a pipeline's parameters from inspect.signature, their descriptions from the docstring's Args, and
+    calls the function positionally with one channel per parameter: the wrapper has a generated signature and
+    docstring, and hands the training parameters on to `pipeline_func` as keyword arguments.
+    """
+    fields = train_config.pipeline_fields(config_class)
+    own = [p for p in inspect.signature(pipeline_func).parameters.values() if p.kind != p.VAR_KEYWORD]
+    at = [p.name for p in own].index("recipe") + 1
+    training = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.pipeline,
+                                  annotation=f.kind) for f in fields]
+    parameters = own[:at] + training + own[at:]
+
+    def with_training(*args):
+        return pipeline_func(**dict(zip([p.name for p in parameters], args)))
+
+    with_training.__name__ = pipeline_func.__name__
+    with_training.__signature__ = inspect.signature(pipeline_func).replace(parameters=parameters)
+    indent = "\n" + " " * 10
+    with_training.__doc__ = pipeline_func.__doc__.replace("{training}", indent.join(
+        f"{f.name}: {train_config.pipeline_help(f)}" for f in fields))
+    return with_training
 
 
 def _register(baseline_op, registration_op, endpoint_op, export, evaluate, display_name, serving_image,

@@ -35,6 +35,7 @@ import time
 import yaml
 
 from tests.conftest import free_port
+from tests.vertex_request import resolve_channels
 
 LAUNCHER = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
 # Vertex AI's names for the first three worker pools in TF_CONFIG; a fourth pool (evaluator) is not in the cluster.
@@ -101,7 +102,7 @@ class CustomJobRun:
                                f"{container.get('command')})")
         values = self._input_values(spec, tasks[task], component, parameters or {})
         values.update(job_inputs or {})
-        values = {name: self._runtime_value(value) for name, value in values.items()}
+        values = {name: self._runtime_value(value) for name, value in resolve_channels(values).items()}
         self.executor_input = self._executor_input(task, tasks[task], component, values, artifacts or {})
         self.payload = self._payload(container["args"], values)
         self.replicas = self._replicas()

@@ -14,6 +14,7 @@ floats become ints, as the service reads them.
 """
 
 import json
+import re
 
 import yaml
 
@@ -64,6 +65,31 @@ def _fill(value, placeholders: dict):
     return value
 
 
+def resolve_channels(values: dict) -> dict:
+    """`values` with the `{{$.inputs.parameters['NAME']}}` inside constants filled from `values` itself.
+
+    A dict or list of pipeline channels given to a task compiles into a constant holding these placeholders
+    and one `pipelinechannel--NAME` input per channel; the backend fills them in as text (as kfp.local does:
+    strings as they are, everything else as JSON), so the component receives {"batch_size": "100.0", ...}.
+    """
+    pattern = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
+
+    def text(match):
+        value = values[match.group(1)]
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def fill(value):
+        if isinstance(value, str):
+            return pattern.sub(text, value)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return {name: fill(value) if isinstance(value, (dict, list)) else value for name, value in values.items()}
+
+
 def task_parameters(spec: dict, arguments: dict | None = None, placeholders: dict | None = None) -> dict:
     """The training task's input parameter values as Vertex AI resolves them.
 
@@ -93,7 +119,7 @@ def task_parameters(spec: dict, arguments: dict | None = None, placeholders: dic
             # and the launcher's recursive_remove_empty drops it.
             assert d.get("isOptional"), f"train-model input {name} has no value"
             values[name] = None
-    return _fill(values, placeholders)
+    return _fill(resolve_channels(values), placeholders)
 
 
 def user_parameters(spec: dict, values: dict) -> dict:

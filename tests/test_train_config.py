@@ -1,0 +1,109 @@
+"""A training setting is declared once, in TrainConfig: flags, pipeline parameters, ranges and docs follow."""
+
+import dataclasses
+import inspect
+
+import pytest
+from absl import flags
+from google.protobuf import json_format
+
+from mnistkit import train_config
+from mnistkit.commands import train as train_command
+from mnistkit.recipes import RECIPES
+from mnistkit.train_config import TrainConfig, hyper
+from pipelines import parameters, pipeline
+
+
+@dataclasses.dataclass
+class WithLabelSmoothing(TrainConfig):
+    """TrainConfig plus one hyperparameter, declared the way a newcomer adds one: a single `hyper` line."""
+
+    label_smoothing: float = hyper(0.0, "Label smoothing of the loss.", low=0, high=1, pipeline=0.1)
+
+
+def test_a_declared_field_becomes_a_checked_flag():
+    values = flags.FlagValues()
+    names = train_command.define_flags(WithLabelSmoothing, values)
+    assert names[-1] == "label_smoothing" and "label_smoothing" in values
+    values(["mnist-train", "--data_dir=/d", "--model_dir=/m", "--label_smoothing=0.25"])
+    assert values["label_smoothing"].help == "Label smoothing of the loss."
+    config = WithLabelSmoothing.from_recipe("seed", **{name: values[name].value for name in names})
+    assert (config.label_smoothing, config.batch_size, config.learning_rate) == (0.25, 100, 1e-4)
+    config.label_smoothing = 1.5
+    with pytest.raises(ValueError, match=r"^label_smoothing: expected in \[0, 1\], found 1.5$"):
+        config.check()
+
+
+def test_a_declared_field_becomes_a_described_ranged_pipeline_parameter_that_reaches_training(tmp_path):
+    built = pipeline.build(config_class=WithLabelSmoothing)
+    params = parameters.pipeline_parameters(built)
+    assert params["label_smoothing"] == {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.1,
+                                         "isOptional": True, "description": "Label smoothing of the loss."}
+    rules = pipeline.parameter_rules(WithLabelSmoothing)
+    assert rules["label_smoothing"] == (0.0, 1.0, None)
+    parameters.PARAMETER_RULES, saved = rules, parameters.PARAMETER_RULES
+    try:
+        with pytest.raises(parameters.ParameterError,
+                           match=r"^parameter label_smoothing: expected a value in \[0.0, 1.0\], found 1.5$"):
+            parameters.parse_overrides(["label_smoothing=1.5"], params)
+    finally:
+        parameters.PARAMETER_RULES = saved
+    # The training task receives it in `overrides` with no edit to the component or the pipeline body ...
+    task = built.pipeline_spec.root.dag.tasks["train-model"]
+    overrides = json_format.MessageToDict(task.inputs.parameters["overrides"].runtime_value.constant)
+    assert overrides["label_smoothing"] == "{{$.inputs.parameters['pipelinechannel--label_smoothing']}}"
+    # ... and the component's conversion turns the text the backend fills in into the field's value.
+    config = train_config.from_pipeline("fast", {**overrides, "label_smoothing": "0.2", "batch_size": "0.0",
+                                                 "train_epochs": "0", "learning_rate": "0.0",
+                                                 "epochs_between_evals": "1.0", "stop_threshold": "0.99",
+                                                 "max_train_examples": "0.0"},
+                                        WithLabelSmoothing, data_dir="/d", model_dir="/m")
+    assert config.label_smoothing == 0.2
+
+
+def test_every_field_has_a_flag_of_its_type_and_recipe_fields_leave_the_recipe_in_charge():
+    for field in train_config.fields():
+        flag = flags.FLAGS[field.name]
+        assert field.help in flag.help, field.name
+        kinds = {int: "int", float: "float", bool: "bool", str: "string"}
+        kind = "string enum" if field.choices is not None else kinds[field.kind]
+        assert flag.flag_type() == kind, field.name
+        if field.name in RECIPES["fast"]:
+            assert flag.default is None, field.name
+        if field.choices is not None:
+            assert tuple(flag.parser.enum_values) == tuple(field.choices), field.name
+
+
+def test_the_pipeline_exposes_its_training_fields_in_declaration_order_after_recipe():
+    names = list(parameters.pipeline_parameters(pipeline.build()))
+    exposed = [f.name for f in train_config.pipeline_fields()]
+    assert exposed == ["batch_size", "train_epochs", "epochs_between_evals", "stop_threshold", "learning_rate",
+                       "max_train_examples"]
+    signature = list(inspect.signature(pipeline.build().pipeline_func).parameters)
+    assert signature[signature.index("recipe") + 1:][:len(exposed)] == exposed
+    assert set(exposed) <= set(names)
+
+
+def test_pipeline_text_is_converted_by_field_type_and_unset_means_the_recipes():
+    seed = train_config.from_pipeline(
+        "seed", {"batch_size": "0.0", "train_epochs": "0", "learning_rate": "0.0", "stop_threshold": "0.0",
+                 "epochs_between_evals": "2.0", "max_train_examples": "600.0"}, data_dir="/d", model_dir="/m")
+    assert (seed.batch_size, seed.train_epochs, seed.learning_rate) == (100, 40, 1e-4)
+    # 0 is a real threshold (stop after the first evaluation): only declared `unset` values step aside.
+    assert (seed.stop_threshold, seed.epochs_between_evals, seed.max_train_examples) == (0.0, 2, 600)
+    typed = train_config.from_pipeline("fast", {"batch_size": 32, "learning_rate": 1e-3, "max_train_examples": 0},
+                                       data_dir="/d", model_dir="/m")
+    assert (typed.batch_size, typed.learning_rate, typed.max_train_examples) == (32, 1e-3, None)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": "12.5"}, "overrides: batch_size: expected int, found '12.5'"),
+    ({"learning_rate": "fast"}, "overrides: learning_rate: expected float, found 'fast'"),
+    ({"train_epochs": True}, "overrides: train_epochs: expected int, found True"),
+    ({"schedule": "constant"}, "overrides: unknown field 'schedule'; expected some of batch_size, train_epochs, "
+                               "epochs_between_evals, stop_threshold, learning_rate, max_train_examples"),
+])
+def test_pipeline_overrides_of_the_wrong_type_or_name_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError) as raised:
+        train_config.from_pipeline("fast", overrides, data_dir="/d", model_dir="/m")
+    assert str(raised.value) == message
