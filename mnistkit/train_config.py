@@ -213,9 +213,9 @@ def _typed(name: str, raw, kind: type):
 def resolve_precision(precision: str, tpu: str | None = None) -> str:
     """'auto' means bfloat16 compute only where the hardware does it natively.
 
-    On a CPU without AVX512_BF16 or AMX, bfloat16 is emulated: measured here
-    on an AVX2-only EPYC, Keras `fit` ran 6x slower in mixed_bfloat16 than in
-    float32 (99 vs 620 examples/s).
+    On a CPU without AVX512_BF16 or AMX, bfloat16 is emulated and training in
+    mixed_bfloat16 is several times slower than in float32 (measured on the
+    project's AVX2-only machines; see the README's Performance section).
     """
     if precision != "auto":
         return precision
