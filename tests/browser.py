@@ -6,11 +6,11 @@ import shutil
 import tempfile
 
 import numpy as np
-import pytest
+
+from tests import conftest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 # No GPU, no sandbox (root in CI), and none of the browser's own traffic
 # (updates, sync, safe browsing), so that every request recorded is the page's.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -36,10 +36,7 @@ def require_chromium() -> None:
     """Fails in CI and skips elsewhere (saying why) when chromium or chromedriver is missing."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
-        hint = f"{', '.join(missing)} missing: apt-get install -y chromium chromium-driver (.ci/run does)"
-        if IN_CI:
-            pytest.fail(hint)
-        pytest.skip(hint)
+        conftest.missing(f"{', '.join(missing)} missing: apt-get install -y chromium chromium-driver (.ci/run does)")
 
 
 def open_page(path: str, screenshot: str) -> dict:
