@@ -11,6 +11,7 @@ runs locally against a stand-in endpoint.
 from google_cloud_pipeline_components.types import artifact_types
 from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Output
 
+
 def check_baseline(accuracy: float, display_name: str, baseline_margin: float, verdict: Output[Markdown],
                    parent_model: Output[artifact_types.VertexModel], project: str = "",
                    location: str = "") -> str:

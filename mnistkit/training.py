@@ -109,12 +109,6 @@ class Trainer:
                                                          config.batch_size)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
 
-    # --- Data. ----------------------------------------------------------------------
-
-    def _train_dataset(self, epoch: int, skip_steps: int):
-        return inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
-                                    self.config.batch_size, skip_steps)
-
     # --- Evaluation and the loop. ---------------------------------------------------
 
     def evaluate(self) -> dict:
@@ -232,7 +226,8 @@ class Trainer:
           Diverged: the loss became NaN or infinite (nothing saved from those steps).
         """
         epoch, start = int(self.epoch), int(self.step_in_epoch)
-        iterator = iter(self._train_dataset(epoch, start))
+        iterator = iter(inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
+                                             self.config.batch_size, skip_steps=start))
         total, step = 0.0, start
         while step < self.steps_per_epoch:
             n = min(self.config.steps_per_loop, self.steps_per_epoch - step)
