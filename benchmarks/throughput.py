@@ -99,8 +99,9 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
     out = sys.stdout
     sys.stdout = sys.stderr  # Keep the answer channel clean of library prints.
     with tempfile.TemporaryDirectory(prefix="mnistkit-bench-") as model_dir:
+        # Whole passes (epoch_fraction 1), so that a turn of each contender trains the same examples.
         config = training.TrainConfig.from_recipe(recipe, data_dir=data_dir, model_dir=model_dir,
-                                                  max_train_examples=examples, **overrides)
+                                                  max_train_examples=examples, **{"epoch_fraction": 1.0, **overrides})
         if kind == "trainer":
             trainer = training.Trainer(config)
             count = trainer.steps_per_epoch * config.batch_size

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR_ENV = "AIP_CHECKPOINT_DIR"
 # The settings that shape the training trajectory: a checkpoint directory shared across runs keeps each
 # combination apart, so a resubmitted run resumes its own checkpoints and never another run's.
-TRAJECTORY_FIELDS = ("batch_size", "learning_rate", "schedule", "warmup_epochs", "precision", "data_format",
-                     "seed", "max_train_examples")
+TRAJECTORY_FIELDS = ("batch_size", "epoch_fraction", "learning_rate", "schedule", "warmup_epochs", "precision",
+                     "label_smoothing", "normalize_inputs", "data_format", "seed", "max_train_examples")
 
 
 def checkpoint_dir(config: TrainConfig) -> str:

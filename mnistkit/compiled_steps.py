@@ -8,8 +8,12 @@ from mnistkit.model import keras
 
 
 def training_steps(strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                   global_batch: int):
+                   global_batch: int, label_smoothing: float = 0.0):
     """A tf.function (iterator, steps) that runs `steps` training steps on the iterator's batches.
+
+    Args:
+      label_smoothing: The training loss's targets give the true class 1 - label_smoothing and spread
+        label_smoothing evenly over all classes (0: plain cross-entropy, as the seed).
 
     Returns:
       The function; it returns the sum over the steps of the mean loss of each global batch.
@@ -18,7 +22,7 @@ def training_steps(strategy: tf.distribute.Strategy, model: keras.Model, optimiz
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            per_example = cross_entropy(labels, logits, label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -33,6 +37,14 @@ def training_steps(strategy: tf.distribute.Strategy, model: keras.Model, optimiz
         return total
 
     return train_steps
+
+
+def cross_entropy(labels, logits, label_smoothing: float = 0.0):
+    """Per-example cross-entropy of integer `labels` against `logits`, with optional label smoothing."""
+    if not label_smoothing:
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    targets = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+    return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
 
 
 def evaluation(strategy: tf.distribute.Strategy, model: keras.Model):

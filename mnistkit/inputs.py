@@ -24,13 +24,29 @@ def to_float(images):
     return tf.cast(images, tf.float32) * (1.0 / 255.0)
 
 
+def epoch_order(examples: int, seed: int, epoch: int, epoch_examples: int | None = None) -> np.ndarray:
+    """The indices epoch `epoch` trains on, in order.
+
+    Epochs are consecutive runs of `epoch_examples` (default: `examples`) from one endless stream that goes
+    over the split again and again, each pass in its own order fixed by (seed, pass). Every pass sees every
+    example once whatever the epoch length, and with the default every epoch is exactly one pass.
+    """
+    epoch_examples = epoch_examples or examples
+    start = epoch * epoch_examples
+    first, last = start // examples, (start + epoch_examples - 1) // examples
+    stream = np.concatenate([np.random.default_rng([seed, p]).permutation(examples) for p in range(first, last + 1)])
+    offset = start - first * examples
+    return stream[offset:offset + epoch_examples].astype(np.int32)
+
+
 def train_dataset(strategy: tf.distribute.Strategy, images: tf.Tensor, labels: tf.Tensor, seed: int, epoch: int,
-                  global_batch: int, skip_steps: int = 0):
-    """Epoch `epoch`'s batches in an order fixed by (seed, epoch), so a resumed epoch can skip what was done.
+                  global_batch: int, skip_steps: int = 0, epoch_examples: int | None = None):
+    """Epoch `epoch`'s batches (see `epoch_order`) in an order fixed by the seed, so a resumed epoch can skip
+    what was done.
 
     `images` and `labels` are tensors already in memory: each batch gathers its rows.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(int(images.shape[0])).astype(np.int32)
+    order = epoch_order(int(images.shape[0]), seed, epoch, epoch_examples)
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)

@@ -50,6 +50,9 @@ class TrainConfig:
     batch_size: int = hyper(_recipe("batch_size"), "Global batch size.", low=1, pipeline=0, unset=0)
     train_epochs: int = hyper(_recipe("train_epochs"), "Epochs to train at most.", low=1, pipeline=0, unset=0)
     epochs_between_evals: int = hyper(1, "Evaluate on the test split every this many epochs.", low=1, pipeline=1)
+    epoch_fraction: float = hyper(_recipe("epoch_fraction"), "An epoch's length as a share of the training split: "
+                                  "epochs are cut from an endless stream of shuffled passes over it, and each ends "
+                                  "with a checkpoint (and, every epochs_between_evals, an evaluation).", above=0)
     stop_threshold: float | None = hyper(None, "Stop once test accuracy reaches this (0 to 1).", low=0, high=1,
                                          pipeline=0.99)
     learning_rate: float = hyper(_recipe("learning_rate"), "Adam's (peak) learning rate.", above=0, pipeline=0.0,
@@ -57,6 +60,10 @@ class TrainConfig:
     schedule: str = hyper(_recipe("schedule"), "Learning-rate schedule.", choices=SCHEDULES)
     warmup_epochs: float = hyper(_recipe("warmup_epochs"), "Epochs of linear learning-rate warmup.", low=0)
     precision: str = hyper(_recipe("precision"), "Compute precision.", choices=PRECISIONS)
+    label_smoothing: float = hyper(_recipe("label_smoothing"), "Label smoothing of the training loss (0: none).",
+                                   low=0, high=0.5)
+    normalize_inputs: bool = hyper(_recipe("normalize_inputs"), "Standardize the pixels inside the model with the "
+                                   "training split's mean and standard deviation.")
     data_format: str | None = hyper(None, "Tensor layout; by default channels_first on GPUs, channels_last "
                                     "elsewhere.", choices=("channels_first", "channels_last"))
     distribution_strategy: str = hyper("default", "tf.distribute strategy; 'default' chooses from the hardware "

@@ -76,14 +76,15 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
-        self.steps_per_epoch = len(self.train_images) // config.batch_size
+        self.epoch_examples = max(1, round(config.epoch_fraction * len(self.train_images)))
+        self.steps_per_epoch = self.epoch_examples // config.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"batch_size: expected at most the {len(self.train_images)} training examples, "
-                             f"found {config.batch_size}")
+            raise ValueError(f"batch_size: expected at most the {self.epoch_examples} training examples of an "
+                             f"epoch, found {config.batch_size}")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)
-            self.model = create_model(config.data_format, self.precision)
+            self.model = create_model(config.data_format, self.precision, config.normalize_inputs)
             self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch))
             self.optimizer.build(self.model.trainable_variables)
         # Bookkeeping, not model state: plain variables outside the scope, so
@@ -106,7 +107,7 @@ class Trainer:
         self._labels = tf.constant(self.train_labels)
         self._eval_dataset = inputs.eval_dataset(self.strategy, self.test_images, self.test_labels, EVAL_BATCH)
         self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
-                                                         config.batch_size)
+                                                         config.batch_size, config.label_smoothing)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
 
     # --- Evaluation and the loop. ---------------------------------------------------
@@ -227,7 +228,8 @@ class Trainer:
         """
         epoch, start = int(self.epoch), int(self.step_in_epoch)
         iterator = iter(inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
-                                             self.config.batch_size, skip_steps=start))
+                                             self.config.batch_size, skip_steps=start,
+                                             epoch_examples=self.epoch_examples))
         total, step = 0.0, start
         while step < self.steps_per_epoch:
             n = min(self.config.steps_per_loop, self.steps_per_epoch - step)

@@ -15,50 +15,50 @@ from pipelines import parameters, pipeline
 
 
 @dataclasses.dataclass
-class WithLabelSmoothing(TrainConfig):
+class WithWeightDecay(TrainConfig):
     """TrainConfig plus one hyperparameter, declared the way a newcomer adds one: a single `hyper` line."""
 
-    label_smoothing: float = hyper(0.0, "Label smoothing of the loss.", low=0, high=1, pipeline=0.1)
+    weight_decay: float = hyper(0.0, "Decoupled weight decay.", low=0, high=1, pipeline=0.1)
 
 
 def test_a_declared_field_becomes_a_checked_flag():
     values = flags.FlagValues()
-    names = train_command.define_flags(WithLabelSmoothing, values)
-    assert names[-1] == "label_smoothing" and "label_smoothing" in values
-    values(["mnist-train", "--data_dir=/d", "--model_dir=/m", "--label_smoothing=0.25"])
-    assert values["label_smoothing"].help == "Label smoothing of the loss."
-    config = WithLabelSmoothing.from_recipe("seed", **{name: values[name].value for name in names})
-    assert (config.label_smoothing, config.batch_size, config.learning_rate) == (0.25, 100, 1e-4)
-    config.label_smoothing = 1.5
-    with pytest.raises(ValueError, match=r"^label_smoothing: expected in \[0, 1\], found 1.5$"):
+    names = train_command.define_flags(WithWeightDecay, values)
+    assert names[-1] == "weight_decay" and "weight_decay" in values
+    values(["mnist-train", "--data_dir=/d", "--model_dir=/m", "--weight_decay=0.25"])
+    assert values["weight_decay"].help == "Decoupled weight decay."
+    config = WithWeightDecay.from_recipe("seed", **{name: values[name].value for name in names})
+    assert (config.weight_decay, config.batch_size, config.learning_rate) == (0.25, 100, 1e-4)
+    config.weight_decay = 1.5
+    with pytest.raises(ValueError, match=r"^weight_decay: expected in \[0, 1\], found 1.5$"):
         config.check()
 
 
 def test_a_declared_field_becomes_a_described_ranged_pipeline_parameter_that_reaches_training(tmp_path):
-    built = pipeline.build(config_class=WithLabelSmoothing)
+    built = pipeline.build(config_class=WithWeightDecay)
     params = parameters.pipeline_parameters(built)
-    assert params["label_smoothing"] == {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.1,
-                                         "isOptional": True, "description": "Label smoothing of the loss."}
-    rules = pipeline.parameter_rules(WithLabelSmoothing)
-    assert rules["label_smoothing"] == (0.0, 1.0, None)
+    assert params["weight_decay"] == {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.1,
+                                         "isOptional": True, "description": "Decoupled weight decay."}
+    rules = pipeline.parameter_rules(WithWeightDecay)
+    assert rules["weight_decay"] == (0.0, 1.0, None)
     parameters.PARAMETER_RULES, saved = rules, parameters.PARAMETER_RULES
     try:
         with pytest.raises(parameters.ParameterError,
-                           match=r"^parameter label_smoothing: expected a value in \[0.0, 1.0\], found 1.5$"):
-            parameters.parse_overrides(["label_smoothing=1.5"], params)
+                           match=r"^parameter weight_decay: expected a value in \[0.0, 1.0\], found 1.5$"):
+            parameters.parse_overrides(["weight_decay=1.5"], params)
     finally:
         parameters.PARAMETER_RULES = saved
     # The training task receives it in `overrides` with no edit to the component or the pipeline body ...
     task = built.pipeline_spec.root.dag.tasks["train-model"]
     overrides = json_format.MessageToDict(task.inputs.parameters["overrides"].runtime_value.constant)
-    assert overrides["label_smoothing"] == "{{$.inputs.parameters['pipelinechannel--label_smoothing']}}"
+    assert overrides["weight_decay"] == "{{$.inputs.parameters['pipelinechannel--weight_decay']}}"
     # ... and the component's conversion turns the text the backend fills in into the field's value.
-    config = train_config.from_pipeline("fast", {**overrides, "label_smoothing": "0.2", "batch_size": "0.0",
+    config = train_config.from_pipeline("fast", {**overrides, "weight_decay": "0.2", "batch_size": "0.0",
                                                  "train_epochs": "0", "learning_rate": "0.0",
                                                  "epochs_between_evals": "1.0", "stop_threshold": "0.99",
                                                  "max_train_examples": "0.0"},
-                                        WithLabelSmoothing, data_dir="/d", model_dir="/m")
-    assert config.label_smoothing == 0.2
+                                        WithWeightDecay, data_dir="/d", model_dir="/m")
+    assert config.weight_decay == 0.2
 
 
 def test_every_field_has_a_flag_of_its_type_and_recipe_fields_leave_the_recipe_in_charge():

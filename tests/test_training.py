@@ -47,13 +47,75 @@ def test_model_has_the_seeds_layers_and_parameter_count(data_format, dtype_polic
     assert m.input_shape == (None, 28, 28)
     assert m.output_shape == (None, 10)
     convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [(c.filters, c.kernel_size, c.padding, c.activation.__name__) for c in convs] == [
-        (32, (5, 5), "same", "relu"), (64, (5, 5), "same", "relu")]
+    assert [(c.filters, c.kernel_size, c.padding) for c in convs] == [(32, (5, 5), "same"), (64, (5, 5), "same")]
     assert all(c.data_format == data_format for c in convs)
+    # Each convolution is followed by its 2x2 pool and a ReLU (the seed's ReLU, moved after the pool).
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds[:7] == ["Reshape", "Conv2D", "MaxPooling2D", "ReLU", "Conv2D", "MaxPooling2D", "ReLU"]
     dense = [layer for layer in m.layers if isinstance(layer, model.TransposedDense)]
     assert [(d.units, d.activation.__name__) for d in dense] == [(1024, "relu"), (10, "linear")]
     assert [d.rate for d in m.layers if isinstance(d, keras.layers.Dropout)] == [0.4]
     assert m.layers[-1].dtype_policy.compute_dtype == "float32"  # Logits in float32 whatever the policy.
+
+
+def _seeds_layer_order(normalize: bool = False) -> keras.Model:
+    """The seed's CNN as tensorflow/models wrote it (conv with ReLU, then pool) in stock Keras layers."""
+    conv = dict(kernel_size=5, padding="same", activation="relu")
+    scale = 1 / model.PIXEL_STD
+    first = [keras.layers.Rescaling(scale, offset=-model.PIXEL_MEAN * scale)] if normalize else []
+    return keras.Sequential([
+        keras.Input((28, 28)), *first, keras.layers.Reshape((28, 28, 1)),
+        keras.layers.Conv2D(32, **conv), keras.layers.MaxPooling2D(2, 2, padding="same"),
+        keras.layers.Conv2D(64, **conv), keras.layers.MaxPooling2D(2, 2, padding="same"),
+        keras.layers.Flatten(), keras.layers.Dense(1024, activation="relu"), keras.layers.Dropout(0.4),
+        keras.layers.Dense(10)])
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_model_computes_the_seeds_function_and_gradients(normalize):
+    """Pool-then-ReLU is the seed's ReLU-then-pool: same logits, same gradients for the same weights."""
+    ours, seeds = model.create_model("channels_last", normalize_inputs=normalize), _seeds_layer_order(normalize)
+    assert model.normalizes_inputs(ours) == normalize
+    weights = ours.get_weights()
+    seeds.set_weights([w.T if w.ndim == 2 else w for w in weights])  # Dense stores [inputs, units].
+    images = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+    images[:, :6] = 0.0  # Blank rows, as MNIST has: all-zero windows, where the two orders tie.
+    labels = np.arange(8) % 10
+
+    def loss_and_grads(m):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, m(images), from_logits=True))
+        return loss, tape.gradient(loss, m.trainable_variables)
+
+    (ours_loss, ours_grads), (seeds_loss, seeds_grads) = loss_and_grads(ours), loss_and_grads(seeds)
+    np.testing.assert_allclose(ours_loss, seeds_loss, rtol=1e-5)
+    for a, b in zip(ours_grads, seeds_grads):
+        b = tf.transpose(b) if len(b.shape) == 2 else b
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_normalize_inputs_standardizes_pixels_inside_the_model():
+    plain, normalized = model.create_model("channels_last"), model.create_model("channels_last", normalize_inputs=True)
+    assert normalized.count_params() == model.NUM_PARAMETERS
+    normalized.set_weights(plain.get_weights())
+    images = np.random.default_rng(1).random((4, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(normalized(images), plain((images - model.PIXEL_MEAN) / model.PIXEL_STD),
+                               rtol=1e-4, atol=1e-5)
+    copy = model.for_inference(normalized)  # Evaluation and export keep the standardization.
+    assert model.normalizes_inputs(copy)
+    np.testing.assert_allclose(copy(images), normalized(images), rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_moves_probability_from_the_true_class_to_all():
+    from mnistkit import compiled_steps
+
+    logits = tf.constant(np.random.default_rng(2).normal(size=(6, 10)).astype(np.float32))
+    labels = tf.constant([0, 1, 2, 3, 9, 5])
+    log_p = tf.nn.log_softmax(logits).numpy()
+    expected = -(0.9 * log_p[np.arange(6), labels.numpy()] + 0.1 * log_p.mean(axis=1))
+    np.testing.assert_allclose(compiled_steps.cross_entropy(labels, logits, 0.1), expected, rtol=1e-5)
+    np.testing.assert_allclose(compiled_steps.cross_entropy(labels, logits), -log_p[np.arange(6), labels.numpy()],
+                               rtol=1e-5)
 
 
 def test_transposed_dense_computes_what_keras_dense_computes():
@@ -124,6 +186,35 @@ def test_training_writes_model_history_checkpoints_and_summaries(synthetic_data,
             for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
                 tags.update(v.tag for v in event.summary.value)
     assert {"train/loss", "train/learning_rate", "eval/accuracy", "eval/loss"} <= tags
+
+
+def test_epochs_are_cut_from_an_endless_stream_of_shuffled_passes():
+    from mnistkit.inputs import epoch_order
+
+    # A whole-split epoch is one pass in the order of (seed, epoch), as before epochs could be shorter.
+    np.testing.assert_array_equal(epoch_order(200, 7, 3), np.random.default_rng([7, 3]).permutation(200))
+    # Epochs of 150 of 200 examples: four epochs are exactly three passes, each pass every example once.
+    stream = np.concatenate([epoch_order(200, 7, e, 150) for e in range(4)])
+    assert len(stream) == 600
+    for p in range(3):
+        np.testing.assert_array_equal(np.sort(stream[p * 200:(p + 1) * 200]), np.arange(200))
+        np.testing.assert_array_equal(stream[p * 200:(p + 1) * 200], epoch_order(200, 7, p))
+    np.testing.assert_array_equal(epoch_order(200, 7, 1, 150), stream[150:300])  # Fixed by the seed: resumable.
+    assert not np.array_equal(epoch_order(200, 8, 1, 150), stream[150:300])
+    # Epochs longer than the split span passes too.
+    np.testing.assert_array_equal(epoch_order(200, 7, 0, 500), np.concatenate([stream, epoch_order(200, 7, 3)])[:500])
+
+
+def test_epoch_fraction_sets_the_steps_of_an_epoch(synthetic_data, tmp_path):
+    trainer = training.Trainer(_config(synthetic_data, tmp_path / "model", epoch_fraction=0.5, train_epochs=2))
+    assert (trainer.epoch_examples, trainer.steps_per_epoch) == (100, 5)
+    trainer.train_epoch()
+    assert int(trainer.optimizer.iterations) == 5 and int(trainer.epoch) == 1
+    with pytest.raises(ValueError, match="^epoch_fraction: expected above 0, found 0.0$"):
+        training.Trainer(_config(synthetic_data, tmp_path / "other", epoch_fraction=0.0))
+    with pytest.raises(ValueError, match="^batch_size: expected at most the 10 training examples of an epoch, "
+                                         "found 20$"):
+        training.Trainer(_config(synthetic_data, tmp_path / "third", epoch_fraction=0.05))
 
 
 def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epochs_run):
@@ -200,7 +291,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(synthetic_data, tmp_path):
     (dict(train_epochs=0), "train_epochs: expected at least 1, found 0"),
     (dict(stop_threshold=1.5), "stop_threshold: expected in [0, 1], found 1.5"),
     (dict(learning_rate=-1.0), "learning_rate: expected above 0, found -1.0"),
-    (dict(batch_size=500), "batch_size: expected at most the 200 training examples, found 500"),
+    (dict(batch_size=500), "batch_size: expected at most the 160 training examples of an epoch, found 500"),
 ])
 def test_bad_parameters_are_refused(synthetic_data, tmp_path, overrides, message):
     with pytest.raises(ValueError) as e:
@@ -211,6 +302,7 @@ def test_bad_parameters_are_refused(synthetic_data, tmp_path, overrides, message
 def test_recipes():
     seed = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m")
     assert (seed.batch_size, seed.train_epochs, seed.learning_rate, seed.precision) == (100, 40, 1e-4, "float32")
+    assert (seed.label_smoothing, seed.normalize_inputs) == (0.0, False)  # The seed's loss and inputs.
     assert seed.epochs_between_evals == 1 and seed.stop_threshold is None
     overridden = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m", batch_size=None,
                                                   train_epochs=2)

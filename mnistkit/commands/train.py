@@ -23,11 +23,13 @@ def define_flags(config_class=train_config.TrainConfig, flag_values=flags.FLAGS)
         elif field.default not in (None, dataclasses.MISSING, False):
             help += f" (default: {field.default})"
         required = field.default is dataclasses.MISSING
-        # Every flag but a boolean defaults to None, so that from_recipe() keeps the recipe's or TrainConfig's.
+        # Every flag defaults to None (a boolean no recipe sets: to its default), so that from_recipe() keeps the
+        # recipe's or TrainConfig's.
         if field.choices is not None:
             flags.DEFINE_enum(field.name, None, list(field.choices), help, flag_values=flag_values)
         elif field.kind is bool:
-            flags.DEFINE_boolean(field.name, field.default, help, flag_values=flag_values)
+            default = None if field.name in RECIPES["fast"] else field.default
+            flags.DEFINE_boolean(field.name, default, help, flag_values=flag_values)
         else:
             define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[field.kind]
             define(field.name, None, help, required=required, flag_values=flag_values)
