@@ -43,7 +43,7 @@ def cross_entropy(labels, logits, label_smoothing: float = 0.0):
     """Per-example cross-entropy of integer `labels` against `logits`, with optional label smoothing."""
     if not label_smoothing:
         return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    targets = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+    targets = tf.one_hot(labels, logits.shape[-1], dtype=logits.dtype)  # A static depth, for XLA on TPUs.
     return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
 
 
