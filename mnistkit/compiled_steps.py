@@ -56,7 +56,7 @@ def evaluation(strategy: tf.distribute.Strategy, model: keras.Model):
 
     def eval_fn(images, labels):
         logits = model(images, training=False)
-        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        loss = cross_entropy(labels, logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels), tf.float32)
         return tf.reduce_sum(loss), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)
 

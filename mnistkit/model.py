@@ -10,6 +10,7 @@ NUM_PARAMETERS = 3_274_634
 # The training split's pixel mean and standard deviation, pixels scaled to [0, 1], as `mnist-validate`
 # reports them.
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081
+NORMALIZE_LAYER = "normalize_inputs"  # The name of the layer that standardizes them, when there is one.
 
 
 def default_data_format() -> str:
@@ -73,7 +74,7 @@ def create_model(data_format: str | None = None, dtype_policy: str = "float32",
     layers = [keras.Input((28, 28), name="image")]
     if normalize_inputs:
         layers.append(keras.layers.Rescaling(1 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, dtype=dtype_policy,
-                                             name="normalize_inputs"))
+                                             name=NORMALIZE_LAYER))
     layers += [
         keras.layers.Reshape(image_shape, dtype=dtype_policy),
         # The seed's conv-ReLU-pool, with the ReLU moved after the pool. That is the same function (ReLU
@@ -98,7 +99,7 @@ def create_model(data_format: str | None = None, dtype_policy: str = "float32",
 
 def normalizes_inputs(model: keras.Model) -> bool:
     """Whether `model` was built with normalize_inputs (its first layer standardizes the pixels)."""
-    return any(layer.name == "normalize_inputs" for layer in model.layers)
+    return any(layer.name == NORMALIZE_LAYER for layer in model.layers)
 
 
 def for_inference(model: keras.Model) -> keras.Model:
