@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="fast", help="The recipe of the recipe section (default %(default)s).")
     p.add_argument("--noplain", dest="plain", action="store_false",
                    help="Leave plain Keras fit out of the recipe section (it takes minutes per seed).")
+    p.add_argument("--isa", default="native", choices=("native", "avx2"),
+                   help="The throughput section's kernels: this CPU's, or AVX2's as a stand-in for an AVX2-only "
+                        "CPU (oneDNN capped at AVX2, float32; default %(default)s).")
     return p
 
 
@@ -66,14 +69,16 @@ def _serving(data_dir: str, quick: bool, rounds: int) -> dict:
 
 
 def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int, seeds,
-                 train_examples: int = 12_800, recipe_name: str = "fast", plain: bool = True) -> dict:
+                 train_examples: int = 12_800, recipe_name: str = "fast", plain: bool = True,
+                 isa: str = "native") -> dict:
     results = {}
     for section in sections:
         print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
         if section == "throughput":
             from benchmarks import throughput
 
-            results[section] = throughput.measure(data_dir, examples=512 if quick else train_examples, rounds=rounds)
+            results[section] = throughput.measure(data_dir, examples=512 if quick else train_examples, rounds=rounds,
+                                                  isa=isa)
             results[section]["matmul_gflops"] = throughput.matmul_gflops(1024 if quick else 2048)
         elif section == "recipe":
             from benchmarks import recipe
@@ -122,13 +127,16 @@ def to_markdown(report: dict) -> str:
     if "throughput" in r:
         t = r["throughput"]
         info = t["contenders"]["trainer"]
-        for kind, label in (("trainer", "project trainer"), ("keras_fit", "plain Keras fit (TF defaults)"),
-                            ("keras_fit_onednn", "Keras fit, oneDNN on")):
+        kernels = ", AVX2 kernels emulated" if t.get("isa") == "avx2" else ""
+        labels = (("trainer", "project trainer"), ("keras_fit_stock", "plain Keras fit, stock layers"),
+                  ("keras_fit", "Keras fit, project's model"),
+                  ("keras_fit_onednn", "Keras fit, project's model, oneDNN on"))
+        for kind, label in labels:
             if kind in t:
-                row("1 throughput", f"{label}, examples/s (batch {info['batch_size']}, {info['precision']})",
+                row("1 throughput", f"{label}, examples/s (batch {info['batch_size']}, {info['precision']}{kernels})",
                     t[kind]["examples_per_s"], ".0f")
                 row("1 throughput", f"{label}, examples per CPU-second", t[kind]["examples_per_cpu_s"], ".0f")
-        for kind, label in (("keras_fit", "plain Keras fit"), ("keras_fit_onednn", "Keras fit with oneDNN")):
+        for kind, label in labels[1:]:
             if f"ratio_vs_{kind}" in t:
                 row("1 throughput", f"ratio trainer / {label} (wall)", t[f"ratio_vs_{kind}"], ".2f")
                 row("1 throughput", f"ratio trainer / {label} (per CPU-second)", t[f"cpu_ratio_vs_{kind}"], ".2f")
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
     report["results"] = run_sections(sections, args.data_dir, args.quick, rounds,
                                      range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
-                                     args.recipe, args.plain)
+                                     args.recipe, args.plain, args.isa)
     os.makedirs(args.output_dir, exist_ok=True)
     files.atomic_write_text(os.path.join(args.output_dir, "results.json"), json.dumps(report, indent=2) + "\n")
     files.atomic_write_text(os.path.join(args.output_dir, "results.md"), to_markdown(report))

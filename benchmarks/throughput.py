@@ -1,14 +1,28 @@
-"""Section 1: the project's trainer against plain Keras `fit`, same model, batch and data, interleaved.
+"""Section 1: the project's trainer against plain Keras `fit`, same batch, data and precision, interleaved.
 
 Each contender lives in its own worker process, so each gets the TensorFlow
-settings it would have on its own: plain `fit` runs with TensorFlow's
-defaults, the trainer with the ones `tf_settings.apply()` sets (oneDNN kernels
-on), and a third worker runs `fit` with oneDNN on too, to show how much of the
-gap is kernels and how much is the loop. The parent asks the workers for one
-epoch each in turn, round after round, so other load on a shared machine falls
-on all alike; the first round traces and builds everything and is not counted.
-The trainer's epochs include its per-epoch checkpoint; `fit` gets no metrics
-and no validation, the cheapest plain baseline.
+settings it would have on its own. The contenders:
+- `trainer`: the project's trainer, with the settings `tf_settings.apply()`
+  makes (oneDNN kernels on);
+- `keras_fit_stock`: plain `fit` on the seed's CNN as a user writes it with
+  stock Keras layers (conv-ReLU-pool, `Dense`) and Keras' Adam, TensorFlow's
+  defaults: the plain `fit` a user would compare against;
+- `keras_fit`: plain `fit` on the project's own model (transposed dense
+  kernels, pools before ReLUs) with Keras' Adam, TensorFlow's defaults: what
+  the loop and the fused Adam alone are worth;
+- `keras_fit_onednn`: the same with oneDNN forced on, to show how much of the
+  gap is kernels (TensorFlow leaves oneDNN off on AVX2-only CPUs).
+The parent asks the workers for one epoch each in turn, round after round, so
+other load on a shared machine falls on all alike; the first round traces and
+builds everything and is not counted. The trainer's epochs include its
+per-epoch checkpoint; `fit` gets no metrics and no validation, the cheapest
+plain baseline.
+
+`isa="avx2"` runs every contender as on an AVX2-only CPU, on whatever CPU this
+is: oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA), float32 (what 'auto' picks
+there), and oneDNN off for the contenders on TensorFlow's defaults (TensorFlow
+turns it on by itself only for CPUs with AVX-512 VNNI/BF16 or AMX). It is a
+stand-in: the kernels are AVX2's, the caches and memory are this machine's.
 
 How close the trainer runs to the machine's limit: after each of its epochs
 the trainer's worker times a square matmul at the precision the model
@@ -28,7 +42,8 @@ import tempfile
 
 from benchmarks.common import summary
 
-CONTENDERS = ("trainer", "keras_fit", "keras_fit_onednn")
+CONTENDERS = ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")
+ISAS = ("native", "avx2")
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
@@ -82,6 +97,7 @@ def training_flops_per_example(model) -> float:
 def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict) -> None:
     """Runs one epoch per line read from stdin; answers each with a JSON line of wall and CPU seconds."""
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow default")
+    onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
     if kind == "trainer":
         from mnistkit import tf_settings
 
@@ -113,14 +129,21 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
             x, y = images[:count].astype(np.float32) / 255.0, labels[:count]
             keras.utils.set_random_seed(config.seed)
             precision = training.resolve_precision(config.precision, config.tpu)
-            model = create_model(config.data_format, precision)
+            if kind == "keras_fit_stock":
+                from benchmarks.recipe import plain_keras_model
+
+                # The Keras mixed-precision guide's way: a global policy, float32 logits for the loss.
+                keras.mixed_precision.set_global_policy(precision)
+                model = keras.Sequential([plain_keras_model(keras), keras.layers.Activation("linear", dtype="float32")])
+            else:
+                model = create_model(config.data_format, precision)
             model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
             def run_epoch():
                 model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
         hello = {"examples": count, "batch_size": config.batch_size, "precision": precision,
-                 "onednn": onednn, "tf": tf.__version__}
+                 "onednn": onednn, "onednn_isa": onednn_isa, "tf": tf.__version__}
         if kind == "trainer":
             hello["flops_per_example"] = training_flops_per_example(trainer.model)
         print(json.dumps(hello), file=out, flush=True)
@@ -139,9 +162,14 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
                   file=out, flush=True)
 
 
-def _start(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict) -> subprocess.Popen:
+def _start(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict, isa: str) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    if isa == "avx2":
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        if kind != "trainer":
+            env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # TensorFlow's own default on an AVX2-only CPU.
     if kind == "keras_fit_onednn":
         env["TF_ENABLE_ONEDNN_OPTS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -164,7 +192,8 @@ def _ask(proc: subprocess.Popen, line: str | None) -> dict:
 
 
 def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str = "fast",
-            contenders: tuple[str, ...] = CONTENDERS, matmul_size: int = 2048, **overrides) -> dict:
+            contenders: tuple[str, ...] = CONTENDERS, matmul_size: int = 2048, isa: str = "native",
+            **overrides) -> dict:
     """Examples/s of each contender: `rounds` counted rounds after one warm-up round.
 
     Args:
@@ -175,9 +204,14 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
       contenders: which of CONTENDERS to run; 'trainer' and 'keras_fit' give the ratio.
       matmul_size: after each of its epochs the trainer's worker times a square matmul of this size at the
         model's compute precision; the trainer's GFLOP/s over that rate, round by round, is `matmul_fraction`.
+      isa: 'native', or 'avx2' to run every contender as on an AVX2-only CPU (see the module's docstring).
       **overrides: TrainConfig fields that replace the recipe's.
     """
-    procs = {kind: _start(kind, data_dir, examples, recipe, overrides) for kind in contenders}
+    if isa not in ISAS:
+        raise ValueError(f"isa: expected one of {', '.join(ISAS)}, found {isa!r}")
+    if isa == "avx2":
+        overrides = {"precision": "float32", **overrides}  # What 'auto' resolves to without AVX512_BF16 or AMX.
+    procs = {kind: _start(kind, data_dir, examples, recipe, overrides, isa) for kind in contenders}
     try:
         info = {kind: _ask(proc, None) for kind, proc in procs.items()}
         wall = {kind: [] for kind in procs}
@@ -198,7 +232,7 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
         for proc in procs.values():
             proc.stdin.close()
             proc.wait(timeout=60)
-    result = {"recipe": recipe, "overrides": overrides, "rounds": rounds, "contenders": info}
+    result = {"recipe": recipe, "overrides": overrides, "rounds": rounds, "isa": isa, "contenders": info}
     for kind in procs:
         result[kind] = {"examples_per_s": summary(wall[kind]), "examples_per_cpu_s": summary(cpu[kind])}
     if matmul:

@@ -26,8 +26,10 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     results = report["results"]
     assert sorted(results) == sorted(SECTIONS.split(","))
 
-    figures = [results["throughput"][k]["examples_per_s"] for k in ("trainer", "keras_fit", "keras_fit_onednn")]
-    figures += [results["throughput"]["ratio_vs_keras_fit"], results["download"]["local_dir"]["total_s"],
+    figures = [results["throughput"][k]["examples_per_s"]
+               for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")]
+    figures += [results["throughput"]["ratio_vs_keras_fit_stock"], results["throughput"]["ratio_vs_keras_fit"],
+                results["download"]["local_dir"]["total_s"],
                 results["download"]["http_loopback"]["total_s"], results["serving"]["batch1_p50_ms"],
                 results["serving"]["batch1_p99_ms"], results["serving"]["batch1000_examples_per_s"],
                 results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"],
@@ -41,6 +43,8 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
         assert low <= summary["median"] <= high
     assert results["throughput"]["contenders"]["trainer"]["onednn"] == "1"
     assert results["throughput"]["contenders"]["keras_fit"]["onednn"] == "TensorFlow default"
+    assert results["throughput"]["contenders"]["keras_fit_stock"]["onednn"] == "TensorFlow default"
+    assert {c["onednn_isa"] for c in results["throughput"]["contenders"].values()} == {"native"}
     # The seed's CNN: 82 MFLOP per training example, counted from its layers.
     assert round(results["throughput"]["contenders"]["trainer"]["flops_per_example"] / 1e6) == 82
     t = results["throughput"]
@@ -63,15 +67,34 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
 
     table = (out / "results.md").read_text()
-    for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit (wall)", "test accuracy after epoch 1",
+    for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit, stock layers (wall)",
+                "ratio trainer / Keras fit, project's model (per CPU-second)", "test accuracy after epoch 1",
                 "http_loopback: download (verified) + validate", "batch-1 latency p50, ms",
                 "batch-1000 throughput", "trainer GFLOP/s / ", "plain Keras fit (float32, Adam 0.001, batch 128)",
                 "mnist-train (--train_epochs=1 --max_train_examples=512): seconds", "mnist-validate: peak resident MB"):
         assert row in table, row
     for line in table.splitlines():
-        if line.startswith("| 1 throughput | ratio trainer / plain Keras fit (wall)"):
+        if line.startswith("| 1 throughput | ratio trainer / plain Keras fit, stock layers (wall)"):
             median = float(line.split("|")[3])
-            assert median == round(results["throughput"]["ratio_vs_keras_fit"]["median"], 2)
+            assert median == round(results["throughput"]["ratio_vs_keras_fit_stock"]["median"], 2)
+
+
+def test_avx2_stand_in_runs_every_contender_on_avx2_kernels_in_float32(synthetic_data, tmp_path):
+    """--isa avx2: oneDNN capped at AVX2 in every worker, float32, and TensorFlow's AVX2 default (oneDNN off)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--rounds", "1", "--sections", "throughput",
+                           "--isa", "avx2", "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = json.loads((out / "results.json").read_text())["results"]["throughput"]
+    assert t["isa"] == "avx2"
+    contenders = t["contenders"]
+    assert {c["onednn_isa"] for c in contenders.values()} == {"AVX2"}
+    assert {c["precision"] for c in contenders.values()} == {"float32"}
+    assert t["matmul"]["dtype"] == "float32"
+    assert [contenders[k]["onednn"] for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")] == \
+        ["1", "0", "0", "1"]
+    assert "(batch 160, float32, AVX2 kernels emulated)" in (out / "results.md").read_text()
 
 
 def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data, tmp_path):
