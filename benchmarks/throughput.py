@@ -201,7 +201,7 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
       examples: training examples per epoch (a prefix of the training split).
       rounds: counted rounds; each runs one epoch of each contender.
       recipe: the recipe whose batch size, learning rate and precision all use.
-      contenders: which of CONTENDERS to run; 'trainer' and 'keras_fit' give the ratio.
+      contenders: which of CONTENDERS to run; with 'trainer', each other contender gives a ratio.
       matmul_size: after each of its epochs the trainer's worker times a square matmul of this size at the
         model's compute precision; the trainer's GFLOP/s over that rate, round by round, is `matmul_fraction`.
       isa: 'native', or 'avx2' to run every contender as on an AVX2-only CPU (see the module's docstring).
