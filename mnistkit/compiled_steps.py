@@ -47,8 +47,9 @@ def _repeat(steps, body, initial):
     AutoGraph's source conversion of every function a step calls took about
     0.13 s of the 0.3 s that tracing the training steps took, time spent
     before the first evaluation (figures in the README's Performance section).
-    The graph is the same; so are the trained weights. maximum_iterations is
-    the bound AutoGraph adds for XLA (TPUs) too.
+    The steps are the same, and a run's weights the same to the last bit.
+    maximum_iterations is the bound AutoGraph gave such a loop under XLA
+    (TPUs); here it is always set.
     """
     return tf.while_loop(lambda i, _: i < steps, lambda i, value: (i + 1, body(value)),
                          (tf.constant(0, steps.dtype), initial), maximum_iterations=steps)[1]
