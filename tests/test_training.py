@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks.recipe import plain_keras_model
 from mnistkit import idx, model, training
 
 keras = tf.keras
@@ -58,36 +59,27 @@ def test_model_has_the_seeds_layers_and_parameter_count(data_format, dtype_polic
     assert m.layers[-1].dtype_policy.compute_dtype == "float32"  # Logits in float32 whatever the policy.
 
 
-def _seeds_layer_order(normalize: bool = False) -> keras.Model:
-    """The seed's CNN as tensorflow/models wrote it (conv with ReLU, then pool) in stock Keras layers."""
-    conv = dict(kernel_size=5, padding="same", activation="relu")
-    scale = 1 / model.PIXEL_STD
-    first = [keras.layers.Rescaling(scale, offset=-model.PIXEL_MEAN * scale)] if normalize else []
-    return keras.Sequential([
-        keras.Input((28, 28)), *first, keras.layers.Reshape((28, 28, 1)),
-        keras.layers.Conv2D(32, **conv), keras.layers.MaxPooling2D(2, 2, padding="same"),
-        keras.layers.Conv2D(64, **conv), keras.layers.MaxPooling2D(2, 2, padding="same"),
-        keras.layers.Flatten(), keras.layers.Dense(1024, activation="relu"), keras.layers.Dropout(0.4),
-        keras.layers.Dense(10)])
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_model_computes_the_seeds_function_and_gradients(normalize):
     """Pool-then-ReLU is the seed's ReLU-then-pool: same logits, same gradients for the same weights."""
-    ours, seeds = model.create_model("channels_last", normalize_inputs=normalize), _seeds_layer_order(normalize)
+    # The seed's layer order in stock Keras layers (conv with ReLU, then pool), as the benchmarks' plain contender.
+    ours, seeds = model.create_model("channels_last", normalize_inputs=normalize), plain_keras_model(keras)
     assert model.normalizes_inputs(ours) == normalize
     weights = ours.get_weights()
     seeds.set_weights([w.T if w.ndim == 2 else w for w in weights])  # Dense stores [inputs, units].
     images = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
     images[:, :6] = 0.0  # Blank rows, as MNIST has: all-zero windows, where the two orders tie.
+    # With normalize_inputs the seed's model gets the standardized pixels that our first layer computes.
+    seeds_images = (images - model.PIXEL_MEAN) / model.PIXEL_STD if normalize else images
     labels = np.arange(8) % 10
 
-    def loss_and_grads(m):
+    def loss_and_grads(m, x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, m(images), from_logits=True))
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, m(x), from_logits=True))
         return loss, tape.gradient(loss, m.trainable_variables)
 
-    (ours_loss, ours_grads), (seeds_loss, seeds_grads) = loss_and_grads(ours), loss_and_grads(seeds)
+    ours_loss, ours_grads = loss_and_grads(ours, images)
+    seeds_loss, seeds_grads = loss_and_grads(seeds, seeds_images)
     np.testing.assert_allclose(ours_loss, seeds_loss, rtol=1e-5)
     for a, b in zip(ours_grads, seeds_grads):
         b = tf.transpose(b) if len(b.shape) == 2 else b
