@@ -20,12 +20,17 @@ class FusedAdam(keras.optimizers.Optimizer):
     same slot variables (a momentum and a velocity per variable, created in the
     same order). Only public Keras API is used: the optimizer makes its own
     slots in `build` and finds them again by the variable it is given.
+
+    With `nesterov`, the kernel's own Nesterov form (`use_nesterov`, which its
+    XLA implementation has too) steps along the momentum one step ahead:
+    m is replaced by beta_1 * m + (1 - beta_1) * gradient in the update above.
+    Keras' Adam has no such option.
     """
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
-                 name: str = "fused_adam", **kwargs):
+                 nesterov: bool = False, name: str = "fused_adam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.beta_1, self.beta_2, self.epsilon, self.nesterov = beta_1, beta_2, epsilon, nesterov
 
     def build(self, var_list):
         if self.built:
@@ -55,7 +60,9 @@ class FusedAdam(keras.optimizers.Optimizer):
         tf.raw_ops.ResourceApplyAdam(
             var=var.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(beta_1, step),
             beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
+            use_nesterov=self.nesterov)
 
     def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                "nesterov": self.nesterov}

@@ -64,6 +64,8 @@ class TrainConfig:
                                    low=0, high=0.5)
     normalize_inputs: bool = hyper(_recipe("normalize_inputs"), "Standardize the pixels inside the model with the "
                                    "training split's mean and standard deviation.")
+    nesterov: bool = hyper(_recipe("nesterov"), "Adam's Nesterov form: each update uses the momentum one step "
+                           "ahead (the seed's Adam does not).")
     data_format: str | None = hyper(None, "Tensor layout; by default channels_first on GPUs, channels_last "
                                     "elsewhere.", choices=("channels_first", "channels_last"))
     distribution_strategy: str = hyper("default", "tf.distribute strategy; 'default' chooses from the hardware "

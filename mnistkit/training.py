@@ -86,7 +86,7 @@ class Trainer:
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)
             self.model = create_model(config.data_format, self.precision, config.normalize_inputs)
-            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch))
+            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch), nesterov=config.nesterov)
             self.optimizer.build(self.model.trainable_variables)
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables

@@ -1,6 +1,7 @@
 """Outputs on Vertex AI's Cloud Storage FUSE mount: no directory renames, gs:// paths, checkpoints outside the
 model artifact (AIP_CHECKPOINT_DIR, --checkpoint_dir) and a second TensorBoard directory (AIP_TENSORBOARD_LOG_DIR)."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -197,6 +198,19 @@ def test_a_gs_checkpoint_dir_without_a_mount_is_refused_before_training(syntheti
     with pytest.raises(ValueError, match=r"^checkpoint_dir: expected a local path, or a gs:// URI"):
         training.train(config(synthetic_data, tmp_path / "model", checkpoint_dir="gs://bucket/ckpt"))
     assert not (tmp_path / "model").exists()
+
+
+def test_every_setting_is_either_in_the_trajectory_key_or_named_as_not_shaping_it():
+    # A new TrainConfig field has to be sorted here: left out of the key by oversight, a resubmitted run
+    # with a different value of it would resume the other run's checkpoints.
+    outside = {"data_dir", "model_dir", "train_epochs", "epochs_between_evals", "stop_threshold",
+               "distribution_strategy", "num_gpus", "tpu", "clean", "steps_per_loop", "collective_timeout_seconds",
+               "checkpoint_dir", "tensorboard_dir"}
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    assert fields - outside == set(checkpoints.TRAJECTORY_FIELDS)
+    base = training.TrainConfig(data_dir="/a", model_dir="/b")
+    assert checkpoints.trajectory_key(base) != checkpoints.trajectory_key(
+        dataclasses.replace(base, nesterov=not base.nesterov))
 
 
 def test_the_trajectory_key_ignores_what_does_not_change_the_training():

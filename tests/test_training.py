@@ -295,6 +295,7 @@ def test_recipes():
     seed = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m")
     assert (seed.batch_size, seed.train_epochs, seed.learning_rate, seed.precision) == (100, 40, 1e-4, "float32")
     assert (seed.label_smoothing, seed.normalize_inputs) == (0.0, False)  # The seed's loss and inputs.
+    assert not seed.nesterov  # The seed's Adam.
     assert seed.epochs_between_evals == 1 and seed.stop_threshold is None
     overridden = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m", batch_size=None,
                                                   train_epochs=2)
