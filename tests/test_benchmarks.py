@@ -63,7 +63,7 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     assert steps["train"]["peak_mb"]["median"] > 2 * steps["download"]["peak_mb"]["median"]
     assert 5 < steps["download"]["peak_mb"]["median"] < 200
     assert results["serving"]["batch1_p50_ms"]["median"] <= results["serving"]["batch1_p99_ms"]["median"]
-    # The synthetic digits are easy: one epoch of the default recipe learns them.
+    # The synthetic digits are easy: two short epochs of the default recipe (four steps) learn them.
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
 
     table = (out / "results.md").read_text()
