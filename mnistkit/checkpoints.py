@@ -23,7 +23,7 @@ CHECKPOINT_DIR_ENV = "AIP_CHECKPOINT_DIR"
 # The settings that shape the training trajectory: a checkpoint directory shared across runs keeps each
 # combination apart, so a resubmitted run resumes its own checkpoints and never another run's.
 TRAJECTORY_FIELDS = ("batch_size", "epoch_fraction", "learning_rate", "schedule", "warmup_epochs", "precision",
-                     "label_smoothing", "normalize_inputs", "nesterov", "data_format", "seed",
+                     "label_smoothing", "normalize_inputs", "nesterov", "beta_2", "data_format", "seed",
                      "max_train_examples")
 
 

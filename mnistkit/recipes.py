@@ -15,9 +15,11 @@ RECIPES = {
     # batch 128. What was screened, and each seed's accuracy, are in the README's Performance section and
     # benchmarks/results.md.
     "fast": dict(batch_size=160, train_epochs=3, epoch_fraction=0.7, learning_rate=5e-3, schedule="epoch_cosine",
-                 warmup_epochs=0.1, precision="auto", label_smoothing=0.1, normalize_inputs=True, nesterov=True),
+                 warmup_epochs=0.1, precision="auto", label_smoothing=0.1, normalize_inputs=True, nesterov=True,
+                 beta_2=0.999),
     "seed": dict(batch_size=100, train_epochs=40, epoch_fraction=1.0, learning_rate=1e-4, schedule="constant",
-                 warmup_epochs=0.0, precision="float32", label_smoothing=0.0, normalize_inputs=False, nesterov=False),
+                 warmup_epochs=0.0, precision="float32", label_smoothing=0.0, normalize_inputs=False, nesterov=False,
+                 beta_2=0.999),
 }
 
 SCHEDULES = ("constant", "cosine", "epoch_cosine")

@@ -11,23 +11,25 @@ from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 NOT_IN_PIPELINE = object()  # hyper(pipeline=...) default: the pipeline does not expose the field.
 
 
-def hyper(default, help: str, *, low=None, high=None, above=None, choices=None, pipeline=NOT_IN_PIPELINE,
-          unset=None, unset_means="the recipe's"):
+def hyper(default, help: str, *, low=None, high=None, above=None, below=None, choices=None,
+          pipeline=NOT_IN_PIPELINE, unset=None, unset_means="the recipe's"):
     """Declares one TrainConfig field: everything the flags, the pipeline, the checks and the docs derive.
 
     Args:
       default: The value when neither the recipe nor the user sets one; dataclasses.MISSING: required.
       help: One sentence for the flag's help and the pipeline's docs.
       low: The least allowed value (inclusive). high: the greatest allowed value (inclusive).
-      above: A bound the value must exceed (exclusive).
+      above: A bound the value must exceed (exclusive). below: a bound it must stay under (exclusive).
       choices: The allowed values of a string.
       pipeline: The pipeline parameter's default; NOT_IN_PIPELINE keeps the field out of the pipeline.
       unset: The pipeline value meaning "not given: the recipe's, else the default" (0 or ""), since
         kfp.local refuses Optional parameters; None when every value of the parameter is a real value.
       unset_means: What `unset` stands for, in the pipeline's docs.
     """
-    metadata = dict(help=help, low=low, high=high, above=above, choices=choices, pipeline=pipeline, unset=unset,
-                    unset_means=unset_means)
+    if below is not None and pipeline is not NOT_IN_PIPELINE:
+        raise ValueError("below: pipeline parameters take inclusive upper bounds only (high)")
+    metadata = dict(help=help, low=low, high=high, above=above, below=below, choices=choices, pipeline=pipeline,
+                    unset=unset, unset_means=unset_means)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -66,6 +68,8 @@ class TrainConfig:
                                    "training split's mean and standard deviation.")
     nesterov: bool = hyper(_recipe("nesterov"), "Adam's Nesterov form: each update uses the momentum one step "
                            "ahead (the seed's Adam does not).")
+    beta_2: float = hyper(_recipe("beta_2"), "Adam's beta_2, the decay rate of its mean of squared gradients (the "
+                          "seed's Adam: 0.999).", above=0, below=1)
     data_format: str | None = hyper(None, "Tensor layout; by default channels_first on GPUs, channels_last "
                                     "elsewhere.", choices=("channels_first", "channels_last"))
     distribution_strategy: str = hyper("default", "tf.distribute strategy; 'default' chooses from the hardware "
@@ -108,15 +112,23 @@ def _within(value, rule) -> bool:
     if rule.get("choices") is not None:
         return value in rule["choices"]
     return ((rule.get("low") is None or value >= rule["low"]) and (rule.get("high") is None or value <= rule["high"])
-            and (rule.get("above") is None or value > rule["above"]))
+            and (rule.get("above") is None or value > rule["above"])
+            and (rule.get("below") is None or value < rule["below"]))
 
 
 def _expected(rule) -> str:
     if rule.get("choices") is not None:
         return f"one of {', '.join(rule['choices'])}"
-    if rule.get("low") is not None and rule.get("high") is not None:
-        return f"in [{rule['low']}, {rule['high']}]"
-    return f"above {rule['above']}" if rule.get("above") is not None else f"at least {rule['low']}"
+    lower = f"[{rule['low']}" if rule.get("low") is not None else \
+        f"({rule['above']}" if rule.get("above") is not None else None
+    upper = f"{rule['high']}]" if rule.get("high") is not None else \
+        f"{rule['below']})" if rule.get("below") is not None else None
+    if lower and upper:
+        return f"in {lower}, {upper}"
+    for key, words in (("above", "above"), ("low", "at least"), ("high", "at most"), ("below", "below")):
+        if rule.get(key) is not None:
+            return f"{words} {rule[key]}"
+    return "any value"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +137,7 @@ class Field:
 
     Attributes:
       name: The field's name. kind: int, float, bool or str. help: Its sentence. default: TrainConfig's default.
-      low, high, above, choices: Its range (see `hyper`). pipeline: The pipeline parameter's default, or
+      low, high, above, below, choices: Its range (see `hyper`). pipeline: The pipeline parameter's default, or
         NOT_IN_PIPELINE. unset: The pipeline value meaning "not given", or None; unset_means: what it means.
     """
 
@@ -136,6 +148,7 @@ class Field:
     low: object = None
     high: object = None
     above: object = None
+    below: object = None
     choices: tuple | None = None
     pipeline: object = NOT_IN_PIPELINE
     unset: object = None
@@ -196,8 +209,21 @@ def from_pipeline(recipe: str, overrides: dict, config_class=TrainConfig, **give
     return config_class.from_recipe(recipe, **values, **given)
 
 
-def _typed(name: str, raw, kind: type):
-    """`raw` (a value or its text) as `kind`; ValueError naming `name` otherwise."""
+def parse_setting(text: str, config_class=TrainConfig) -> tuple[str, object]:
+    """'name=value' from a command line as a field's name and its value, typed as the field is.
+
+    Raises:
+      ValueError: no '=', a name that is not a field, or a value not of the field's type, named in one line.
+    """
+    name, sep, raw = text.partition("=")
+    known = {f.name: f for f in fields(config_class)}
+    if not sep or name not in known:
+        raise ValueError(f"expected name=value with a field of {config_class.__name__}, found {text!r}")
+    return name, _typed(name, raw, known[name].kind, where="")
+
+
+def _typed(name: str, raw, kind: type, where: str = "overrides: "):
+    """`raw` (a value or its text) as `kind`; ValueError naming `name` (after `where`) otherwise."""
     try:
         value = raw
         if isinstance(raw, str) and kind is not str:
@@ -216,7 +242,7 @@ def _typed(name: str, raw, kind: type):
             return value
         raise ValueError
     except (ValueError, TypeError, OverflowError):
-        raise ValueError(f"overrides: {name}: expected {kind.__name__}, found {raw!r}") from None
+        raise ValueError(f"{where}{name}: expected {kind.__name__}, found {raw!r}") from None
 
 
 def resolve_precision(precision: str, tpu: str | None = None) -> str:

@@ -86,7 +86,8 @@ class Trainer:
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)
             self.model = create_model(config.data_format, self.precision, config.normalize_inputs)
-            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch), nesterov=config.nesterov)
+            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch), beta_2=config.beta_2,
+                                       nesterov=config.nesterov)
             self.optimizer.build(self.model.trainable_variables)
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 SECTIONS = "throughput,recipe,download,serving,steps"
@@ -63,7 +65,7 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     assert steps["train"]["peak_mb"]["median"] > 2 * steps["download"]["peak_mb"]["median"]
     assert 5 < steps["download"]["peak_mb"]["median"] < 200
     assert results["serving"]["batch1_p50_ms"]["median"] <= results["serving"]["batch1_p99_ms"]["median"]
-    # The synthetic digits are easy: two short epochs of the default recipe (four steps) learn them.
+    # The synthetic digits are easy: two epochs of the default recipe over 512 of them (six steps) learn them.
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
 
     table = (out / "results.md").read_text()
@@ -130,3 +132,36 @@ def test_unknown_recipe_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == \
         "python -m benchmarks: error: --recipe: expected one of fast, seed, found 'fastest'"
     assert not os.listdir(tmp_path)
+
+
+def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp_path):
+    """--set NAME=VALUE reaches the trainer: evaluations every second epoch of three leave epochs 2 and 3 only."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", "recipe",
+                           "--noplain", "--set", "train_epochs=3", "--set", "epochs_between_evals=2",
+                           "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = json.loads((out / "results.json").read_text())["results"]["recipe"]
+    assert recipe["overrides"] == {"train_epochs": 3, "max_train_examples": 512, "epoch_fraction": 1.0,
+                                   "epochs_between_evals": 2}
+    assert sorted(recipe["runs"][0]["accuracy_by_epoch"]) == ["2", "3"]
+    assert "plain_keras_fit" not in recipe
+    assert "recipe fast (train_epochs=3, max_train_examples=512, epoch_fraction=1.0, epochs_between_evals=2): " \
+           "test accuracy after epoch 2" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("epoch_fraction=0", "--set: epoch_fraction: expected above 0, found 0.0"),
+    ("epoch_fraction=most", "--set: epoch_fraction: expected float, found 'most'"),
+    ("seed=3", "--set: seed: set by the suite itself (--data_dir, --first_seed, --seeds), found 3"),
+    ("learning_rat=0.1", "--set: expected name=value with a field of TrainConfig, found 'learning_rat=0.1'"),
+])
+def test_a_bad_setting_is_a_one_line_error_before_anything_runs(setting, message, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "throughput,recipe", "--set", setting,
+                           "--data_dir", str(tmp_path), "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"python -m benchmarks: error: {message}"
+    assert not out.exists()

@@ -107,3 +107,24 @@ def test_pipeline_overrides_of_the_wrong_type_or_name_are_refused_by_name(overri
     with pytest.raises(ValueError) as raised:
         train_config.from_pipeline("fast", overrides, data_dir="/d", model_dir="/m")
     assert str(raised.value) == message
+
+
+def test_a_command_line_setting_is_typed_as_its_field():
+    """`python -m benchmarks --set NAME=VALUE`: each value as its field's type, the same words as the pipeline's."""
+    assert train_config.parse_setting("epoch_fraction=0.6") == ("epoch_fraction", 0.6)
+    assert train_config.parse_setting("batch_size=128") == ("batch_size", 128)
+    assert train_config.parse_setting("nesterov=false") == ("nesterov", False)
+    assert train_config.parse_setting("schedule=constant") == ("schedule", "constant")
+    assert train_config.parse_setting("weight_decay=0.5", WithWeightDecay) == ("weight_decay", 0.5)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_size=12.5", "batch_size: expected int, found '12.5'"),
+    ("nesterov=maybe", "nesterov: expected bool, found 'maybe'"),
+    ("batch_size", "expected name=value with a field of TrainConfig, found 'batch_size'"),
+    ("weight_decay=0.1", "expected name=value with a field of TrainConfig, found 'weight_decay=0.1'"),
+])
+def test_a_command_line_setting_of_the_wrong_type_or_name_is_refused_by_name(text, message):
+    with pytest.raises(ValueError) as raised:
+        train_config.parse_setting(text)
+    assert str(raised.value) == message

@@ -219,6 +219,13 @@ def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epoc
     assert len(result["evaluations"]) == 1 and result["evaluations"][0]["accuracy"] >= 0.9
 
 
+def test_the_trainers_adam_is_the_configs(synthetic_data, tmp_path):
+    for nesterov, beta_2 in ((True, 0.9), (False, 0.999)):
+        optimizer = training.Trainer(_config(synthetic_data, tmp_path / str(beta_2), nesterov=nesterov,
+                                             beta_2=beta_2)).optimizer
+        assert (optimizer.nesterov, optimizer.beta_2, optimizer.beta_1) == (nesterov, beta_2, 0.9)
+
+
 def test_train_epoch_trains_one_epoch_at_a_time_and_checkpoints_it(synthetic_data, tmp_path):
     trainer = training.Trainer(_config(synthetic_data, tmp_path / "model", train_epochs=3))
     losses = [trainer.train_epoch(), trainer.train_epoch()]
@@ -285,6 +292,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(synthetic_data, tmp_path):
     (dict(train_epochs=0), "train_epochs: expected at least 1, found 0"),
     (dict(stop_threshold=1.5), "stop_threshold: expected in [0, 1], found 1.5"),
     (dict(learning_rate=-1.0), "learning_rate: expected above 0, found -1.0"),
+    (dict(beta_2=1.0), "beta_2: expected in (0, 1), found 1.0"),
     (dict(batch_size=500), "batch_size: expected at most the 160 training examples of an epoch, found 500"),
 ])
 def test_bad_parameters_are_refused(synthetic_data, tmp_path, overrides, message):
@@ -297,7 +305,7 @@ def test_recipes():
     seed = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m")
     assert (seed.batch_size, seed.train_epochs, seed.learning_rate, seed.precision) == (100, 40, 1e-4, "float32")
     assert (seed.label_smoothing, seed.normalize_inputs) == (0.0, False)  # The seed's loss and inputs.
-    assert not seed.nesterov  # The seed's Adam.
+    assert (seed.nesterov, seed.beta_2) == (False, 0.999)  # The seed's Adam: TF 1's AdamOptimizer defaults.
     assert seed.epochs_between_evals == 1 and seed.stop_threshold is None
     overridden = training.TrainConfig.from_recipe("seed", data_dir="d", model_dir="m", batch_size=None,
                                                   train_epochs=2)
