@@ -19,7 +19,7 @@ def test_download_validate_train_one_epoch_reaches_98_percent(gcs_mnist, tmp_pat
     assert report["splits"]["train"]["examples"] == 60_000
     assert report["splits"]["test"]["examples"] == 10_000
 
-    # The default recipe, one epoch: 42,000 examples, 0.7 of the split.
+    # The default recipe, one epoch: 36,000 examples, 0.6 of the split.
     config = training.TrainConfig.from_recipe("fast", data_dir=data_dir, model_dir=model_dir, train_epochs=1)
     assert config.max_train_examples is None
     result = training.train(config)
