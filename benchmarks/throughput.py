@@ -177,8 +177,11 @@ def _start(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = [sys.executable, "-m", "benchmarks.throughput", kind, data_dir, str(examples), recipe,
             json.dumps(overrides)]
-    return subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    # The worker's stderr goes to a file, not a pipe nobody reads while it runs: its last line says why it died.
+    errors = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+    proc.errors = errors
+    return proc
 
 
 def _ask(proc: subprocess.Popen, line: str | None) -> dict:
@@ -187,7 +190,10 @@ def _ask(proc: subprocess.Popen, line: str | None) -> dict:
         proc.stdin.flush()
     answer = proc.stdout.readline()
     if not answer:
-        raise RuntimeError(f"throughput worker {proc.args[3]} died (exit {proc.wait()})")
+        code = proc.wait()
+        proc.errors.seek(0)
+        last = (proc.errors.read().strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"throughput worker {proc.args[3]} died (exit {code}): {last}")
     return json.loads(answer)
 
 
@@ -232,6 +238,7 @@ def measure(data_dir: str, examples: int = 12_800, rounds: int = 3, recipe: str 
         for proc in procs.values():
             proc.stdin.close()
             proc.wait(timeout=60)
+            proc.errors.close()
     result = {"recipe": recipe, "overrides": overrides, "rounds": rounds, "isa": isa, "contenders": info}
     for kind in procs:
         result[kind] = {"examples_per_s": summary(wall[kind]), "examples_per_cpu_s": summary(cpu[kind])}

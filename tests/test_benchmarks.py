@@ -165,3 +165,13 @@ def test_a_bad_setting_is_a_one_line_error_before_anything_runs(setting, message
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"python -m benchmarks: error: {message}"
     assert not out.exists()
+
+
+def test_a_throughput_worker_that_dies_says_why(tmp_path):
+    from benchmarks import throughput
+
+    with pytest.raises(RuntimeError) as raised:
+        throughput.measure(str(tmp_path / "missing"), examples=512, rounds=1, contenders=("trainer",))
+    message = str(raised.value)
+    assert message.startswith("throughput worker trainer died (exit 1): ")
+    assert str(tmp_path / "missing") in message and "no such directory" in message
