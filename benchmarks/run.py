@@ -48,9 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--first_seed", type=int, default=0, help="The recipe section's first seed (default 0).")
     p.add_argument("--recipe", default="fast", help="The recipe of the recipe section (default %(default)s).")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
-                   help="A TrainConfig field the recipe section's runs of the recipe take instead of the recipe's, "
-                        "e.g. --set epoch_fraction=0.6 --set train_epochs=1; repeat for more. How recipes are "
-                        "screened: with --noplain and --output_dir elsewhere.")
+                   help="Run the recipe section's recipe with this TrainConfig field changed, e.g. --set "
+                        "epoch_fraction=0.6; repeat for more fields. With --noplain and an --output_dir elsewhere, "
+                        "this is how recipes are screened.")
     p.add_argument("--noplain", dest="plain", action="store_false",
                    help="Leave plain Keras fit out of the recipe section (it takes minutes per seed).")
     p.add_argument("--isa", default="native", choices=("native", "avx2"),

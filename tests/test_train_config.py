@@ -128,3 +128,9 @@ def test_a_command_line_setting_of_the_wrong_type_or_name_is_refused_by_name(tex
     with pytest.raises(ValueError) as raised:
         train_config.parse_setting(text)
     assert str(raised.value) == message
+
+
+def test_an_exclusive_upper_bound_is_refused_for_a_pipeline_parameter():
+    # The pipeline's rules know inclusive upper bounds only: such a bound would go unchecked there.
+    with pytest.raises(ValueError, match="below: pipeline parameters take inclusive upper bounds only"):
+        hyper(0.5, "A share.", below=1, pipeline=0.5)
