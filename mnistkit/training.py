@@ -286,6 +286,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     the directories of `run_dirs.tensorboard_dirs(config)`. `on_epoch` and
     `on_evaluation` are the Trainer's hooks (see Trainer).
     """
+    config.check()  # Before anything is created: a setting out of range leaves no empty model_dir behind.
     checkpoint_dir = checkpoints.checkpoint_dir(config)
     run_dirs.tensorboard_dirs(config)  # Refuses a gs:// directory without a FUSE mount before any training.
     if config.clean and distribution.is_chief():
