@@ -119,16 +119,14 @@ def _within(value, rule) -> bool:
 def _expected(rule) -> str:
     if rule.get("choices") is not None:
         return f"one of {', '.join(rule['choices'])}"
-    lower = f"[{rule['low']}" if rule.get("low") is not None else \
-        f"({rule['above']}" if rule.get("above") is not None else None
-    upper = f"{rule['high']}]" if rule.get("high") is not None else \
-        f"{rule['below']})" if rule.get("below") is not None else None
+    low, high, above, below = (rule.get(k) for k in ("low", "high", "above", "below"))
+    lower = f"[{low}" if low is not None else f"({above}" if above is not None else None
+    upper = f"{high}]" if high is not None else f"{below})" if below is not None else None
     if lower and upper:
         return f"in {lower}, {upper}"
-    for key, words in (("above", "above"), ("low", "at least"), ("high", "at most"), ("below", "below")):
-        if rule.get(key) is not None:
-            return f"{words} {rule[key]}"
-    return "any value"
+    if lower:
+        return f"at least {low}" if low is not None else f"above {above}"
+    return f"at most {high}" if high is not None else f"below {below}"
 
 
 @dataclasses.dataclass(frozen=True)
