@@ -50,6 +50,31 @@ def atomic_path(path: str):
             remove(scratch)
 
 
+@contextlib.contextmanager
+def made_dir(path: str):
+    """Makes directory `path` and its missing parents; when the block fails, removes those of them still empty.
+
+    For a step that may find bad input only after making its output directory
+    (bad data, a setting that does not fit the data): its failure leaves no
+    empty directory behind, and never removes one it did not make or one that
+    something was written to.
+    """
+    missing, parent = [], os.path.abspath(path)
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for directory in missing:  # The deepest first.
+            try:
+                os.rmdir(directory)
+            except OSError:  # Not empty (or gone): what is above it stays too.
+                break
+        raise
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Writes `text` to `path` atomically (see `atomic_path`), creating its directory when missing."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -293,11 +293,11 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         for directory in (config.model_dir, checkpoint_dir):
             if os.path.isdir(directory):
                 shutil.rmtree(directory)
-    os.makedirs(config.model_dir, exist_ok=True)
-    if distribution.is_chief():
-        _remove_leftovers(config.model_dir, checkpoint_dir)
-        checkpoints.repair_state(checkpoint_dir)
-    return Trainer(config, on_epoch, on_evaluation).train()
+    with files.made_dir(config.model_dir):  # Bad data or a batch larger than an epoch leave no empty model_dir.
+        if distribution.is_chief():
+            _remove_leftovers(config.model_dir, checkpoint_dir)
+            checkpoints.repair_state(checkpoint_dir)
+        return Trainer(config, on_epoch, on_evaluation).train()
 
 
 def _remove_leftovers(model_dir: str, checkpoints: str) -> None:

@@ -92,7 +92,7 @@ def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
     line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", str(model_dir)),
                       "mnist-train")
     assert f"{LABELS.format(d=data_dir)}: label: expected values in 0..9, found 12 at index 599" in line
-    assert not os.listdir(model_dir)
+    assert not model_dir.exists()
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -130,7 +130,7 @@ def test_a_tpu_that_is_not_there_is_one_line_not_a_traceback(synthetic_data, tmp
     assert line.startswith("mnist-train: error: --tpu local: expected a TPU this machine can reach, found none ("), line
     assert line.endswith("leave --tpu unset to train on the CPU or GPUs"), line
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "model" / "model.keras").exists()
+    assert not (tmp_path / "model").exists()  # Nothing written, not even an empty model_dir.
 
 
 def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):

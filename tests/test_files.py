@@ -51,6 +51,28 @@ def test_atomic_write_text_creates_the_directory(tmp_path):
     assert os.listdir(path.parent) == ["report.md"]
 
 
+def test_made_dir_removes_on_failure_only_the_empty_directories_it_made(tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(RuntimeError), files.made_dir(str(existing / "a" / "b")):
+        assert (existing / "a" / "b").is_dir()
+        raise RuntimeError("bad data")
+    assert os.listdir(existing) == []  # Both of the directories it made are gone, the one it found is not.
+
+    with pytest.raises(RuntimeError), files.made_dir(str(existing / "c" / "d")):
+        (existing / "c" / "written").write_text("x")
+        raise RuntimeError("bad data")
+    assert os.listdir(existing / "c") == ["written"]  # d was empty and went; c holds a file and stays.
+
+    with pytest.raises(RuntimeError), files.made_dir(str(existing)):
+        raise RuntimeError("bad data")
+    assert existing.is_dir()  # Found, not made: kept, empty or not.
+
+    with files.made_dir(str(tmp_path / "kept")):
+        pass
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_sweep_removes_dead_writers_leftovers_and_nothing_else(tmp_path):
     host = socket.gethostname()
     dead = _dead_pid()
