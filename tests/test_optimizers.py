@@ -136,3 +136,34 @@ def test_fused_adam_nesterov_follows_its_formula(jit_compile):
     assert np.abs(_nesterov_adam_reference(initial, gradients, 1e-2) - expected).max() > 1e-2 * moved
     restored = FusedAdam.from_config(FusedAdam(beta_2=0.95, nesterov=True).get_config())
     assert restored.nesterov and restored.beta_2 == 0.95
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_adam_casts_a_bfloat16_gradient_inside_an_xla_update(nesterov):
+    """A bfloat16 gradient for a float32 weight (a dense kernel's, model.cast_for_compute) updates it as the same
+    values in float32 do, through the XLA-compiled update that casts it; a float32 gradient never goes there."""
+    import tensorflow as tf
+
+    from mnistkit import optimizers
+    from mnistkit.model import keras
+
+    rng = np.random.default_rng(2)
+    initial = rng.standard_normal((64, 32)).astype(np.float32)
+    # Values bfloat16 holds exactly, so both runs are given the same gradients.
+    gradients = [tf.cast(tf.constant(rng.standard_normal(initial.shape) * 10.0 ** rng.integers(-4, 0, initial.shape),
+                                     tf.bfloat16), tf.float32) for _ in range(4)]
+    finals, xla_traces = {}, {}
+    for dtype in (tf.float32, tf.bfloat16):
+        variable = keras.Variable(initial)
+        optimizer = optimizers.FusedAdam(1e-2, beta_2=0.95, nesterov=nesterov)
+        optimizer.build([variable])
+        apply = tf.function(lambda g: optimizer.apply_gradients([(g, variable)]))
+        before = optimizers._apply_adam_casting_gradient.experimental_get_tracing_count()
+        for g in gradients:
+            apply(tf.cast(g, dtype))
+        xla_traces[dtype] = optimizers._apply_adam_casting_gradient.experimental_get_tracing_count() - before
+        finals[dtype] = variable.numpy()
+    moved = np.abs(finals[tf.float32] - initial).max()
+    assert moved > 1e-3
+    np.testing.assert_allclose(finals[tf.bfloat16], finals[tf.float32], rtol=0, atol=1e-5 * moved)
+    assert xla_traces[tf.float32] == 0 and xla_traces[tf.bfloat16] >= 1, xla_traces

@@ -127,6 +127,30 @@ def test_transposed_dense_computes_what_keras_dense_computes():
     assert half(x).dtype == tf.bfloat16 and half.kernel.dtype == "float32"
 
 
+def test_dense_kernels_gradients_stay_bfloat16_unless_distributed():
+    """In mixed_bfloat16 the dense kernels' gradients reach the optimizer in bfloat16 (FusedAdam casts them in its
+    update) with the values tf.cast's gradient would give; under a strategy, which sums them across replicas,
+    they are float32. The other weights' gradients are float32 either way."""
+    m = model.create_model("channels_last", "mixed_bfloat16")
+    images = np.random.default_rng(3).random((8, 28, 28), dtype=np.float32)
+    labels = np.arange(8) % 10
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, m(images), from_logits=True))
+        return tape.gradient(loss, m.trainable_variables)
+
+    plain = gradients()
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        distributed = gradients()
+    kernels = [layer.kernel.path for layer in m.layers if isinstance(layer, model.TransposedDense)]
+    assert len(kernels) == 2
+    for variable, a, b in zip(m.trainable_variables, plain, distributed):
+        assert a.dtype == (tf.bfloat16 if variable.path in kernels else tf.float32), variable.path
+        assert b.dtype == tf.float32, variable.path
+        np.testing.assert_array_equal(tf.cast(a, tf.float32), b)
+
+
 def test_bad_data_format_is_refused():
     with pytest.raises(ValueError, match="data_format: expected 'channels_first' or 'channels_last', found 'NHWC'"):
         model.create_model("NHWC")
