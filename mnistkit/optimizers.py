@@ -9,9 +9,13 @@ A gradient that arrives in another dtype than its variable (the dense
 kernels' bfloat16 gradients, see model.cast_for_compute) is cast inside the
 update: the cast and the kernel are compiled together by XLA, one pass over
 memory instead of a cast that writes a float32 copy for the kernel to read.
+Where XLA cannot compile (tensorflow-tpu 2.20 off a TPU has no XLA CPU
+backend), the cast and the kernel run apart, as they did before.
 """
 
 from __future__ import annotations
+
+import functools
 
 import tensorflow as tf
 
@@ -63,7 +67,7 @@ class FusedAdam(keras.optimizers.Optimizer):
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         gradient = tf.convert_to_tensor(gradient)
-        apply = _apply_adam if gradient.dtype == dtype else _apply_adam_casting_gradient
+        apply = _apply_adam_casting_gradient if gradient.dtype != dtype and xla_compiles() else _apply_adam
         apply(var.handle, m.handle, v.handle, tf.pow(beta_1, step), tf.pow(beta_2, step),
               tf.cast(learning_rate, dtype), beta_1, beta_2, tf.cast(self.epsilon, dtype), gradient, self.nesterov)
 
@@ -83,3 +87,14 @@ def _apply_adam(var, m, v, beta1_power, beta2_power, lr, beta1, beta2, epsilon, 
 # 3.2M-weight kernel on the Xeon, a step's casts and update took 5.6 CPU-ms this way against 7.0 with the
 # cast and the CPU kernel apart (a scratch loop of 100 updates); whole steps in benchmarks/results.md.
 _apply_adam_casting_gradient = tf.function(_apply_adam, jit_compile=True, autograph=False)
+
+
+@functools.cache
+def xla_compiles() -> bool:
+    """Whether XLA compiles on this process's default device: a tiny function is compiled and run once."""
+    with tf.init_scope():  # Eagerly, even when asked while a tf.function is being traced.
+        try:
+            tf.function(lambda x: x + 1.0, jit_compile=True, autograph=False)(tf.constant(1.0)).numpy()
+        except tf.errors.OpError:
+            return False
+    return True
