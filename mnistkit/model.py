@@ -44,6 +44,23 @@ def cast_for_compute(weight, dtype):
     return cast(weight)
 
 
+@tf.custom_gradient
+def bias_add(x, bias):
+    """tf.nn.bias_add, whose gradient for the bias is a reduce_sum over every axis but the last.
+
+    TensorFlow's own gradient, BiasAddGrad, sums a bfloat16 gradient in
+    bfloat16 on the CPU: for 160 rows of the dense layer's gradient it was
+    off by 11 units in the last place on average (a scratch check). reduce_sum
+    sums in float32 and rounds once, and made training steps about 3% cheaper
+    on the Xeon (figures in benchmarks/results.md). The forward pass is the same
+    op, which grappler still fuses with the matmul and the ReLU.
+    """
+    def gradient(grad):
+        return grad, tf.reduce_sum(tf.reshape(grad, [-1, grad.shape[-1]]), axis=0)
+
+    return tf.nn.bias_add(x, bias), gradient
+
+
 @keras.utils.register_keras_serializable("mnistkit")
 class TransposedDense(keras.layers.Layer):
     """A dense layer, `activation(x @ kernel.T + bias)`, whose kernel is stored [units, inputs].
@@ -71,7 +88,7 @@ class TransposedDense(keras.layers.Layer):
     def call(self, inputs):
         kernel = cast_for_compute(self.kernel.value, self.compute_dtype)
         bias = tf.cast(self.bias, self.compute_dtype)
-        return self.activation(tf.nn.bias_add(tf.matmul(inputs, kernel, transpose_b=True), bias))
+        return self.activation(bias_add(tf.matmul(inputs, kernel, transpose_b=True), bias))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

@@ -151,6 +151,24 @@ def test_dense_kernels_gradients_stay_bfloat16_unless_distributed():
         np.testing.assert_array_equal(tf.cast(a, tf.float32), b)
 
 
+def test_dense_bias_gradient_is_summed_in_float32_and_rounded_once():
+    """In mixed_bfloat16 the dense layer's bias gradient is the batch's sum of bfloat16 gradients, rounded to
+    bfloat16 once (TensorFlow's own BiasAddGrad, summing in bfloat16, was off by ~11 units in the last place)."""
+    layer = model.TransposedDense(1024, dtype="mixed_bfloat16")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((160, 64)).astype(np.float32)
+    upstream = rng.standard_normal((160, 1024)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * upstream)
+    found = tape.gradient(loss, layer.bias).numpy().astype(np.float64)
+    # The layer's output gradient is `upstream` in bfloat16; its exact sum, then one bfloat16 rounding.
+    exact = tf.cast(tf.constant(upstream), tf.bfloat16).numpy().astype(np.float64).sum(axis=0)
+    expected = tf.cast(tf.constant(exact, tf.float32), tf.bfloat16).numpy().astype(np.float64)
+    half_ulp = np.spacing(np.abs(exact).astype(np.float32)) * 2.0 ** 15  # bfloat16 has 16 fewer mantissa bits
+    assert np.all(np.abs(found - exact) <= half_ulp + 1e-12)
+    assert np.mean(found == expected) > 0.99  # Ties aside (the float32 sum's order), the rounding of the exact sum.
+
+
 def test_bad_data_format_is_refused():
     with pytest.raises(ValueError, match="data_format: expected 'channels_first' or 'channels_last', found 'NHWC'"):
         model.create_model("NHWC")
