@@ -84,8 +84,8 @@ def _apply_adam(var, m, v, beta1_power, beta2_power, lr, beta1, beta2, epsilon, 
 
 
 # The same kernel with the cast fused into it: XLA's version of ResourceApplyAdam, the one TPUs run. For the
-# 3.2M-weight kernel on the Xeon, a step's casts and update took 5.6 CPU-ms this way against 7.0 with the
-# cast and the CPU kernel apart (a scratch loop of 100 updates); whole steps in benchmarks/results.md.
+# 3.2M-weight kernel on the Xeon, a step's casts and update took 5.6-6.0 CPU-ms this way against 7.0-7.6
+# with the cast and the CPU kernel apart (a scratch loop of 100 updates); whole steps in benchmarks/results.md.
 _apply_adam_casting_gradient = tf.function(_apply_adam, jit_compile=True, autograph=False)
 
 

@@ -5,8 +5,8 @@ tf.distribute strategy (Keras 3's `fit` fails under MultiWorkerMirroredStrategy
 on TF 2.21), it resumes mid-epoch after a SIGTERM, and it runs many steps per
 `tf.function` call (mnistkit/compiled_steps.py). Its speed over plain `fit`
 comes from oneDNN kernels (mnistkit/tf_settings.py), a fused Adam update
-(mnistkit/optimizers.py), and dense kernels stored transposed and ReLUs after
-the pools (mnistkit/model.py).
+(mnistkit/optimizers.py), and dense kernels stored transposed, their gradients
+kept in bfloat16 for Adam to cast, and ReLUs after the pools (mnistkit/model.py).
 
 The rest of a run lives beside it: its settings in train_config.py, checkpoints
 in checkpoints.py, TensorBoard and worker directories in run_dirs.py, SIGTERM
