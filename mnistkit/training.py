@@ -108,7 +108,6 @@ class Trainer:
         # The training split is kept once, as the tensors each batch gathers its rows from: no NumPy copy
         # beside them (47 MB of the peak memory).
         self._images, self._labels = tf.constant(train_images), tf.constant(train_labels)
-        del train_images, train_labels
         self._eval_dataset = inputs.eval_dataset(self.strategy, self.test_images, self.test_labels, EVAL_BATCH)
         self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
                                                          config.batch_size, config.label_smoothing)
