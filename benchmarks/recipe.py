@@ -5,11 +5,12 @@ full 10,000 test images. The project side is the trainer with a recipe
 (default 'fast'); the plain side is what a user would write with Keras alone:
 the same layers from `keras.layers` (Dense, not the project's transposed
 kernels), float32, Adam 1e-3, batch 128, `fit` with the test split as
-validation data, TensorFlow's own defaults. Each plain run is its own process
-so nothing the project sets leaks into it. Both clocks start after TensorFlow
-is imported (data loading, model building and tracing count) and stop at the
-end of the evaluation that first reaches TARGET. For each seed the two run
-back to back, so load on a shared machine falls on both alike.
+validation data, TensorFlow's own defaults. Every run of either contender is
+a fresh process of its own, so nothing the project sets leaks into plain
+`fit` and no run starts warmer than another. Both clocks start after
+TensorFlow is imported (data loading, model building and tracing count) and
+stop at the end of the evaluation that first reaches TARGET. For each seed the
+two run back to back, so load on a shared machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ TARGET = 0.99
 PLAIN = dict(batch_size=128, learning_rate=1e-3, precision="float32")
 
 
-def _run_one(data_dir: str, seed: int, recipe: str, overrides: dict) -> dict:
+def _recipe_worker(data_dir: str, seed: int, recipe: str, overrides: dict) -> None:
+    """Trains the project's recipe with `seed`; prints one JSON line."""
+    from mnistkit import tf_settings
+
+    tf_settings.apply()  # As mnist-train does, before TensorFlow loads.
+    import tensorflow  # noqa: F401  Loaded before the clock starts, as for plain `fit`.
+
     from mnistkit import training
 
     marks = []
@@ -42,7 +49,7 @@ def _run_one(data_dir: str, seed: int, recipe: str, overrides: dict) -> dict:
         start, cpu_start = time.perf_counter(), time.process_time()
         history = training.Trainer(config, on_evaluation=mark).train()["evaluations"]
         total = time.perf_counter() - start
-    return _outcome(seed, history, marks, total)
+    print(json.dumps(_outcome(seed, history, marks, total)), flush=True)
 
 
 def _outcome(seed: int, history: list[dict], marks: list[tuple[float, float]], total: float) -> dict:
@@ -94,18 +101,22 @@ def _plain_worker(data_dir: str, seed: int, max_epochs: int, max_train_examples:
     print(json.dumps(_outcome(seed, history, marks, time.perf_counter() - start)), flush=True)
 
 
-def _run_plain(data_dir: str, seed: int, max_epochs: int, max_train_examples: int | None) -> dict:
+def _run(contender: str, label: str, seed: int, **arguments) -> dict:
+    """Runs one contender's worker in a fresh process; returns the outcome it prints."""
     env = dict(os.environ)
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # tf_settings.apply() set it here; plain Keras gets TF's own.
+    if contender == "plain":
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # tf_settings.apply() set it here; plain Keras gets TF's own.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", data_dir, str(seed), str(max_epochs),
-                           str(max_train_examples or 0)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", contender,
+                           json.dumps(dict(seed=seed, **arguments))], env=env, capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"plain Keras fit, seed {seed}: exit {proc.returncode}: "
+        raise RuntimeError(f"{label}, seed {seed}: exit {proc.returncode}: "
                            f"{(proc.stderr.strip().splitlines() or ['(no output)'])[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    outcome["accuracy_by_epoch"] = {int(e): a for e, a in outcome["accuracy_by_epoch"].items()}  # JSON keys: text.
+    return outcome
 
 
 def _summarize(runs: list[dict]) -> dict:
@@ -140,10 +151,11 @@ def measure(data_dir: str, seeds: tuple[int, ...] = (0, 1, 2), recipe: str = "fa
     """
     runs, plain_runs = [], []
     for seed in seeds:
-        runs.append(_run_one(data_dir, seed, recipe, overrides))
+        runs.append(_run("recipe", f"recipe {recipe}", seed, data_dir=data_dir, recipe=recipe, overrides=overrides))
         if plain:
-            plain_runs.append(_run_plain(data_dir, seed, overrides.get("train_epochs") or plain_epochs,
-                                         overrides.get("max_train_examples")))
+            plain_runs.append(_run("plain", "plain Keras fit", seed, data_dir=data_dir,
+                                   max_epochs=overrides.get("train_epochs") or plain_epochs,
+                                   max_train_examples=overrides.get("max_train_examples")))
     result = {"recipe": recipe, "overrides": overrides, "target": TARGET, **_summarize(runs)}
     if plain:
         result["plain_keras_fit"] = {**PLAIN, "max_epochs": overrides.get("train_epochs") or plain_epochs,
@@ -157,4 +169,4 @@ def measure(data_dir: str, seeds: tuple[int, ...] = (0, 1, 2), recipe: str = "fa
 
 
 if __name__ == "__main__":
-    _plain_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) or None)
+    {"recipe": _recipe_worker, "plain": _plain_worker}[sys.argv[1]](**json.loads(sys.argv[2]))
