@@ -46,7 +46,7 @@ def _repeat(steps, body, initial):
     tf.range(steps)`), and their functions are traced with autograph=False:
     AutoGraph's source conversion of every function a step calls took about
     0.13 s of the 0.3 s that tracing the training steps took, time spent
-    before the first evaluation (figures in the README's Performance section).
+    before the first evaluation (figures in docs/performance.md).
     The steps are the same, and a run's weights the same to the last bit.
     maximum_iterations is the bound AutoGraph gave such a loop under XLA
     (TPUs); here it is always set.

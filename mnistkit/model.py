@@ -69,7 +69,7 @@ class TransposedDense(keras.layers.Layer):
     [inputs, units]. On CPU, oneDNN multiplies by a transposed right-hand
     matrix much faster at this model's shapes (x [batch, 3136] times the
     [3136, 1024] kernel), which made whole training steps faster; the figures
-    are in the README's Performance section. GPUs and TPUs handle either
+    are in docs/performance.md. GPUs and TPUs handle either
     layout alike.
     """
 

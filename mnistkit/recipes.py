@@ -14,7 +14,7 @@ RECIPES = {
     # gradients of the last ~20 steps rather than of the last ~1,000, more than such a short run has. That
     # margin pays for a first evaluation after 36,000 examples (epochs of 0.6 of the split, cut from a
     # stream of shuffled passes) at batch 160, which costs less CPU per example than batch 128. What was
-    # screened, and each seed's accuracy, are in the README's Performance section and benchmarks/results.md.
+    # screened, and each seed's accuracy, are in docs/performance.md and benchmarks/results.md.
     "fast": dict(batch_size=160, train_epochs=3, epoch_fraction=0.6, learning_rate=5e-3, schedule="epoch_cosine",
                  warmup_epochs=0.1, precision="auto", label_smoothing=0.1, normalize_inputs=True, nesterov=True,
                  beta_2=0.95),

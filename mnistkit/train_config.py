@@ -248,7 +248,7 @@ def resolve_precision(precision: str, tpu: str | None = None) -> str:
 
     On a CPU without AVX512_BF16 or AMX, bfloat16 is emulated and training in
     mixed_bfloat16 is several times slower than in float32 (measured on the
-    project's AVX2-only machines; see the README's Performance section).
+    project's AVX2-only machines; figures in docs/performance.md).
     """
     if precision != "auto":
         return precision
