@@ -40,26 +40,30 @@ def epoch_order(examples: int, seed: int, epoch: int, epoch_examples: int | None
 
 
 def train_dataset(strategy: tf.distribute.Strategy, images: tf.Tensor, labels: tf.Tensor, seed: int, epoch: int,
-                  global_batch: int, skip_steps: int = 0, epoch_examples: int | None = None):
+                  global_batch: int, skip_steps: int = 0, epoch_examples: int | None = None,
+                  parallel: bool = True):
     """Epoch `epoch`'s batches (see `epoch_order`) in an order fixed by the seed, so a resumed epoch can skip
     what was done.
 
     `images` and `labels` are tensors already in memory: each batch gathers its rows.
+
+    `parallel`: gather in parallel, with tf.data's AUTOTUNE, for a GPU or TPU whose steps leave the host's
+    cores free. False, for steps that run on this CPU: one thread, two batches ahead. A batch of 160 is a
+    gather and a cast, about 0.3 ms against a step's 20-30 ms on two cores, and the parallel map's threads
+    and AUTOTUNE's tuning only competed with the step for them: to the first evaluation 8.69 CPU-seconds and
+    5.54 s against 8.49 and 5.14 (medians of five runs each, taking turns, on the Xeon of
+    docs/performance.md). The batches are the same either way.
     """
     order = epoch_order(int(images.shape[0]), seed, epoch, epoch_examples)
+    calls = tf.data.AUTOTUNE if parallel else None
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)
         ds = tf.data.Dataset.from_tensor_slices(order)
         ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         ds = ds.batch(per_replica, drop_remainder=True).skip(skip_steps)
-        # One thread, two batches ahead, no AUTOTUNE. A batch of 160 is a gather and a cast, about 0.3 ms against
-        # a training step's 20-30 ms on two CPU cores. A parallel map and AUTOTUNE's tuning added threads that
-        # competed with the step for those cores: to the first evaluation they took 8.69 CPU-seconds and 5.54 s
-        # against 8.49 and 5.14 this way (medians of five runs each, taking turns, on the Xeon of
-        # docs/performance.md). The batches are the same.
-        ds = ds.map(lambda i: (to_float(tf.gather(images, i)), tf.gather(labels, i)))
-        return ds.prefetch(2)
+        ds = ds.map(lambda i: (to_float(tf.gather(images, i)), tf.gather(labels, i)), num_parallel_calls=calls)
+        return ds.prefetch(tf.data.AUTOTUNE if parallel else 2)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -73,6 +73,8 @@ class Trainer:
         self.strategy = distribution.get_strategy(
             config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
         self.chief = distribution.is_chief()
+        # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
+        self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
         (train_images, train_labels), (self.test_images, self.test_labels) = inputs.load_data(config)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
@@ -232,7 +234,7 @@ class Trainer:
         epoch, start = int(self.epoch), int(self.step_in_epoch)
         iterator = iter(inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
                                              self.config.batch_size, skip_steps=start,
-                                             epoch_examples=self.epoch_examples))
+                                             epoch_examples=self.epoch_examples, parallel=self.on_accelerator))
         total, step = 0.0, start
         while step < self.steps_per_epoch:
             n = min(self.config.steps_per_loop, self.steps_per_epoch - step)

@@ -241,6 +241,33 @@ def test_epochs_are_cut_from_an_endless_stream_of_shuffled_passes():
     np.testing.assert_array_equal(epoch_order(200, 7, 0, 500), np.concatenate([stream, epoch_order(200, 7, 3)])[:500])
 
 
+def test_the_cpu_and_the_accelerator_input_pipelines_give_the_same_batches_in_the_same_order():
+    """One thread for steps on this CPU, a parallel map for GPUs and TPUs: a resumed epoch must see the same batches."""
+    from mnistkit.inputs import epoch_order, train_dataset
+
+    images = tf.constant(np.arange(200 * 28 * 28, dtype=np.int64).reshape(200, 28, 28) % 251, tf.uint8)
+    labels = tf.constant(np.arange(200, dtype=np.int32) % 10)
+    strategy = tf.distribute.get_strategy()
+
+    def batches(parallel, skip_steps=0):
+        ds = train_dataset(strategy, images, labels, seed=7, epoch=1, global_batch=16, skip_steps=skip_steps,
+                           epoch_examples=150, parallel=parallel)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    serial, parallel = batches(False), batches(True)
+    assert len(serial) == 150 // 16
+    order = epoch_order(200, 7, 1, 150)
+    for (x, y), (px, py), rows in zip(serial, parallel, np.split(order[:144], 9)):
+        np.testing.assert_array_equal(x, images.numpy()[rows] * np.float32(1 / 255))  # to_float's arithmetic.
+        np.testing.assert_array_equal(y, labels.numpy()[rows])
+        np.testing.assert_array_equal(px, x)
+        np.testing.assert_array_equal(py, y)
+    resumed = batches(False, skip_steps=4)
+    assert len(resumed) == 5
+    for (x, _), (sx, _) in zip(resumed, serial[4:]):
+        np.testing.assert_array_equal(x, sx)
+
+
 def test_epoch_fraction_sets_the_steps_of_an_epoch(synthetic_data, tmp_path):
     trainer = training.Trainer(_config(synthetic_data, tmp_path / "model", epoch_fraction=0.5, train_epochs=2))
     assert (trainer.epoch_examples, trainer.steps_per_epoch) == (100, 5)
