@@ -55,14 +55,14 @@ def train_dataset(strategy: tf.distribute.Strategy, images: tf.Tensor, labels: t
     docs/performance.md). The batches are the same either way.
     """
     order = epoch_order(int(images.shape[0]), seed, epoch, epoch_examples)
-    calls = tf.data.AUTOTUNE if parallel else None
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)
         ds = tf.data.Dataset.from_tensor_slices(order)
         ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         ds = ds.batch(per_replica, drop_remainder=True).skip(skip_steps)
-        ds = ds.map(lambda i: (to_float(tf.gather(images, i)), tf.gather(labels, i)), num_parallel_calls=calls)
+        ds = ds.map(lambda i: (to_float(tf.gather(images, i)), tf.gather(labels, i)),
+                    num_parallel_calls=tf.data.AUTOTUNE if parallel else None)
         return ds.prefetch(tf.data.AUTOTUNE if parallel else 2)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
