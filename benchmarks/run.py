@@ -23,7 +23,7 @@ from mnistkit import tf_settings  # noqa: E402
 
 tf_settings.apply()  # First: the project's TensorFlow options, before any section loads TensorFlow.
 from benchmarks import common  # noqa: E402
-from mnistkit import files  # noqa: E402
+from mnistkit import files, idx  # noqa: E402
 from mnistkit.recipes import RECIPES  # noqa: E402
 
 SECTIONS = ("throughput", "recipe", "pipeline", "download", "serving", "steps")
@@ -225,35 +225,69 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> dict:
+    """Checks the command line before any section runs; returns the --set overrides.
+
+    A whole run is never lost to a flag only its last section or its final
+    write would have tripped over. The output directory is checked last, by
+    creating it and a file in it, so a command refused for anything else
+    leaves nothing behind.
+
+    Raises:
+      ValueError: `--flag: expected ..., found ...` for the first flag that is wrong.
+    """
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown or not sections:
-        print(f"python -m benchmarks: error: --sections: expected names from {', '.join(SECTIONS)}, "
-              f"found {args.sections!r}", file=sys.stderr)
-        return 1
+    if not sections or any(s not in SECTIONS for s in sections):
+        raise ValueError(f"--sections: expected names from {', '.join(SECTIONS)}, found {args.sections!r}")
     if args.recipe not in RECIPES:
-        print(f"python -m benchmarks: error: --recipe: expected one of {', '.join(RECIPES)}, found {args.recipe!r}",
-              file=sys.stderr)
-        return 1
-    if not os.path.isdir(args.data_dir):
-        print(f"python -m benchmarks: error: --data_dir: expected a directory with the four MNIST files, "
-              f"found {args.data_dir!r} missing", file=sys.stderr)
-        return 1
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, found {args.recipe!r}")
+    batch = RECIPES["fast"]["batch_size"]  # The throughput section's contenders train the fast recipe's batches.
+    for flag, value, least, what in (("--seeds", args.seeds, 1, "at least 1"),
+                                     ("--first_seed", args.first_seed, 0, "0 or more"),
+                                     ("--rounds", args.rounds, 1, "at least 1"),
+                                     ("--train_examples", args.train_examples, batch,
+                                      f"at least one batch of the throughput section ({batch})")):
+        if value is not None and value < least:
+            raise ValueError(f"{flag}: expected {what}, found {value}")
+    if args.first_seed + args.seeds > 2**32:
+        raise ValueError(f"--first_seed: expected seeds below 2**32, found seeds {args.first_seed} to "
+                         f"{args.first_seed + args.seeds - 1}")
     try:
         settings = recipe_settings(args.recipe, args.settings, args.data_dir)
     except ValueError as e:
-        print(f"python -m benchmarks: error: --set: {e}", file=sys.stderr)
+        raise ValueError(f"--set: {e}") from e
+    if not os.path.isdir(args.data_dir):
+        raise ValueError(f"--data_dir: expected a directory with the four MNIST files, found {args.data_dir!r} "
+                         "missing")
+    missing = [name for name in idx.FILES if not os.path.isfile(os.path.join(args.data_dir, name))]
+    if missing:
+        raise ValueError(f"--data_dir: expected a directory with the four MNIST files, found {args.data_dir!r} "
+                         f"without {', '.join(missing)}")
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.output_dir):
+            pass
+    except OSError as e:
+        raise ValueError(f"--output_dir: expected a directory this user can write, found {args.output_dir!r}: "
+                         f"{e.strerror or e}") from e
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = check_arguments(args)
+    except ValueError as e:
+        print(f"python -m benchmarks: error: {e}", file=sys.stderr)
         return 1
     rounds = args.rounds or (2 if args.quick else 5)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": common.machine(),
               "quick": args.quick, "data_dir": os.path.abspath(args.data_dir), "rounds": rounds,
               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report["results"] = run_sections(sections, args.data_dir, args.quick, rounds,
                                      range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
                                      args.recipe, args.plain, args.isa, settings)
-    os.makedirs(args.output_dir, exist_ok=True)
     files.atomic_write_text(os.path.join(args.output_dir, "results.json"), json.dumps(report, indent=2) + "\n")
     files.atomic_write_text(os.path.join(args.output_dir, "results.md"), to_markdown(report))
     print(to_markdown(report))

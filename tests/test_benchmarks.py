@@ -167,6 +167,52 @@ def test_a_bad_setting_is_a_one_line_error_before_anything_runs(setting, message
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0"], "--seeds: expected at least 1, found 0"),
+    (["--first_seed", "-1"], "--first_seed: expected 0 or more, found -1"),
+    (["--first_seed", str(2**32 - 2), "--seeds", "3"],
+     f"--first_seed: expected seeds below 2**32, found seeds {2**32 - 2} to {2**32}"),
+    (["--rounds", "0"], "--rounds: expected at least 1, found 0"),
+    (["--train_examples", "100"], "--train_examples: expected at least one batch of the throughput section (160), "
+                                  "found 100"),
+])
+def test_a_bad_count_is_a_one_line_error_before_anything_runs(flags, message, synthetic_data, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *flags, "--data_dir", synthetic_data,
+                           "--output_dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"python -m benchmarks: error: {message}"
+    assert not out.exists()
+
+
+def test_data_dir_without_the_four_files_is_refused_by_name(synthetic_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (data / name).write_bytes(open(os.path.join(synthetic_data, name), "rb").read())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--data_dir", str(data), "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"python -m benchmarks: error: --data_dir: expected a directory with the four MNIST files, found "
+        f"'{data}' without t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")
+    assert not out.exists()
+
+
+def test_an_output_dir_it_cannot_write_is_refused_before_the_run_not_after(synthetic_data, tmp_path):
+    # A file where a directory of the path should be: refused whoever runs the test, root included.
+    (tmp_path / "plain-file").write_text("")
+    out = tmp_path / "plain-file" / "results"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"python -m benchmarks: error: --output_dir: expected a directory this user can write, found '{out}': "
+        "Not a directory")
+    assert "benchmarks: throughput ..." not in proc.stderr  # Refused before the first section started.
+
+
 def test_a_throughput_worker_that_dies_says_why(tmp_path):
     from benchmarks import throughput
 
