@@ -268,6 +268,24 @@ def test_the_cpu_and_the_accelerator_input_pipelines_give_the_same_batches_in_th
         np.testing.assert_array_equal(x, sx)
 
 
+def test_no_input_pipeline_runs_tf_datas_tuning_thread():
+    """With it, deleting an epoch's iterator waited for the thread's next wake-up: up to seconds per epoch.
+
+    How long that wait is depends on timing, so this holds the setting that removes it (inputs.py has the
+    figures); with the default strategy each pipeline is the tf.data.Dataset itself.
+    """
+    from mnistkit.inputs import eval_dataset, train_dataset
+
+    images, labels = tf.zeros([64, 28, 28], tf.uint8), tf.zeros([64], tf.int32)
+    strategy = tf.distribute.get_strategy()
+    pipelines = [train_dataset(strategy, images, labels, seed=0, epoch=0, global_batch=16, parallel=parallel)
+                 for parallel in (False, True)]
+    pipelines.append(eval_dataset(strategy, images.numpy(), labels.numpy(), 16))
+    for ds in pipelines:
+        assert ds.options().autotune.enabled is False
+        assert sum(1 for _ in ds) == 4  # Still every batch.
+
+
 def test_epoch_fraction_sets_the_steps_of_an_epoch(synthetic_data, tmp_path):
     trainer = training.Trainer(_config(synthetic_data, tmp_path / "model", epoch_fraction=0.5, train_epochs=2))
     assert (trainer.epoch_examples, trainer.steps_per_epoch) == (100, 5)
