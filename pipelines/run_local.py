@@ -16,6 +16,7 @@ import re
 import sys
 import warnings
 
+from mnistkit import sources
 from pipelines import parameters
 from pipelines.pipeline import DEFAULT_SOURCE
 
@@ -134,6 +135,8 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
         raise ValueError(f"--runner: expected one of {', '.join(RUNNERS)}, found {runner!r}")
     mnist_training = pipeline.build(registry=registry, tag=tag)
     parameters.check_values(arguments, parameters.pipeline_parameters(mnist_training))
+    for source in sources.split_sources(arguments["source"]):
+        sources.source_copier(source)  # A malformed source, or a local directory that is not there: refused now.
     pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     # install_kfp_package=False in every component, so nothing is pip-installed;

@@ -319,8 +319,19 @@ def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_missing_local_source_is_refused_before_the_pipeline_starts(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    code = run_local.main(["--source", f"{tmp_path},{missing}", "--pipeline_root", str(tmp_path / "root")])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"run_local.py: error: --source {missing!r}: expected an existing local directory, found none"
+    assert not os.path.exists(tmp_path / "root")
+
+
 def test_a_failing_step_fails_the_run_and_names_it(tmp_path, capsys):
-    code = run_local.main(["--source", str(tmp_path / "missing"), "--pipeline_root", str(tmp_path / "root")])
+    empty = tmp_path / "empty"  # A mirror that is there but holds none of the four files.
+    empty.mkdir()
+    code = run_local.main(["--source", str(empty), "--pipeline_root", str(tmp_path / "root")])
     assert code == 1
     err = capsys.readouterr().err
     assert "run_local.py: error:" in err and "download-data" in err
