@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -189,7 +190,7 @@ def test_data_dir_without_the_four_files_is_refused_by_name(synthetic_data, tmp_
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        (data / name).write_bytes(open(os.path.join(synthetic_data, name), "rb").read())
+        shutil.copy(os.path.join(synthetic_data, name), data / name)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--data_dir", str(data), "--output_dir", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
