@@ -225,8 +225,8 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_arguments(args: argparse.Namespace) -> dict:
-    """Checks the command line before any section runs; returns the --set overrides.
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Checks the command line before any section runs; returns the sections and the --set overrides.
 
     A whole run is never lost to a flag only its last section or its final
     write would have tripped over. The output directory is checked last, by
@@ -270,13 +270,13 @@ def check_arguments(args: argparse.Namespace) -> dict:
     except OSError as e:
         raise ValueError(f"--output_dir: expected a directory this user can write, found {args.output_dir!r}: "
                          f"{e.strerror or e}") from e
-    return settings
+    return sections, settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = check_arguments(args)
+        sections, settings = check_arguments(args)
     except ValueError as e:
         print(f"python -m benchmarks: error: {e}", file=sys.stderr)
         return 1
@@ -284,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": common.machine(),
               "quick": args.quick, "data_dir": os.path.abspath(args.data_dir), "rounds": rounds,
               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report["results"] = run_sections(sections, args.data_dir, args.quick, rounds,
                                      range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
                                      args.recipe, args.plain, args.isa, settings)
