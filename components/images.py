@@ -21,8 +21,19 @@ DEFAULT_REGISTRY = "localhost"
 REGISTRY_ENV = "MNISTKIT_IMAGE_REGISTRY"
 TAG_ENV = "MNISTKIT_IMAGE_TAG"
 
-# Docker's rule for a tag: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -.
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Docker's rules (the reference grammar of distribution/reference), each matched whole: a tag is 1 to 128 of
+# [A-Za-z0-9_.-], not starting with . or -; a registry is a host (with a dot or a port, or localhost) or a
+# Docker Hub namespace, then path components of lowercase letters and digits joined by '.', '_', '__' or '-'.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_HOST_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST = re.compile(rf"{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?")
+_PATH_PART = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+
+
+def _valid_registry(registry: str) -> bool:
+    first, *path = registry.split("/")
+    is_host = "." in first or ":" in first or first == "localhost"
+    return bool((_HOST if is_host else _PATH_PART).fullmatch(first)) and all(_PATH_PART.fullmatch(p) for p in path)
 
 
 def default_tag() -> str:
@@ -47,10 +58,11 @@ def image_uri(kind: str, registry: str | None = None, tag: str | None = None) ->
         raise ValueError(f"image kind: expected one of {', '.join(KINDS)}, found {kind!r}")
     registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
     tag = tag or os.environ.get(TAG_ENV) or default_tag()
-    if not registry or "://" in registry or any(c.isspace() for c in registry):
-        raise ValueError(f"image registry: expected a host[/path] such as us-central1-docker.pkg.dev/PROJECT/REPO, "
-                         f"found {registry!r}")
-    if not _TAG.match(tag):
+    if not _valid_registry(registry):
+        raise ValueError(f"image registry: expected a host[:port][/path] such as us-central1-docker.pkg.dev/PROJECT/"
+                         f"REPO, the path lowercase letters and digits joined by '.', '_' or '-' (Docker's image "
+                         f"names), found {registry!r}")
+    if not _TAG.fullmatch(tag):
         raise ValueError(f"image tag: expected 1-128 of [A-Za-z0-9_.-] not starting with '.' or '-', found {tag!r}")
     return f"{registry}/mnistkit-{kind}:{tag}"
 

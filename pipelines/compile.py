@@ -17,6 +17,7 @@ from pipelines import hardware
 # The checkout's root: `make venv` installs this package editable, so the file stays where it was written.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT = os.path.join(REPO, "mnist_pipeline.yaml")
+OUTPUT_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,8 +54,16 @@ def compile_pipeline(output: str, hw: hardware.Hardware, registry: str | None = 
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
         raise ValueError(f"--output {output}: expected a path in an existing directory, found no {directory}")
-    with files.atomic_path(output) as scratch:
-        compiler.Compiler().compile(pipeline.build(hw, registry, tag), scratch)
+    if os.path.isdir(output):
+        raise ValueError(f"--output {output}: expected a file to write, found a directory")
+    if not output.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"--output {output}: expected a file name ending in {', '.join(OUTPUT_SUFFIXES)} (what KFP "
+                         f"writes), found {os.path.splitext(output)[1] or 'no suffix'}")
+    try:
+        with files.atomic_path(output) as scratch:
+            compiler.Compiler().compile(pipeline.build(hw, registry, tag), scratch)
+    except OSError as e:
+        raise ValueError(f"--output {output}: cannot write it ({e.strerror or e})") from e
     return output
 
 

@@ -14,7 +14,7 @@ import re
 
 import yaml
 
-from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_PATTERNS, PARAMETER_RULES
+from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_PATTERNS, PARAMETER_RULES, check_combination
 
 _TYPE_NAMES = {"STRING": "a string", "NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number",
                "BOOLEAN": "true or false", "LIST": "a JSON list", "STRUCT": "a JSON object"}
@@ -143,3 +143,8 @@ def check_values(values: dict, parameters: dict[str, dict]) -> None:
     missing = [n for n, p in parameters.items() if not p.get("isOptional") and n not in values]
     if missing:
         raise ParameterError(f"parameters {', '.join(missing)}: required by the pipeline, not given")
+    defaults = {n: p["defaultValue"] for n, p in parameters.items() if "defaultValue" in p}
+    try:
+        check_combination({**defaults, **values})
+    except ValueError as e:
+        raise ParameterError(str(e)) from None

@@ -46,11 +46,51 @@ def parameter_rules(config_class=train_config.TrainConfig) -> dict:
 
 PARAMETER_RULES = parameter_rules()
 EXCLUSIVE_MINIMUM = ()
-# What a string must look like: (regular expression, what to say was expected).
+# What a string must look like, matched whole: (regular expression, what to say was expected). The registry
+# and deployment values are only used after training, so a bad one is refused here, before the run starts.
 PARAMETER_PATTERNS = {
     "endpoint": (r"(projects/[^/]+/locations/[a-z0-9-]+/endpoints/[0-9]+)?",
                  "empty or projects/PROJECT/locations/REGION/endpoints/NUMBER"),
+    "service_account": (r"([^@\s]+@[^@\s]+\.[a-z]+)?",
+                        "empty (Vertex AI's service agent) or an e-mail such as NAME@PROJECT.iam.gserviceaccount.com"),
+    "project": (r"(([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{6,20})?",
+                "empty or a project ID (6-30 of [a-z0-9-], starting with a letter) or number"),
+    "region": (r"([a-z]+-[a-z]+[0-9]+)?", "empty or a Vertex AI region such as us-central1"),
+    # Vertex AI takes any name of 1-128 characters, but GCPC's upload and endpoint steps write it into JSON
+    # as it is: a quote, a backslash or a control character would break their request.
+    "model_display_name": (r'[^"\\\x00-\x1f]{1,128}',
+                           "1-128 characters, none of them a quote, a backslash or a control character"),
+    "endpoint_machine_type": (r"[a-z][a-z0-9]*-[a-z0-9]+(-[a-z0-9]+)*", "a machine type such as n1-standard-2"),
+    # What registry.serving_tensorflow_version reads: the registration step checks the export against it.
+    "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
+                      f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),
 }
+
+
+def check_region(region: str, what: str) -> None:
+    """Refuses a region the installed aiplatform does not know (its own init would refuse it, mid-run)."""
+    from google.cloud.aiplatform.constants import base  # About a second to import: only when asked.
+
+    if region not in base.SUPPORTED_REGIONS:
+        raise ValueError(f"{what}: expected a region Vertex AI serves (google-cloud-aiplatform's SUPPORTED_REGIONS, "
+                         f"e.g. us-central1, europe-west4), found {region!r}")
+
+
+def check_combination(values: dict) -> None:
+    """Checks what no single parameter's rule can: `values` are the run's, defaults included.
+
+    Raises:
+      ValueError: naming the parameter, what was expected and what was found.
+    """
+    if values.get("deploy") and not values.get("register"):
+        raise ValueError("parameter deploy: expected together with register=true (only a registered version is "
+                         "deployed), found deploy=true with register=false")
+    region, endpoint = values.get("region", ""), values.get("endpoint", "")
+    if region:
+        check_region(region, "parameter region")
+    if endpoint and region and registry.endpoint_location(endpoint) != region:
+        raise ValueError(f"parameter endpoint: expected an endpoint in region {region} (where the model is "
+                         f"registered), found one in {registry.endpoint_location(endpoint)}: {endpoint}")
 
 
 def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str | None = None,

@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from mnistkit import sources
+from mnistkit.registry import resolve_project_and_location
 from pipelines import parameters
 from pipelines.pipeline import DEFAULT_SOURCE
 
@@ -137,6 +138,12 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     parameters.check_values(arguments, parameters.pipeline_parameters(mnist_training))
     for source in sources.split_sources(arguments["source"]):
         sources.source_copier(source)  # A malformed source, or a local directory that is not there: refused now.
+    if arguments.get("register"):
+        # The Registry steps run last; where they would find no project or region, say so before training.
+        try:
+            resolve_project_and_location(arguments.get("project", ""), arguments.get("region", ""))
+        except ValueError as e:
+            raise ValueError(f"register=true: {e}") from None
     pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     # install_kfp_package=False in every component, so nothing is pip-installed;

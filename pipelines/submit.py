@@ -16,15 +16,23 @@ import sys
 
 from pipelines import parameters
 from pipelines.compile import DEFAULT_OUTPUT as DEFAULT_TEMPLATE
-from pipelines.pipeline import PIPELINE_NAME
+from pipelines.pipeline import PARAMETER_PATTERNS, PIPELINE_NAME, check_region
 
-_PROJECT = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]+$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_REGISTRY_HOST = re.compile(r"^https?://\S+/\S+$")
-_EXPERIMENT = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+# Each matched whole (re.fullmatch): `$` would also let a value through with a newline at its end. The project,
+# region and account are the pipeline parameters' own rules: these flags fill those parameters.
+_PROJECT = re.compile(PARAMETER_PATTERNS["project"][0])
+_REGION = re.compile(PARAMETER_PATTERNS["region"][0])
+_ACCOUNT = re.compile(PARAMETER_PATTERNS["service_account"][0])
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_REGISTRY_HOST = re.compile(r"https?://\S+/\S+")
+_EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+# Cloud Storage bucket names: 3-63 of [a-z0-9._-] starting and ending with a letter or digit; up to 222 when
+# dotted, each dotted part at most 63; not starting with "goog".
+_BUCKET_PART = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_PIPELINE_ROOT = re.compile(rf"gs://(?P<bucket>[a-z0-9][a-z0-9_-]{{1,61}}[a-z0-9]|{_BUCKET_PART}(?:\.{_BUCKET_PART})+)"
+                            r"(/\S*)?")
+_TENSORBOARD_REGION = re.compile(r"projects/[^/]+/locations/([^/]+)/tensorboards/[^/]+")
 # The keys under which a compiled template names container images: every executor's `image`, and the
 # `image_uri` of each worker pool of a GCPC custom job (in the component's defaults or a task's inputs).
 _IMAGE_KEYS = ("image", "image_uri", "imageUri")
@@ -64,7 +72,7 @@ def _labels(items: list[str]) -> dict[str, str]:
     labels = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             raise ValueError(f"--label {item!r}: expected KEY=VALUE, the key a lowercase letter then up to 62 of "
                              "[a-z0-9_-], the value up to 63 of [a-z0-9_-]")
         labels[key] = value
@@ -110,24 +118,27 @@ def check_images(template_path: str) -> None:
 
 def check(args: argparse.Namespace) -> tuple[dict, dict]:
     """Checks every argument; returns (parameter values, labels). Raises ValueError."""
-    if not _PROJECT.match(args.project):
-        raise ValueError(f"--project: expected a project ID (6-30 of [a-z0-9-], starting with a letter), "
+    if not args.project or not _PROJECT.fullmatch(args.project):
+        raise ValueError(f"--project: expected a project ID (6-30 of [a-z0-9-], starting with a letter) or number, "
                          f"found {args.project!r}")
-    if not _REGION.match(args.region):
+    if not args.region or not _REGION.fullmatch(args.region):
         raise ValueError(f"--region: expected a region such as us-central1, found {args.region!r}")
-    if not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", args.pipeline_root):
-        raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH] with a bucket name of 3-222 of "
-                         f"[a-z0-9._-], found {args.pipeline_root!r}")
-    if not _ACCOUNT.match(args.service_account):
+    check_region(args.region, "--region")
+    root = _PIPELINE_ROOT.fullmatch(args.pipeline_root)
+    if not root or root["bucket"].startswith("goog"):
+        raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH], a Cloud Storage bucket name (3-63 of "
+                         f"[a-z0-9_-], or dotted parts of up to 63 each, not starting with 'goog'), "
+                         f"found {args.pipeline_root!r}")
+    if not args.service_account or not _ACCOUNT.fullmatch(args.service_account):
         raise ValueError(f"--service_account: expected an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, "
                          f"found {args.service_account!r}")
-    if args.upload_to and not _REGISTRY_HOST.match(args.upload_to):
+    if args.upload_to and not _REGISTRY_HOST.fullmatch(args.upload_to):
         raise ValueError(f"--upload_to: expected https://REGION-kfp.pkg.dev/PROJECT/REPO, found {args.upload_to!r}")
     if args.upload_only and not args.upload_to:
         raise ValueError("--upload_only: expected together with --upload_to, found no --upload_to")
     if args.upload_tag and not args.upload_to:
         raise ValueError("--upload_tag: expected together with --upload_to, found no --upload_to")
-    if args.experiment is not None and not _EXPERIMENT.match(args.experiment):
+    if args.experiment is not None and not _EXPERIMENT.fullmatch(args.experiment):
         raise ValueError(f"--experiment: expected 1-128 of [a-z0-9-] starting with a letter or digit, "
                          f"found {args.experiment!r}")
     template_parameters = parameters.template_parameters(args.template)
@@ -140,7 +151,40 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
                         ("region", args.region)):
         if name in template_parameters and name not in values:
             values[name] = value
+    parameters.check_values(values, template_parameters)  # Again, with the run's own values filled in.
+    _check_tensorboard(args.template, args.region, values.get("service_account", args.service_account))
     return values, _labels(args.label)
+
+
+def _tensorboards(node):
+    """Yields the non-empty `tensorboard` defaults of a compiled template (a custom job's TensorBoard)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "tensorboard" and isinstance(value, dict) and value.get("defaultValue"):
+                yield value["defaultValue"]
+            else:
+                yield from _tensorboards(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _tensorboards(value)
+
+
+def _check_tensorboard(template_path: str, region: str, service_account: str) -> None:
+    """A template whose training job uploads to a Vertex AI TensorBoard: the instance must be in the run's region,
+    and the job needs a service account (aiplatform's CustomJob: 'service_account is required with provided
+    tensorboard')."""
+    import yaml
+
+    with open(template_path) as f:
+        template = yaml.safe_load(f)
+    for board in _tensorboards(template):
+        found = _TENSORBOARD_REGION.fullmatch(board)
+        if found and found[1] != region:
+            raise ValueError(f"--region: expected {found[1]}, the region of the template's TensorBoard {board} "
+                             f"(a job uploads only to a TensorBoard of its own region), found {region!r}")
+        if not service_account:
+            raise ValueError(f"parameter service_account: expected an account for the training job, which uploads "
+                             f"to the TensorBoard {board}, found an empty one")
 
 
 def credentials_help() -> str:
@@ -185,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"submit.py: error: {e}", file=sys.stderr)
         return 1
+    from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
 
     try:
@@ -194,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except RuntimeError as e:  # What PipelineJob.wait raises when the run failed or was cancelled.
         print(f"submit.py: error: {e}", file=sys.stderr)
+        return 1
+    except api_exceptions.GoogleAPICallError as e:  # Vertex AI or Cloud Storage refused a request.
+        print(f"submit.py: error: {type(e).__name__} ({e.code}): {(e.message or str(e)).splitlines()[0]}",
+              file=sys.stderr)
         return 1
     if job is not None and args.wait:
         print(f"{job.resource_name}: {job.state.name}")

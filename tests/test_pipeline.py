@@ -201,12 +201,32 @@ def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine
      "topology with cloud-tpu"),
     (["--hardware", "gpu", "--tpu_topology", "2x2"], "--tpu_topology: expected no topology unless --hardware=tpu"),
     (["--tag", "bad tag"], "image tag: expected 1-128 of [A-Za-z0-9_.-]"),
+    (["--tag", "v1\n"], "image tag: expected 1-128 of [A-Za-z0-9_.-]"),
+    # Image names Docker (and so Vertex AI's pull) refuses: an upper-case path, a tag or digest in the registry.
+    (["--registry", "us-docker.pkg.dev/My_Project/repo"], "image registry: expected a host[:port][/path] such as "
+     "us-central1-docker.pkg.dev/PROJECT/REPO, the path lowercase letters and digits joined by '.', '_' or '-' "
+     "(Docker's image names), found 'us-docker.pkg.dev/My_Project/repo'"),
+    (["--registry", "us-docker.pkg.dev/p/r:latest"], "image registry: expected a host[:port][/path]"),
+    (["--registry", "us-docker.pkg.dev/p/r@sha256"], "image registry: expected a host[:port][/path]"),
+    (["--registry", "https://us-docker.pkg.dev/p/r"], "image registry: expected a host[:port][/path]"),
 ])
 def test_unknown_or_inconsistent_hardware_is_refused(tmp_path, capsys, argv, message):
     output = tmp_path / "pipeline.yaml"
     assert compile_module.main(["--output", str(output), *argv]) == 1
     assert f"compile.py: error: {message}" in capsys.readouterr().err
     assert not output.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, message", [
+    ("pipeline.txt", "expected a file name ending in .yaml, .yml, .json (what KFP writes), found .txt"),
+    ("existing", "expected a file to write, found a directory"),
+])
+def test_a_bad_output_path_is_named_not_kfps_scratch_file(tmp_path, capsys, name, message):
+    (tmp_path / "existing").mkdir()
+    output = tmp_path / name
+    assert compile_module.main(["--output", str(output)]) == 1
+    assert capsys.readouterr().err == f"compile.py: error: --output {output}: {message}\n"
+    assert sorted(os.listdir(tmp_path)) == ["existing"]
 
 
 def test_compile_command_writes_the_default_yaml_offline_in_seconds(tmp_path):
@@ -317,6 +337,18 @@ def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert "run_local.py: error: parameter stop_threshold: expected a value in [0.0, 1.0], found 7.0" \
         in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_registering_with_no_project_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_REGION", raising=False)
+    code = run_local.main(["--source", str(tmp_path), "--pipeline_root", str(tmp_path / "root"),
+                           "--param", "register=true"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "run_local.py: error: register=true: project: expected the pipeline parameter (submit.py sets it from "
+        "--project) or $GOOGLE_CLOUD_PROJECT, found neither")
+    assert not os.path.exists(tmp_path / "root")
 
 
 def test_a_missing_local_source_is_refused_before_the_pipeline_starts(tmp_path, capsys):

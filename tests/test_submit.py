@@ -128,6 +128,25 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "epochs=3"], "parameter epochs: unknown; the pipeline takes baseline_margin, batch_size, "),
     (["--param", "train_epochs"], "override 'train_epochs': expected NAME=VALUE"),
     (["--label", "Team=x"], "--label 'Team=x': expected KEY=VALUE"),
+    # The Registry and deployment values are used only after training: each is refused before the run.
+    (["--param", "service_account=bob"], "parameter service_account: expected empty (Vertex AI's service agent) or "
+     "an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, found 'bob'"),
+    (["--param", 'model_display_name=mnist "v2"'], "parameter model_display_name: expected 1-128 characters, none "
+     "of them a quote, a backslash or a control character, found 'mnist \"v2\"'"),
+    (["--param", "model_display_name=" + "m" * 129], "parameter model_display_name: expected 1-128 characters"),
+    (["--param", "model_display_name="], "parameter model_display_name: expected 1-128 characters"),
+    (["--param", "serving_image=nginx"], "parameter serving_image: expected a Vertex AI prebuilt TensorFlow 2 "
+     "prediction image such as us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, found 'nginx'"),
+    (["--param", "endpoint_machine_type=n1 standard"], "parameter endpoint_machine_type: expected a machine type "
+     "such as n1-standard-2, found 'n1 standard'"),
+    (["--param", "project=Not_A_Project"], "parameter project: expected empty or a project ID"),
+    (["--param", "region=mars-north9"], "parameter region: expected a region Vertex AI serves (google-cloud-"
+     "aiplatform's SUPPORTED_REGIONS, e.g. us-central1, europe-west4), found 'mars-north9'"),
+    (["--param", "deploy=true"], "parameter deploy: expected together with register=true (only a registered "
+     "version is deployed), found deploy=true with register=false"),
+    (["--param", "register=true", "--param", "endpoint=projects/1/locations/europe-west4/endpoints/2"],
+     "parameter endpoint: expected an endpoint in region us-central1 (where the model is registered), found one "
+     "in europe-west4: projects/1/locations/europe-west4/endpoints/2"),
 ])
 def test_bad_overrides_never_reach_the_endpoint(endpoint, template, capsys, extra, message):
     url, recorded, _ = endpoint
@@ -141,6 +160,15 @@ def test_bad_overrides_never_reach_the_endpoint(endpoint, template, capsys, extr
     ("--service_account", "runner", "--service_account: expected an e-mail"),
     ("--project", "My Project", "--project: expected a project ID"),
     ("--region", "mars", "--region: expected a region such as us-central1"),
+    ("--region", "us-central9", "--region: expected a region Vertex AI serves"),
+    # Values are matched whole: a trailing newline is not part of a valid name.
+    ("--region", "us-central1\n", "--region: expected a region such as us-central1"),
+    ("--project", "mnist-project\n", "--project: expected a project ID"),
+    ("--service_account", ACCOUNT + "\n", "--service_account: expected an e-mail"),
+    ("--pipeline_root", "gs://goog-bucket/runs", "--pipeline_root: expected gs://BUCKET[/PATH], a Cloud Storage "
+     "bucket name"),
+    ("--pipeline_root", "gs://mnist..root/runs", "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    ("--pipeline_root", "gs://" + "b" * 64 + "/runs", "--pipeline_root: expected gs://BUCKET[/PATH]"),
 ])
 def test_bad_settings_never_reach_the_endpoint(endpoint, template, capsys, flag, value, message):
     url, recorded, _ = endpoint
@@ -281,10 +309,61 @@ def test_explicit_params_win_over_the_flags_they_default_to(endpoint, template):
     other = "trainer@mnist-project.iam.gserviceaccount.com"
     endpoint_name = f"projects/{PROJECT}/locations/europe-west4/endpoints/123"
     assert submit.main(_args(template, url, "--param", f"service_account={other}", "--param", "region=europe-west4",
-                             "--param", "deploy=true", "--param", f"endpoint={endpoint_name}")) == 0
+                             "--param", "register=true", "--param", "deploy=true",
+                             "--param", f"endpoint={endpoint_name}")) == 0
     (create,) = _job_requests(recorded)
     job = json.loads(create["body"])
     assert job["runtimeConfig"]["parameterValues"] == {"service_account": other, "project": PROJECT,
-                                                       "region": "europe-west4", "deploy": True,
+                                                       "region": "europe-west4", "register": True, "deploy": True,
                                                        "endpoint": endpoint_name}
     assert job["serviceAccount"] == ACCOUNT  # The run itself still acts as --service_account.
+
+
+def test_a_project_number_and_a_dotted_bucket_are_accepted(template):
+    args = submit.parser().parse_args(_args(template, "http://127.0.0.1:9", "--project", "123456789012",
+                                            "--pipeline_root", "gs://runs.mnist.example.com/runs"))
+    values, _ = submit.check(args)
+    assert values["project"] == "123456789012"
+
+
+@pytest.fixture(scope="module")
+def tensorboard_template(tmp_path_factory) -> str:
+    board = "projects/mnist-project/locations/europe-west4/tensorboards/7"
+    return compile_module.compile_pipeline(
+        str(tmp_path_factory.mktemp("tensorboard") / "pipeline.yaml"),
+        hardware.resolve("gpu", machine_type="g2-standard-8", tensorboard=board), registry=REGISTRY)
+
+
+def test_a_tensorboard_of_another_region_is_refused_before_submission(endpoint, tensorboard_template, capsys):
+    url, recorded, _ = endpoint
+    assert submit.main(_args(tensorboard_template, url)) == 1
+    assert capsys.readouterr().err == (
+        "submit.py: error: --region: expected europe-west4, the region of the template's TensorBoard "
+        "projects/mnist-project/locations/europe-west4/tensorboards/7 (a job uploads only to a TensorBoard of its "
+        "own region), found 'us-central1'\n")
+    assert recorded == []
+
+
+def test_a_tensorboard_job_needs_a_service_account(endpoint, tensorboard_template, capsys):
+    url, recorded, _ = endpoint
+    args = _args(tensorboard_template, url, "--param", "service_account=")
+    args[args.index("--region") + 1] = "europe-west4"
+    assert submit.main(args) == 1
+    assert "parameter service_account: expected an account for the training job, which uploads to the " \
+        "TensorBoard projects/mnist-project/locations/europe-west4/tensorboards/7, found an empty one" in \
+        capsys.readouterr().err
+    assert recorded == []
+    args = _args(tensorboard_template, url)
+    args[args.index("--region") + 1] = "europe-west4"
+    assert submit.main(args) == 0  # With the run's own account it goes through.
+
+
+def test_a_request_vertex_refuses_ends_in_one_line(endpoint, template, capsys):
+    url, recorded, handler = endpoint
+    handler.refuse_jobs = "Service account runner@mnist-project.iam.gserviceaccount.com does not exist."
+    assert submit.main(_args(template, url)) == 1
+    err = capsys.readouterr().err
+    # The REST transport puts the request before Vertex AI's message (POST URL: message).
+    assert err.startswith("submit.py: error: BadRequest (400): ") and err.count("\n") == 1
+    assert err.endswith("Service account runner@mnist-project.iam.gserviceaccount.com does not exist.\n")
+    assert _job_requests(recorded)  # It was sent, and refused.

@@ -39,6 +39,7 @@ class Recorder(BaseHTTPRequestHandler):
     """Answers like Vertex AI, GCS and Artifact Registry would, and keeps what it received."""
 
     requests: list = []  # Replaced per server, like the state below.
+    refuse_jobs: str = ""  # When set, pipeline job creation is refused (400 INVALID_ARGUMENT) with this message.
     jobs: dict = {}
     models: list = []
     contexts: dict = {}
@@ -75,6 +76,8 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(404, {"error": {"code": 404, "message": "The specified bucket does not exist."}})
         if path == "/storage/v1/b" and self.command == "POST":
             return self._reply(200, {"kind": "storage#bucket", **json.loads(body)})
+        if path.endswith("/pipelineJobs") and self.command == "POST" and self.refuse_jobs:
+            return self._reply(400, {"error": {"code": 400, "message": self.refuse_jobs, "status": "INVALID_ARGUMENT"}})
         if path.endswith("/pipelineJobs") and self.command == "POST":
             job = json.loads(body)
             job_id = query["pipelineJobId"][0]
