@@ -24,8 +24,13 @@ DEFAULT_TPU_MACHINE = "ct5lp-hightpu-4t"
 DEFAULT_MULTIWORKER_MACHINE = "n1-standard-8"
 # GCPC's own default machine for a custom job: what --spot/--tensorboard on CPU train on unless told otherwise.
 DEFAULT_CPU_MACHINE = "n1-standard-4"
-_MACHINE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
-_TENSORBOARD = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/tensorboards/[^/\s]+$")
+# Matched whole (re.fullmatch): `$` would also let a value through with a newline at its end.
+_MACHINE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
+_TENSORBOARD = re.compile(r"projects/(?P<project>[^/\s]+)/locations/(?P<region>[^/\s]+)/tensorboards/[^/\s]+")
+# A bound of this project's, not a documented Vertex AI limit: the compiled YAML stores numbers as doubles
+# (exact only up to 2**53) and the request's replica_count is an int64, so a typo of a few digits too many
+# would compile and fail in GCPC's launcher only at run time; MNIST has no use for more machines.
+MAX_REPLICAS = 1000
 
 
 class HardwareError(ValueError):
@@ -69,6 +74,11 @@ class Hardware:
         machine type, several replicas, a TPU, Spot VMs or a TensorBoard."""
         return (bool(self.machine_type) or self.replica_count > 1 or self.kind == "tpu" or self.spot
                 or bool(self.tensorboard))
+
+    @property
+    def boot_disk_type(self) -> str:
+        """The custom job's boot disk type: pd-ssd, or Hyperdisk where the machine boots from nothing else."""
+        return table.boot_disk_type(self.machine_type)
 
     @property
     def tpu_hosts(self) -> int:
@@ -182,11 +192,16 @@ def resolve(kind: str = "cpu", machine_type: str | None = None, accelerator_type
     """
     if kind not in KINDS:
         _refuse("hardware", f"one of {', '.join(KINDS)}", kind)
-    if machine_type and not _MACHINE.match(machine_type):
+    if machine_type and not _MACHINE.fullmatch(machine_type):
         _refuse("machine_type", "a machine type such as n1-standard-8 or g2-standard-8", machine_type)
-    if tensorboard and not _TENSORBOARD.match(tensorboard):
+    if tensorboard and not _TENSORBOARD.fullmatch(tensorboard):
         _refuse("tensorboard", "a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID",
                 tensorboard)
+    if accelerator_count is not None and accelerator_count < 1:
+        _refuse("accelerator_count", "at least 1 (leave the flag out for no accelerator, or the machine's own "
+                "count)", accelerator_count)
+    if replica_count is not None and replica_count > MAX_REPLICAS:
+        _refuse("replica_count", f"at most {MAX_REPLICAS} (pipelines/hardware.py MAX_REPLICAS)", replica_count)
     if tpu_topology and kind != "tpu":
         _refuse("tpu_topology", "no topology unless --hardware=tpu", tpu_topology)
     if replica_count is not None and replica_count != 1 and kind != "multiworker":
@@ -206,8 +221,8 @@ def resolve(kind: str = "cpu", machine_type: str | None = None, accelerator_type
 
     if kind == "cpu":
         if accelerator_type or accelerator_count:
-            _refuse("accelerator_type", "no accelerator for --hardware=cpu (use --hardware=gpu or tpu)",
-                    accelerator_type or accelerator_count)
+            _refuse("accelerator_type" if accelerator_type else "accelerator_count",
+                    "no accelerator for --hardware=cpu (use --hardware=gpu or tpu)", accelerator_type or accelerator_count)
         if machine_type in table.FIXED_GPU_MACHINES:
             fixed = table.FIXED_GPU_MACHINES[machine_type]
             _refuse("machine_type", f"a CPU machine for --hardware=cpu ({machine_type} comes with {fixed.count} x "
@@ -255,4 +270,10 @@ def resolve(kind: str = "cpu", machine_type: str | None = None, accelerator_type
     if spec.topologies and tpu_topology not in spec.topologies:
         shapes = ", ".join(f"{t} ({hosts} host{'s' * (hosts > 1)})" for t, hosts in spec.topologies.items())
         _refuse("tpu_topology", f"one of {shapes} on {machine_type}", tpu_topology)
+    hosts = spec.topologies.get(tpu_topology, 1)
+    if spot and hosts > 1:
+        # Vertex AI's Spot VM page: "Using Spot VMs with TPU Pods isn't supported."
+        # (cloud.google.com/vertex-ai/docs/training/use-spot-vms, Limitations)
+        _refuse("spot", f"no Spot VMs on a multi-host TPU slice ({tpu_topology} is {hosts} hosts; Vertex AI "
+                "has no Spot TPU Pods): a one-host topology, or no --spot", "--spot")
     return Hardware("tpu", machine_type, accelerator_type, accelerator_count, 1, tpu_topology, **extras)

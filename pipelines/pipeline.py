@@ -281,7 +281,7 @@ def _custom_job(train_op, hardware: Hardware):
     job = create_custom_training_job_from_component(
         train_op, display_name="train-model", machine_type=hardware.machine_type,
         accelerator_type=hardware.accelerator_type, accelerator_count=hardware.accelerator_count or 1,
-        replica_count=hardware.replica_count,
+        replica_count=hardware.replica_count, boot_disk_type=hardware.boot_disk_type,
         # A reclaimed Spot VM, or a lost peer of a multi-worker job (MultiWorkerMirroredStrategy cannot carry on
         # without it), restarts the whole job, which resumes from AIP_CHECKPOINT_DIR.
         restart_job_on_worker_restart=hardware.spot or hardware.replica_count > 1,

@@ -22,6 +22,10 @@ SOURCES = {
                   "'as TPU jobs only allow 1 replica'",
     "client-enum": "google-cloud-aiplatform 1.165.1, google.cloud.aiplatform_v1.types.AcceleratorType "
                    "(checked at compile time against the installed client)",
+    "boot-disk": "google-cloud-aiplatform 1.165.1, google.cloud.aiplatform_v1.types.DiskSpec.boot_disk_type "
+                 "(pd-ssd by default, hyperdisk-balanced for A3 Ultra) and "
+                 "https://cloud.google.com/compute/docs/accelerator-optimized-machines (A3 Ultra and A4 boot from "
+                 "Hyperdisk only); GCPC's custom job writes pd-ssd unless told otherwise",
 }
 
 
@@ -32,6 +36,7 @@ class FixedGpuMachine:
     accelerator: str
     count: int
     source: str = "gce-gpus"
+    boot_disk: str = "pd-ssd"  # The custom job's boot disk type (source: boot-disk).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +86,8 @@ FIXED_GPU_MACHINES = {
     **{f"a2-ultragpu-{n}g": FixedGpuMachine("NVIDIA_A100_80GB", n) for n in (1, 2, 4, 8)},
     "a3-highgpu-8g": FixedGpuMachine("NVIDIA_H100_80GB", 8),
     "a3-megagpu-8g": FixedGpuMachine("NVIDIA_H100_MEGA_80GB", 8),
-    "a3-ultragpu-8g": FixedGpuMachine("NVIDIA_H200_141GB", 8),
-    "a4-highgpu-8g": FixedGpuMachine("NVIDIA_B200", 8),
+    "a3-ultragpu-8g": FixedGpuMachine("NVIDIA_H200_141GB", 8, boot_disk="hyperdisk-balanced"),
+    "a4-highgpu-8g": FixedGpuMachine("NVIDIA_B200", 8, boot_disk="hyperdisk-balanced"),
 }
 
 # TPU machine types (source: training-compute; one replica with the topology on the chief: client-tpu).
@@ -132,6 +137,12 @@ def machines_for(accelerator: str, count: int) -> list:
     return sorted((m for m, spec in FIXED_GPU_MACHINES.items() if (spec.accelerator, spec.count) == (accelerator,
                                                                                                      count)),
                   key=size)
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The boot disk type a custom job on `machine_type` asks for (source: boot-disk)."""
+    fixed = FIXED_GPU_MACHINES.get(machine_type)
+    return fixed.boot_disk if fixed else "pd-ssd"
 
 
 def size(machine_type: str) -> int:

@@ -87,6 +87,10 @@ CUSTOM_JOBS = [
                  _gpu("a3-highgpu-8g", "NVIDIA_H100_80GB", 8), [1], id="a3-highgpu-8g"),
     pytest.param(["--hardware", "gpu", "--machine_type", "a3-megagpu-8g"],
                  _gpu("a3-megagpu-8g", "NVIDIA_H100_MEGA_80GB", 8), [1], id="a3-megagpu-8g"),
+    pytest.param(["--hardware", "gpu", "--machine_type", "a3-ultragpu-8g"],
+                 _gpu("a3-ultragpu-8g", "NVIDIA_H200_141GB", 8), [1], id="a3-ultragpu-8g"),
+    pytest.param(["--hardware", "gpu", "--machine_type", "a4-highgpu-8g"],
+                 _gpu("a4-highgpu-8g", "NVIDIA_B200", 8), [1], id="a4-highgpu-8g"),
     pytest.param(["--machine_type", "e2-standard-8"], {"machine_type": "e2-standard-8"}, [1], id="cpu-e2"),
     pytest.param(["--machine_type", "n2-standard-16"], {"machine_type": "n2-standard-16"}, [1], id="cpu-n2"),
     pytest.param(["--spot"], {"machine_type": "n1-standard-4"}, [1], id="cpu-spot"),
@@ -94,8 +98,10 @@ CUSTOM_JOBS = [
                  id="multiworker-spot"),
     pytest.param(["--hardware", "gpu", "--machine_type", "g2-standard-8", "--spot", "--tensorboard", TENSORBOARD],
                  _gpu("g2-standard-8", "NVIDIA_L4", 1), [1], id="g2-spot-tensorboard"),
-    pytest.param(["--hardware", "tpu", "--tpu_topology", "4x4", "--spot", "--tensorboard", TENSORBOARD],
-                 _tpu("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "4x4"), [1], id="tpu-4-hosts-spot-tensorboard"),
+    pytest.param(["--hardware", "tpu", "--spot", "--tensorboard", TENSORBOARD],
+                 _tpu("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "2x2"), [1], id="tpu-1-host-spot-tensorboard"),
+    pytest.param(["--hardware", "tpu", "--tpu_topology", "4x4", "--tensorboard", TENSORBOARD],
+                 _tpu("ct5lp-hightpu-4t", "TPU_V5_LITEPOD", 4, "4x4"), [1], id="tpu-4-hosts-tensorboard"),
 ]
 
 
@@ -182,7 +188,8 @@ def _client_pools(machine: dict, replicas: list) -> list:
     pools = worker_spec_utils._DistributedTrainingSpec.chief_worker_pool(
         replica_count=sum(replicas), machine_type=machine["machine_type"],
         accelerator_type=machine.get("accelerator_type", "ACCELERATOR_TYPE_UNSPECIFIED"),
-        accelerator_count=machine.get("accelerator_count", 0), tpu_topology=machine.get("tpu_topology")).pool_specs
+        accelerator_count=machine.get("accelerator_count", 0), tpu_topology=machine.get("tpu_topology"),
+        boot_disk_type=vertex_machines.boot_disk_type(machine["machine_type"])).pool_specs
     return [{k: p[k] for k in ("machine_spec", "replica_count", "disk_spec")} for p in pools]
 
 
@@ -218,6 +225,10 @@ def test_custom_job_request_parses_strictly_and_is_what_the_client_builds(tmp_pa
     assert sent.job_spec.scheduling.restart_job_on_worker_restart == (spot or sum(replicas) > 1)
     assert sent.job_spec.base_output_directory.output_uri_prefix == BASE_OUTPUT
     assert sent.job_spec.tensorboard == (TENSORBOARD if "--tensorboard" in argv else "")
+    # A3 Ultra and A4 boot from Hyperdisk only; GCPC's own default would ask for pd-ssd.
+    hyperdisk = machine["machine_type"] in ("a3-ultragpu-8g", "a4-highgpu-8g")
+    assert {p.disk_spec.boot_disk_type for p in sent.job_spec.worker_pool_specs} == \
+        {"hyperdisk-balanced" if hyperdisk else "pd-ssd"}
     retry = spec["root"]["dag"]["tasks"]["train-model"]["retryPolicy"]
     assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "60s"
 
@@ -361,6 +372,28 @@ REFUSED = [
     (dict(kind="tpu", machine_type="g2-standard-8"),
      "--machine_type: expected a TPU machine type, one of cloud-tpu, ct5lp-hightpu-1t, ct5lp-hightpu-4t, "
      "ct5lp-hightpu-8t, ct6e-standard-1t, ct6e-standard-4t, ct6e-standard-8t, found 'g2-standard-8'"),
+    # Vertex AI has no Spot VMs for TPU Pods, which a multi-host slice is.
+    (dict(kind="tpu", tpu_topology="4x4", spot=True),
+     "--spot: expected no Spot VMs on a multi-host TPU slice (4x4 is 4 hosts; Vertex AI has no Spot TPU Pods): "
+     "a one-host topology, or no --spot, found '--spot'"),
+    # Past the bound, the YAML's doubles and the request's int64 would fail (or change the count) at run time.
+    (dict(kind="multiworker", replica_count=10 ** 20),
+     "--replica_count: expected at most 1000 (pipelines/hardware.py MAX_REPLICAS), found 100000000000000000000"),
+    # An explicit 0 used to mean "the default" silently.
+    (dict(kind="gpu", machine_type="n1-standard-8", accelerator_count=0),
+     "--accelerator_count: expected at least 1 (leave the flag out for no accelerator, or the machine's own "
+     "count), found 0"),
+    (dict(kind="tpu", accelerator_count=0),
+     "--accelerator_count: expected at least 1 (leave the flag out for no accelerator, or the machine's own "
+     "count), found 0"),
+    (dict(kind="cpu", accelerator_count=2),
+     "--accelerator_count: expected no accelerator for --hardware=cpu (use --hardware=gpu or tpu), found 2"),
+    # Whole-value matches: a trailing newline is not a valid name.
+    (dict(kind="cpu", tensorboard=TENSORBOARD + "\n"),
+     f"--tensorboard: expected a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID, "
+     f"found {TENSORBOARD + chr(10)!r}"),
+    (dict(kind="cpu", machine_type="n1-standard-8\n"),
+     "--machine_type: expected a machine type such as n1-standard-8 or g2-standard-8, found 'n1-standard-8\\n'"),
     (dict(kind="multiworker", machine_type="ct5lp-hightpu-4t"),
      "--machine_type: expected a CPU or GPU machine type for --hardware=multiworker (TPU machines take "
      "--hardware=tpu), found 'ct5lp-hightpu-4t'"),
