@@ -151,6 +151,25 @@ def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
                     "cannot be created (Not a directory)")
 
 
+@pytest.mark.parametrize("command, flags, flag", [
+    ("export", ["--model_dir", "model", "--export_dir", "gs://bucket/exports"], "--export_dir"),
+    ("train", ["--data_dir", "data", "--model_dir", "gs://bucket/model"], "--model_dir"),
+    ("evaluate", ["--model_dir", "model", "--data_dir", "data", "--output", "gs://bucket/metrics.json"], "--output"),
+    ("validate", ["--data_dir", "gs://bucket/data"], "--data_dir"),
+    ("download", ["--data_dir", "gs://bucket/data", "--source", "data"], "--data_dir"),
+])
+def test_a_gs_path_without_the_fuse_mount_is_one_line_and_creates_nothing(tmp_path, command, flags, flag):
+    # The commands write gs:// paths through Cloud Storage FUSE at /gcs, as on Vertex AI; this machine has none.
+    assert not os.path.exists("/gcs")
+    result = subprocess.run([sys.executable, "-m", f"mnistkit.commands.{command}", *flags], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    uri = flags[flags.index(flag) + 1]
+    assert error_line(result, f"mnist-{command}") == (
+        f"mnist-{command}: error: {flag}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted "
+        f"at /gcs (as on Vertex AI), found {uri} and no /gcs")
+    assert os.listdir(tmp_path) == []  # Not a relative directory named "gs:".
+
+
 # --- Pipeline and submission parameters (pipelines/compile.py, pipelines/submit.py). -----------------------
 
 

@@ -141,6 +141,27 @@ def test_gs_uris_map_to_the_fuse_mount_and_are_refused_without_one(tmp_path, mon
     assert files.local_path("gs://bucket/ckpt/", "x") == str(tmp_path / "gcs" / "bucket" / "ckpt") + "/"
 
 
+def test_a_command_given_a_gs_uri_writes_through_the_mount(tmp_path):
+    """`mnist-export --export_dir gs://...` as a step on Vertex AI runs it: the SavedModel lands under the mount
+    (a stand-in directory here), and nothing named "gs:" appears where the command ran."""
+    from mnistkit.model import create_model
+
+    model_dir, mount, cwd = tmp_path / "model", tmp_path / "gcs", tmp_path / "cwd"
+    for d in (model_dir, mount, cwd):
+        d.mkdir()
+    create_model("channels_last").save(model_dir / "model.keras")
+    code = ("import sys; from mnistkit import files; files.GCS_FUSE_MOUNT = sys.argv.pop(1); "
+            "from mnistkit.commands import export; export.run()")
+    done = subprocess.run([sys.executable, "-c", code, str(mount), "--model_dir", str(model_dir),
+                           "--export_dir", "gs://bucket/exports"], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (version,) = os.listdir(mount / "bucket" / "exports")
+    assert done.stdout.strip() == str(mount / "bucket" / "exports" / version)
+    assert (mount / "bucket" / "exports" / version / "saved_model.pb").is_file()
+    assert os.listdir(cwd) == []
+
+
 def test_vertex_variables_send_checkpoints_and_summaries_to_the_mount(synthetic_data, tmp_path, monkeypatch):
     """AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR as Vertex AI sets them (gs:// URIs), read through a
     stand-in for the /gcs mount."""

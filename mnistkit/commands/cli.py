@@ -55,6 +55,22 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}{error.strerror}" + (f"; {hint}" if hint else "")
 
 
+# The flags that name a local path, in every command that has them. A gs:// value is read and written through
+# Cloud Storage FUSE at /gcs, as Vertex AI mounts it (files.local_path); where no mount exists it is refused in
+# one line before anything runs, rather than taken for a relative directory named "gs:".
+PATH_FLAGS = ("data_dir", "model_dir", "export_dir", "output", "report_dir")
+
+
+def _map_gcs_paths() -> None:
+    from absl import flags
+
+    from mnistkit import files
+
+    for name in PATH_FLAGS:
+        if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
+            flags.FLAGS[name].value = files.local_path(flags.FLAGS[name].value, f"--{name}")
+
+
 def run(main) -> None:
     """Runs an absl `main`, turning errors about inputs and of the machine into one line and exit 1.
 
@@ -68,6 +84,7 @@ def run(main) -> None:
 
     def guarded(argv):
         try:
+            _map_gcs_paths()
             return main(argv)
         except expected as e:
             print(f"{prog_name()}: error: {e}", file=sys.stderr)
