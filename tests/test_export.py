@@ -112,6 +112,10 @@ def test_exported_model_classifies_like_the_trained_one(exported, model_dir, tes
     # One image at a time works too (batch of 1, as online prediction sends).
     single = classify(image=tf.constant(images[:1]))
     assert single["classes"].numpy().tolist() == classes[:1].tolist()
+    # And none at all: empty answers of the same dtypes, where the bare model fails on the CPU.
+    empty = classify(image=tf.zeros([0, 28, 28]))
+    assert empty["classes"].shape == (0,) and empty["classes"].dtype == tf.int64
+    assert empty["probabilities"].shape == (0, 10) and empty["probabilities"].dtype == tf.float32
 
 
 def test_exporting_twice_gives_two_versions(model_dir, tmp_path):

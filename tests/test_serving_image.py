@@ -81,6 +81,8 @@ def test_an_export_of_this_tensorflow_answers_in_the_serving_images_tensorflow(s
         "for name in ('classify', 'serving_default'):\n"
         "    result = loaded.signatures[name](image=batch)\n"
         "    out[name] = {k: v.numpy().tolist() for k, v in result.items()}\n"
+        "empty = loaded.signatures['classify'](image=tf.zeros([0, 28, 28]))\n"
+        "out['empty'] = {k: v.shape.as_list() for k, v in empty.items()}\n"
         "print(json.dumps(out))\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
     done = subprocess.run([python, "-c", script, export, str(tmp_path / "batch.npy")], capture_output=True,
@@ -93,3 +95,4 @@ def test_an_export_of_this_tensorflow_answers_in_the_serving_images_tensorflow(s
         np.testing.assert_array_equal(there[name]["classes"], here["classes"].numpy())
         np.testing.assert_allclose(there[name]["probabilities"], here["probabilities"].numpy(), atol=1e-5)
     assert np.mean(np.array(there["classify"]["classes"]) == labels[:20]) >= 0.5
+    assert there["empty"] == {"classes": [0], "probabilities": [0, 10]}  # A batch of 0 answers, empty.
