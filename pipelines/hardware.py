@@ -169,6 +169,11 @@ def _check_gpu_without_machine(accelerator_type: str, accelerator_count: int) ->
     if accelerator_count not in counts:
         _refuse("accelerator_count", f"one of {', '.join(map(str, counts))} for {accelerator_type}",
                 accelerator_count)
+    machines = table.machines_for(accelerator_type, accelerator_count)
+    if not any(table.fits_pipeline_task(m) for m in machines):
+        _refuse("machine_type", f"a machine type for {accelerator_count} x {accelerator_type} (e.g. {machines[0]}): "
+                f"without one, Vertex AI Pipelines picks a machine of at most {table.PIPELINE_TASK_MAX_VCPUS} vCPUs "
+                f"and {table.PIPELINE_TASK_MAX_MEMORY_GB} GB, and none of those carries them", "none")
 
 
 def resolve(kind: str = "cpu", machine_type: str | None = None, accelerator_type: str | None = None,

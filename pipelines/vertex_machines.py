@@ -17,6 +17,10 @@ SOURCES = {
                         "(machine types, GPUs and TPUs for custom training)",
     "gce-gpus": "https://cloud.google.com/compute/docs/gpus (GPU counts and the vCPUs each count allows on N1; "
                 "the GPUs attached to G2, A2, A3 and A4 machine types)",
+    "gce-accelerator-machines": "https://cloud.google.com/compute/docs/accelerator-optimized-machines (vCPUs and "
+                                "memory of the G2, A2, A3 and A4 machine types)",
+    "pipeline-task": "https://cloud.google.com/vertex-ai/docs/pipelines/machine-types (a step without a machine "
+                     "type runs on one Vertex AI Pipelines picks, of at most 96 vCPUs and 624 GB)",
     "client-tpu": "google-cloud-aiplatform 1.165.1, google/cloud/aiplatform/utils/worker_spec_utils.py and "
                   "jobs.py: tpu_topology 'is required for the TPU v5 versions' and goes to the chief only, "
                   "'as TPU jobs only allow 1 replica'",
@@ -35,6 +39,8 @@ class FixedGpuMachine:
 
     accelerator: str
     count: int
+    vcpus: int  # vCPUs and memory (source: gce-accelerator-machines).
+    memory_gb: int
     source: str = "gce-gpus"
     boot_disk: str = "pd-ssd"  # The custom job's boot disk type (source: boot-disk).
 
@@ -77,17 +83,17 @@ N1_GPUS = {
 
 # Accelerator-optimized machine types: the GPUs come with the machine (source: gce-gpus, training-compute).
 FIXED_GPU_MACHINES = {
-    **{f"g2-standard-{n}": FixedGpuMachine("NVIDIA_L4", 1) for n in (4, 8, 12, 16, 32)},
-    "g2-standard-24": FixedGpuMachine("NVIDIA_L4", 2),
-    "g2-standard-48": FixedGpuMachine("NVIDIA_L4", 4),
-    "g2-standard-96": FixedGpuMachine("NVIDIA_L4", 8),
-    **{f"a2-highgpu-{n}g": FixedGpuMachine("NVIDIA_TESLA_A100", n) for n in (1, 2, 4, 8)},
-    "a2-megagpu-16g": FixedGpuMachine("NVIDIA_TESLA_A100", 16),
-    **{f"a2-ultragpu-{n}g": FixedGpuMachine("NVIDIA_A100_80GB", n) for n in (1, 2, 4, 8)},
-    "a3-highgpu-8g": FixedGpuMachine("NVIDIA_H100_80GB", 8),
-    "a3-megagpu-8g": FixedGpuMachine("NVIDIA_H100_MEGA_80GB", 8),
-    "a3-ultragpu-8g": FixedGpuMachine("NVIDIA_H200_141GB", 8, boot_disk="hyperdisk-balanced"),
-    "a4-highgpu-8g": FixedGpuMachine("NVIDIA_B200", 8, boot_disk="hyperdisk-balanced"),
+    **{f"g2-standard-{n}": FixedGpuMachine("NVIDIA_L4", 1, n, 4 * n) for n in (4, 8, 12, 16, 32)},
+    "g2-standard-24": FixedGpuMachine("NVIDIA_L4", 2, 24, 96),
+    "g2-standard-48": FixedGpuMachine("NVIDIA_L4", 4, 48, 192),
+    "g2-standard-96": FixedGpuMachine("NVIDIA_L4", 8, 96, 384),
+    **{f"a2-highgpu-{n}g": FixedGpuMachine("NVIDIA_TESLA_A100", n, 12 * n, 85 * n) for n in (1, 2, 4, 8)},
+    "a2-megagpu-16g": FixedGpuMachine("NVIDIA_TESLA_A100", 16, 96, 1360),
+    **{f"a2-ultragpu-{n}g": FixedGpuMachine("NVIDIA_A100_80GB", n, 12 * n, 170 * n) for n in (1, 2, 4, 8)},
+    "a3-highgpu-8g": FixedGpuMachine("NVIDIA_H100_80GB", 8, 208, 1872),
+    "a3-megagpu-8g": FixedGpuMachine("NVIDIA_H100_MEGA_80GB", 8, 208, 1872),
+    "a3-ultragpu-8g": FixedGpuMachine("NVIDIA_H200_141GB", 8, 224, 2952, boot_disk="hyperdisk-balanced"),
+    "a4-highgpu-8g": FixedGpuMachine("NVIDIA_B200", 8, 224, 3968, boot_disk="hyperdisk-balanced"),
 }
 
 # TPU machine types (source: training-compute; one replica with the topology on the chief: client-tpu).
@@ -137,6 +143,16 @@ def machines_for(accelerator: str, count: int) -> list:
     return sorted((m for m, spec in FIXED_GPU_MACHINES.items() if (spec.accelerator, spec.count) == (accelerator,
                                                                                                      count)),
                   key=size)
+
+
+# The largest machine Vertex AI Pipelines picks for a step that names no machine type (source: pipeline-task).
+PIPELINE_TASK_MAX_VCPUS, PIPELINE_TASK_MAX_MEMORY_GB = 96, 624
+
+
+def fits_pipeline_task(machine_type: str) -> bool:
+    """Whether Vertex AI Pipelines could pick `machine_type` for a step that names none (every N1 machine can)."""
+    fixed = FIXED_GPU_MACHINES.get(machine_type)
+    return not fixed or (fixed.vcpus <= PIPELINE_TASK_MAX_VCPUS and fixed.memory_gb <= PIPELINE_TASK_MAX_MEMORY_GB)
 
 
 def boot_disk_type(machine_type: str) -> str:

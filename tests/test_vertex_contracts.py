@@ -394,6 +394,13 @@ REFUSED = [
      f"found {TENSORBOARD + chr(10)!r}"),
     (dict(kind="cpu", machine_type="n1-standard-8\n"),
      "--machine_type: expected a machine type such as n1-standard-8 or g2-standard-8, found 'n1-standard-8\\n'"),
+    # Without a machine type, Vertex AI Pipelines picks one of at most 96 vCPUs and 624 GB: no A3 or A4.
+    (dict(kind="gpu", accelerator_type="NVIDIA_H100_80GB", accelerator_count=8),
+     "--machine_type: expected a machine type for 8 x NVIDIA_H100_80GB (e.g. a3-highgpu-8g): without one, Vertex "
+     "AI Pipelines picks a machine of at most 96 vCPUs and 624 GB, and none of those carries them, found 'none'"),
+    (dict(kind="gpu", accelerator_type="NVIDIA_TESLA_A100", accelerator_count=8),
+     "--machine_type: expected a machine type for 8 x NVIDIA_TESLA_A100 (e.g. a2-highgpu-8g): without one, Vertex "
+     "AI Pipelines picks a machine of at most 96 vCPUs and 624 GB, and none of those carries them, found 'none'"),
     (dict(kind="multiworker", machine_type="ct5lp-hightpu-4t"),
      "--machine_type: expected a CPU or GPU machine type for --hardware=multiworker (TPU machines take "
      "--hardware=tpu), found 'ct5lp-hightpu-4t'"),
