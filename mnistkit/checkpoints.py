@@ -109,9 +109,9 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, model_dir: s
 def newest_first(directory: str) -> list[str]:
     """The checkpoints the state file of `directory` lists, newest first."""
     state = tf.train.get_checkpoint_state(directory)
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    # Relative entries are relative to the directory, as tf.train.latest_checkpoint reads them.
-    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in reversed(paths)]
+    # TensorFlow has already joined relative entries with `directory` (joining them again broke every resume
+    # from a relative --model_dir).
+    return list(reversed(state.all_model_checkpoint_paths)) if state else []
 
 
 def repair_state(directory: str) -> None:

@@ -28,12 +28,12 @@ ACCURACY_NOISE = 0.05
 class Trainer:
     """`python -m mnistkit.commands.train` as a child process whose log goes to a file the test reads."""
 
-    def __init__(self, data_dir, model_dir, log_path):
+    def __init__(self, data_dir, model_dir, log_path, cwd=REPO):
         self.log_path = log_path
         self.log_file = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir, *TRAIN_FLAGS],
-            cwd=REPO, stdout=self.log_file, stderr=subprocess.STDOUT)
+            cwd=cwd, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -134,6 +134,20 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_resumes_at_that_step(data_dir, tm
     first_step_logged = int(re.search(r"epoch 1: step (\d+) of", second.log()).group(1))
     assert first_step_logged > step
     assert_same_outcome(model_dir, uninterrupted)
+
+
+def test_a_relative_model_dir_resumes_too(data_dir, tmp_path, uninterrupted):
+    """--model_dir work/model, as the README writes it: the checkpoint state's relative entries must not be
+    joined with the directory twice (that made every resume fail and advise --clean)."""
+    first = Trainer(data_dir, os.path.join("work", "model"), tmp_path / "first.log", cwd=tmp_path)
+    first.wait_for(r"epoch 1: step 6 of 20")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 143, first.log()[-3000:]
+    second = Trainer(data_dir, os.path.join("work", "model"), tmp_path / "second.log", cwd=tmp_path)
+    assert second.wait() == 0, second.log()[-3000:]
+    assert re.search(r"resumed from work/model/checkpoints/ckpt-\d+ at epoch 0, step \d+", second.log())
+    assert "cannot be read" not in second.log()
+    assert_same_outcome(str(tmp_path / "work" / "model"), uninterrupted)
 
 
 def test_sigkill_mid_epoch_loses_at_most_that_epoch(data_dir, tmp_path, uninterrupted):
