@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
@@ -54,13 +55,15 @@ class TrainConfig:
     epochs_between_evals: int = hyper(1, "Evaluate on the test split every this many epochs.", low=1, pipeline=1)
     epoch_fraction: float = hyper(_recipe("epoch_fraction"), "An epoch's length as a share of the training split: "
                                   "epochs are cut from an endless stream of shuffled passes over it, and each ends "
-                                  "with a checkpoint (and, every epochs_between_evals, an evaluation).", above=0)
+                                  "with a checkpoint (and, every epochs_between_evals, an evaluation).", above=0,
+                                  high=100)
     stop_threshold: float | None = hyper(None, "Stop once test accuracy reaches this (0 to 1).", low=0, high=1,
                                          pipeline=0.99)
     learning_rate: float = hyper(_recipe("learning_rate"), "Adam's (peak) learning rate.", above=0, pipeline=0.0,
                                  unset=0.0)
     schedule: str = hyper(_recipe("schedule"), "Learning-rate schedule.", choices=SCHEDULES)
-    warmup_epochs: float = hyper(_recipe("warmup_epochs"), "Epochs of linear learning-rate warmup.", low=0)
+    warmup_epochs: float = hyper(_recipe("warmup_epochs"), "Epochs of linear learning-rate warmup.", low=0,
+                                 high=10_000)
     precision: str = hyper(_recipe("precision"), "Compute precision.", choices=PRECISIONS)
     label_smoothing: float = hyper(_recipe("label_smoothing"), "Label smoothing of the training loss (0: none).",
                                    low=0, high=0.5)
@@ -75,15 +78,15 @@ class TrainConfig:
     distribution_strategy: str = hyper("default", "tf.distribute strategy; 'default' chooses from the hardware "
                                        "and TF_CONFIG.", choices=("default", "off", "one_device", "mirrored",
                                                                   "multi_worker_mirrored", "tpu"))
-    num_gpus: int | None = hyper(None, "GPUs to use (default: all visible).")
+    num_gpus: int | None = hyper(None, "GPUs to use (default: all visible).", low=0)
     tpu: str | None = hyper(None, "TPU name or address for the cluster resolver; 'local' on a TPU VM.")
     clean: bool = hyper(False, "Delete model_dir before training instead of resuming from it.")
-    seed: int = hyper(0, "Seed of the initial weights and the shuffling.")
+    seed: int = hyper(0, "Seed of the initial weights and the shuffling.", low=0, high=2**32 - 1)
     steps_per_loop: int = hyper(50, "Training steps per compiled call; SIGTERM is honoured between calls.", low=1)
-    max_train_examples: int | None = hyper(None, "Train on only this many examples (quick looks).", pipeline=0,
-                                           unset=0, unset_means="all")
+    max_train_examples: int | None = hyper(None, "Train on only this many examples (quick looks).", low=1,
+                                           pipeline=0, unset=0, unset_means="all")
     collective_timeout_seconds: float | None = hyper(
-        300.0, "Multi-worker: fail when a peer does not answer a collective within this many seconds.")
+        300.0, "Multi-worker: fail when a peer does not answer a collective within this many seconds.", above=0)
     # Outside model_dir, where a restarted worker, a retried task or a resubmitted run finds them.
     checkpoint_dir: str | None = hyper(
         None, "Checkpoints go here (a path or gs://, read through Cloud Storage FUSE at /gcs), in a "
@@ -104,6 +107,8 @@ class TrainConfig:
         """Raises ValueError naming the first field out of its declared range."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field.name}: expected a finite number, found {value!r}")
             if value is not None and not _within(value, field.metadata):
                 raise ValueError(f"{field.name}: expected {_expected(field.metadata)}, found {value!r}")
 

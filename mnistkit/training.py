@@ -57,7 +57,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
-                 on_evaluation: Callable[[dict], None] | None = None):
+                 on_evaluation: Callable[[dict], None] | None = None, data: tuple | None = None):
         """Builds the run's model and optimizer and reads the data; restores nothing yet (`train` does).
 
         Args:
@@ -66,6 +66,7 @@ class Trainer:
             epoch's mean training loss, "learning_rate": the rate at its end}.
           on_evaluation: Called after each evaluation `train()` makes, once history.json holds it, with its
             record {"epoch", "loss", "accuracy"}.
+          data: Both splits as `inputs.load_data(config)` returns them, when already read; else read here.
         """
         config.check()
         self.config = config
@@ -75,7 +76,7 @@ class Trainer:
         self.chief = distribution.is_chief()
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
-        (train_images, train_labels), (self.test_images, self.test_labels) = inputs.load_data(config)
+        (train_images, train_labels), (self.test_images, self.test_labels) = data or inputs.load_data(config)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
@@ -186,6 +187,8 @@ class Trainer:
                 due = epoch > 0 and (epoch % config.epochs_between_evals == 0 or epoch >= config.train_epochs)
                 if due and not any(h["epoch"] == epoch for h in history):
                     history.append({"epoch": epoch, **self.evaluate()})
+                    if not math.isfinite(history[-1]["loss"]):
+                        raise self._diverged_at_evaluation(epoch, history[-1]["loss"])
                     log.info("epoch %d: %s", epoch, history[-1])
                     run_dirs.write_summaries(writers, epoch, {"eval/accuracy": history[-1]["accuracy"],
                                                               "eval/loss": history[-1]["loss"]})
@@ -241,32 +244,52 @@ class Trainer:
             loss_sum = float(self.train_steps(iterator, tf.constant(n)))
             # The sum is fetched anyway, so checking it costs nothing; one NaN or Inf step makes it non-finite.
             if not math.isfinite(loss_sum):
-                raise self._diverged(loss_sum, epoch, step, n)
+                raise self._diverged(f"the loss became {'NaN' if math.isnan(loss_sum) else 'infinite'}", epoch,
+                                     step, n)
             total += loss_sum
             step += n
             log.info("epoch %d: step %d of %d", epoch + 1, step, self.steps_per_epoch)
             if stop is not None and stop.raised and step < self.steps_per_epoch:
+                self._check_weights(epoch, step - n, n)
                 self.step_in_epoch.assign(step)
                 path = self.save_checkpoint()
                 raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; rerun to resume")
+        self._check_weights(epoch, step - n, n)
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
         self.save_checkpoint()
         return total / max(step - start, 1)
 
-    def _diverged(self, loss_sum: float, epoch: int, step: int, n: int) -> Diverged:
-        """The error for a non-finite loss in steps step+1..step+n; the weights are lost, checkpoints untouched."""
+    def _check_weights(self, epoch: int, step: int, n: int) -> None:
+        """Raises Diverged before a checkpoint would keep weights that are not finite.
+
+        A step's loss is computed before its update, so the loss check above cannot see the last update of
+        a call go wrong: that one is caught here, once per checkpoint (a pass over the weights).
+        """
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables):
+            raise self._diverged("the weights became NaN or infinite", epoch, step, n)
+
+    def _diverged(self, what: str, epoch: int, step: int, n: int) -> Diverged:
+        """The error for steps step+1..step+n going non-finite (`what`); the weights are lost, checkpoints untouched."""
         steps = f"step {step + 1}" if n == 1 else f"steps {step + 1}-{step + n}"
-        hints = [f"a lower --learning_rate (e.g. {self.config.learning_rate / 10:g})"]
-        if self.precision != "float32":
-            hints.append("--precision float32")
         last = tf.train.latest_checkpoint(self.checkpoint_dir)  # The chief's: a non-chief saves to scratch.
         resume = f"a rerun resumes from {last}, the last checkpoint before it" if last else \
             "no checkpoint was saved before it"
-        return Diverged(f"training diverged at epoch {epoch + 1}, {steps} of {self.steps_per_epoch}: the loss became "
-                        f"{'NaN' if math.isnan(loss_sum) else 'infinite'} at learning rate {self._current_lr():g} "
-                        f"(--learning_rate {self.config.learning_rate:g}, precision {self.precision}); no model was "
-                        f"written and {resume}; try {', or '.join(hints)}")
+        return Diverged(f"training diverged at epoch {epoch + 1}, {steps} of {self.steps_per_epoch}: {what} "
+                        f"{self._diverged_advice(resume)}")
+
+    def _diverged_at_evaluation(self, epoch: int, loss: float) -> Diverged:
+        """The error for weights that are finite but whose test loss is not (logits too large to soften)."""
+        kept = f"the checkpoint of epoch {epoch} holds these weights, so rerun with --clean"
+        return Diverged(f"training diverged by epoch {epoch}: the test loss became "
+                        f"{'NaN' if math.isnan(loss) else 'infinite'} {self._diverged_advice(kept)}")
+
+    def _diverged_advice(self, resume: str) -> str:
+        hints = [f"a lower --learning_rate (e.g. {self.config.learning_rate / 10:g})"]
+        if self.precision != "float32":
+            hints.append("--precision float32")
+        return (f"at learning rate {self._current_lr():g} (--learning_rate {self.config.learning_rate:g}, precision "
+                f"{self.precision}); no model was written and {resume}; try {', or '.join(hints)}")
 
     def save_checkpoint(self) -> str:
         """Saves a checkpoint; a failure to write it is an OSError naming the directory, with no leftovers."""
@@ -292,7 +315,15 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     config.check()  # Before anything is created: a setting out of range leaves no empty model_dir behind.
     checkpoint_dir = checkpoints.checkpoint_dir(config)
     run_dirs.tensorboard_dirs(config)  # Refuses a gs:// directory without a FUSE mount before any training.
+    data = None
     if config.clean and distribution.is_chief():
+        # What --clean deletes is checked first: it must not hold the data, and the data must read, so that a
+        # mistyped --data_dir fails with the old model still there.
+        for flag, directory in (("--model_dir", config.model_dir), ("--checkpoint_dir", checkpoint_dir)):
+            if run_dirs.inside(os.path.realpath(config.data_dir), os.path.realpath(directory)):
+                raise ValueError(f"--clean: expected a {flag} that does not hold the data, found --data_dir "
+                                 f"{config.data_dir} inside {directory}")
+        data = inputs.load_data(config)
         for directory in (config.model_dir, checkpoint_dir):
             if os.path.isdir(directory):
                 shutil.rmtree(directory)
@@ -300,7 +331,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         if distribution.is_chief():
             _remove_leftovers(config.model_dir, checkpoint_dir)
             checkpoints.repair_state(checkpoint_dir)
-        return Trainer(config, on_epoch, on_evaluation).train()
+        return Trainer(config, on_epoch, on_evaluation, data).train()
 
 
 def _remove_leftovers(model_dir: str, checkpoints: str) -> None:

@@ -99,11 +99,36 @@ def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
     ("--train_epochs", "0", "train_epochs: expected at least 1, found 0"),
     ("--batch_size", "0", "batch_size: expected at least 1, found 0"),
     ("--stop_threshold", "1.5", "stop_threshold: expected in [0, 1], found 1.5"),
+    # Values whose arithmetic overflowed, or which ran out of memory, or which silently meant something else.
+    ("--learning_rate", "inf", "learning_rate: expected a finite number, found inf"),
+    ("--epoch_fraction", "inf", "epoch_fraction: expected a finite number, found inf"),
+    ("--epoch_fraction", "1e30", "epoch_fraction: expected in (0, 100], found 1e+30"),
+    ("--warmup_epochs", "inf", "warmup_epochs: expected a finite number, found inf"),
+    ("--max_train_examples", "-1", "max_train_examples: expected at least 1, found -1"),
+    ("--seed", "-1", "seed: expected in [0, 4294967295], found -1"),
+    ("--num_gpus", "-1", "num_gpus: expected at least 0, found -1"),
+    ("--collective_timeout_seconds", "0", "collective_timeout_seconds: expected above 0, found 0.0"),
 ])
 def test_training_parameters_out_of_range(flag, value, message, synthetic_data, tmp_path):
     line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
                           str(tmp_path / "model"), flag, value), "mnist-train")
     assert line == f"mnist-train: error: {message}"
+
+
+def test_clean_deletes_nothing_until_the_data_reads(synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.keras").write_text("the previous run's model")
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", str(tmp_path / "typo"), "--model_dir",
+                          str(model_dir), "--clean"), "mnist-train")
+    assert "typo: data directory: expected an existing directory, found no such directory" in line
+    assert (model_dir / "model.keras").read_text() == "the previous run's model"
+    # A model_dir that holds the data is never deleted.
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                          os.path.dirname(synthetic_data), "--clean"), "mnist-train")
+    assert line == (f"mnist-train: error: --clean: expected a --model_dir that does not hold the data, found "
+                    f"--data_dir {synthetic_data} inside {os.path.dirname(synthetic_data)}")
+    assert sorted(os.listdir(synthetic_data)) == sorted(idx.FILES)
 
 
 def test_a_checkpoint_of_another_model_is_refused(synthetic_data, tmp_path):

@@ -153,7 +153,7 @@ def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("epoch_fraction=0", "--set: epoch_fraction: expected above 0, found 0.0"),
+    ("epoch_fraction=0", "--set: epoch_fraction: expected in (0, 100], found 0.0"),
     ("epoch_fraction=most", "--set: epoch_fraction: expected float, found 'most'"),
     ("seed=3", "--set: seed: set by the suite itself (--data_dir, --first_seed, --seeds), found 3"),
     ("learning_rat=0.1", "--set: expected name=value with a field of TrainConfig, found 'learning_rat=0.1'"),

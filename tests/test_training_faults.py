@@ -89,6 +89,31 @@ def test_a_run_that_diverges_before_any_checkpoint_writes_nothing(synthetic_data
     assert not (model_dir / training.MODEL_FILE).exists() and not (model_dir / training.HISTORY_FILE).exists()
 
 
+def test_weights_that_go_bad_in_an_epochs_last_update_are_caught_too(synthetic_data, tmp_path):
+    """A step's loss is computed before its update, so the last update of an epoch is only seen by the weights
+    check and the evaluation: here one step at 1e10 leaves finite weights whose test loss is NaN."""
+    model_dir = tmp_path / "model"
+    line = error_line(train_cmd(synthetic_data, model_dir, "--train_epochs", "1", "--batch_size", "100",
+                                "--max_train_examples", "200", "--epoch_fraction", "0.5", "--learning_rate", "1e10",
+                                "--schedule", "constant", "--precision", "float32"), "mnist-train")
+    assert line == ("mnist-train: error: training diverged by epoch 1: the test loss became NaN at learning rate "
+                    "1e+10 (--learning_rate 1e+10, precision float32); no model was written and the checkpoint of "
+                    "epoch 1 holds these weights, so rerun with --clean; try a lower --learning_rate (e.g. 1e+09)")
+    assert not (model_dir / training.MODEL_FILE).exists() and not (model_dir / training.HISTORY_FILE).exists()
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(synthetic_data, tmp_path):
+    trainer = training.Trainer(training.TrainConfig(data_dir=synthetic_data, model_dir=str(tmp_path / "model"),
+                                                    batch_size=100, max_train_examples=200, epoch_fraction=1.0,
+                                                    precision="float32", schedule="constant", learning_rate=1e-3))
+    trainer.model.trainable_variables[0].assign(tf.fill(trainer.model.trainable_variables[0].shape, np.inf))
+    with pytest.raises(training.Diverged) as e:
+        trainer.train_epoch()  # Steps on Inf weights: the loss check or, at the latest, the weights check.
+    assert re.match(r"training diverged at epoch 1, steps 1-2 of 2: the (loss became NaN|loss became infinite|"
+                    r"weights became NaN or infinite)", str(e.value)), str(e.value)
+    assert latest_checkpoint(tmp_path / "model") is None
+
+
 @pytest.fixture()
 def nan_model_dir(tmp_path):
     """A model dir whose model.keras has NaN weights, as a diverged run without the check would have left."""
