@@ -178,16 +178,22 @@ def _from_mirror(copy: Callable[[str, str], None], source: str, name: str, confi
 
 
 def _present(name: str, config: DownloadConfig) -> str | None:
-    """The path of `name` when it is already in the data dir and verified; removes a bad copy."""
+    """The path of `name` when it is already in the data dir and verified, else None.
+
+    A bad copy stays until a verified one replaces it (`_from_mirror` renames over
+    it): with every mirror out of reach, a usable non-canonical file is not lost.
+    """
     target = os.path.join(config.data_dir, name)
     if os.path.exists(target):
+        found = idx.not_regular(target)
+        if found:  # Hashing a FIFO would wait forever for a writer.
+            raise FetchError(f"{target}: expected a regular file, found {found}")
         try:
             _check(target, name, config.verify_checksums)
             log.info("%s: present and verified, not fetched again", name)
             return target
         except FetchError as e:
             log.warning("%s: present but bad (%s); fetching it again", name, e)
-            os.remove(target)
     return None
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
+import stat
 import struct
 import zlib
 
@@ -21,6 +23,9 @@ IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Deflate's largest expansion: a 258-byte match coded in 2 bits. A gzip file of N
+# bytes so holds at most this times N bytes, which bounds what a header may declare.
+MAX_GZIP_RATIO = 1032
 
 
 class DataError(ValueError):
@@ -58,10 +63,30 @@ SHA256 = {
 }
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """What is at `path` instead of a regular file ("no such file", "a FIFO (named pipe)"...), or None.
+
+    Reading a FIFO or a device could block forever or never end, so callers
+    check this before opening.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "no such file"
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a regular file")
+
+
 def _open_gzip(path: str | os.PathLike):
-    """Opens a gzipped IDX file for streaming, after checking it exists and starts like gzip."""
-    if not os.path.isfile(path):
-        raise DataError(path, "file", "an existing file", "a directory" if os.path.isdir(path) else "no such file")
+    """Opens a gzipped IDX file for streaming, after checking it is a regular file that starts like gzip."""
+    found = not_regular(path)
+    if found:
+        raise DataError(path, "file", "an existing file", found)
     with open(path, "rb") as f:
         start = f.read(2)
     if not start:
@@ -98,21 +123,21 @@ def iter_idx(path: str | os.PathLike, magic: int, chunk_bytes: int = 1 << 22):
         if len(dims) < 4 * ndim:
             raise DataError(path, "header", f"{4 + 4 * ndim} bytes for {ndim} dimensions", f"{4 + len(dims)} bytes")
         shape = struct.unpack(f">{ndim}I", dims)
+        header = 4 + 4 * ndim
+        expected = math.prod(shape)  # Python ints: three dimensions of 2**32 - 1 overflow int64.
+        # Refused before anyone allocates for it: a lying header must not cost memory.
+        size = os.path.getsize(path)
+        if header + expected > MAX_GZIP_RATIO * size:
+            raise DataError(path, "length", f"at most {MAX_GZIP_RATIO * size} bytes (a gzip file of {size} bytes "
+                            "holds no more)", f"a header declaring {header + expected} bytes for shape {shape}")
         yield shape
-        expected = int(np.prod(shape, dtype=np.int64))
         seen = 0
-        while True:
-            chunk = _read(stream, path, chunk_bytes)
-            if not chunk:
-                break
+        while chunk := _read(stream, path, chunk_bytes):
             seen += len(chunk)
-            if seen > expected:  # Stop reading a file that is longer than its header says.
-                break
-            yield np.frombuffer(chunk, dtype=np.uint8)
+            # Past the header's length, only count what is left (in chunks, for memory) to report it.
+            if seen <= expected:
+                yield np.frombuffer(chunk, dtype=np.uint8)
         if seen != expected:
-            if seen > expected:
-                seen += len(_read(stream, path, -1))
-            header = 4 + 4 * ndim
             raise DataError(path, "length", f"{header + expected} bytes for shape {tuple(shape)}",
                             f"{header + seen} bytes")
 
@@ -133,7 +158,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """
     chunks = iter_idx(path, magic)
     shape = next(chunks)
-    values = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=np.uint8)
+    values = np.empty(math.prod(shape), dtype=np.uint8)
     filled = 0
     for chunk in chunks:
         values[filled:filled + len(chunk)] = chunk
@@ -167,6 +192,8 @@ def load_split(data_dir: str | os.PathLike, split: Split) -> tuple[np.ndarray, n
     labels = read_labels(os.path.join(data_dir, split.labels))
     if len(images) != len(labels):
         raise DataError(images_path, "count", f"{len(labels)} images, as many as {split.labels} has labels", len(images))
+    if not len(images):  # Training or evaluating on nothing would "succeed" with a NaN accuracy.
+        raise DataError(images_path, "count", "at least 1 example", 0)
     return images, labels
 
 
