@@ -11,8 +11,19 @@ STRATEGIES = ("default", "off", "one_device", "mirrored", "multi_worker_mirrored
 
 
 def cluster_spec() -> dict:
-    """TF_CONFIG as a dict (empty when unset), as Vertex AI sets it for each replica."""
-    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    """TF_CONFIG as a dict (empty when unset), as Vertex AI sets it for each replica.
+
+    Raises:
+      ValueError: TF_CONFIG is not a JSON object whose `cluster` and `task`, when present, are objects.
+    """
+    text = os.environ.get("TF_CONFIG") or "{}"
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"$TF_CONFIG: expected a JSON object, found text that does not parse ({e})") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("cluster", "task")):
+        raise ValueError(f"$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found {text[:200]}")
+    return config
 
 
 def is_chief() -> bool:
@@ -79,7 +90,7 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:  # OSError: a name or address no one answers.
         # A TPU job compiled for a machine without TPUs (or a wrong name) would otherwise end in a long
         # TensorFlow traceback, after download and validation already ran.
         raise ValueError(f"--tpu {tpu}: expected a TPU this machine can reach, found none "

@@ -45,9 +45,25 @@ def atomic_path(path: str):
     try:
         yield scratch
         os.replace(scratch, path)
+    except OSError as e:
+        if e.filename == scratch and e.errno is not None:  # Name the file the user asked for, not the scratch.
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
     finally:
         if os.path.lexists(scratch):
             remove(scratch)
+
+
+def check_dir_path(path: str, what: str) -> None:
+    """Raises ValueError unless `path` is a directory or one can be made there (its nearest existing parent is a
+    directory): said before any work, instead of an OSError "File exists" at the end of it."""
+    if not path:
+        raise ValueError(f"{what}: expected a directory, found an empty path")
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{what}: expected a directory, or a path where one can be made, found a file: {existing}")
 
 
 @contextlib.contextmanager

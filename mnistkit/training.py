@@ -130,8 +130,34 @@ class Trainer:
             path = os.path.join(directory, HISTORY_FILE)
             if os.path.exists(path):
                 with open(path) as f:
-                    return json.load(f)["evaluations"]
+                    text = f.read()
+                try:
+                    evaluations = json.loads(text)["evaluations"]
+                    if all(isinstance(h["epoch"], int) and isinstance(h["accuracy"], float) for h in evaluations):
+                        return evaluations
+                except (ValueError, KeyError, TypeError):
+                    pass
+                raise ValueError(f"{path}: expected the history mnist-train writes ({{\"evaluations\": [{{\"epoch\", "
+                                 f"\"loss\", \"accuracy\"}}, ...]}}), found {text[:120]!r}; use --clean or another "
+                                 "--model_dir")
         return []
+
+    def _warn_of_changed_settings(self) -> None:
+        """Says so when a resumed run trains on with settings other than those its model_dir was trained with.
+
+        Allowed (a lower learning rate after a divergence, more epochs), but the run then mixes two recipes.
+        """
+        path = os.path.join(self.config.model_dir, CONFIG_FILE)
+        try:
+            with open(path) as f:
+                before = json.load(f)
+        except (OSError, ValueError):
+            return
+        changed = [f"{name} {before[name]} -> {getattr(self.config, name)}" for name in checkpoints.TRAJECTORY_FIELDS
+                   if name in before and before[name] != getattr(self.config, name)]
+        if changed:
+            log.warning("resuming %s with other settings than it was trained with: %s (--clean starts over)",
+                        self.config.model_dir, ", ".join(changed))
 
     def _write_history(self, payload: dict) -> None:
         """Writes history.json to model_dir and, when checkpoints live elsewhere, beside them too (chief only)."""
@@ -172,6 +198,7 @@ class Trainer:
         latest = self._restore()
         if latest:
             log.info("resumed from %s at epoch %d, step %d", latest, int(self.epoch), int(self.step_in_epoch))
+            self._warn_of_changed_settings()
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))
@@ -314,7 +341,10 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     """
     config.check()  # Before anything is created: a setting out of range leaves no empty model_dir behind.
     checkpoint_dir = checkpoints.checkpoint_dir(config)
-    run_dirs.tensorboard_dirs(config)  # Refuses a gs:// directory without a FUSE mount before any training.
+    # Refuses a gs:// directory without a FUSE mount, or a file where a directory goes, before any training.
+    for what, directory in [("--model_dir", config.model_dir), ("the checkpoint directory", checkpoint_dir)] + \
+            [("the TensorBoard directory", d) for d in run_dirs.tensorboard_dirs(config)]:
+        files.check_dir_path(directory, what)
     data = None
     if config.clean and distribution.is_chief():
         # What --clean deletes is checked first: it must not hold the data, and the data must read, so that a

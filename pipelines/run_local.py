@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 
-from mnistkit import sources
+from mnistkit import files, sources
 from mnistkit.registry import resolve_project_and_location
 from pipelines import parameters
 from pipelines.pipeline import DEFAULT_SOURCE
@@ -144,6 +144,7 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
             resolve_project_and_location(arguments.get("project", ""), arguments.get("region", ""))
         except ValueError as e:
             raise ValueError(f"register=true: {e}") from None
+    files.check_dir_path(pipeline_root, "--pipeline_root")
     pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
     # install_kfp_package=False in every component, so nothing is pip-installed;
@@ -183,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(steps.reason(e)) from e
     except (ValueError, RuntimeError) as e:
         print(f"run_local.py: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # This machine's: a read-only or full pipeline root.
+        from mnistkit.commands.cli import describe_os_error
+
+        print(f"run_local.py: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) and k != "examples" else f"{k} {v:g}"
                         for k, v in sorted(result["metrics"].items()))

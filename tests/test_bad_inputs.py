@@ -158,6 +158,81 @@ def test_a_tpu_that_is_not_there_is_one_line_not_a_traceback(synthetic_data, tmp
     assert not (tmp_path / "model").exists()  # Nothing written, not even an empty model_dir.
 
 
+@pytest.mark.parametrize("tpu", ["local", "no-such-tpu"])
+def test_a_tpu_name_no_one_answers_is_one_line_too(synthetic_data, tmp_path, tpu):
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                          str(tmp_path / "model"), "--tpu", tpu), "mnist-train")
+    assert line.startswith(f"mnist-train: error: --tpu {tpu}: expected a TPU this machine can reach, found none ("), line
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("[]", "$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found []"),
+    ('{"cluster": ["a"]}', """$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found """
+                           """{"cluster": ["a"]}"""),
+    ("{bad", "$TF_CONFIG: expected a JSON object, found text that does not parse (Expecting property name enclosed "
+             "in double quotes: line 1 column 2 (char 1))"),
+])
+def test_a_malformed_tf_config_names_it(synthetic_data, tmp_path, tf_config, message):
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
+                             "--model_dir", str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "TF_CONFIG": tf_config})
+    assert error_line(result, "mnist-train") == f"mnist-train: error: {message}"
+
+
+@pytest.mark.parametrize("flag", ["--model_dir", "--checkpoint_dir", "--tensorboard_dir"])
+def test_a_file_where_a_training_directory_goes_is_named_before_training(synthetic_data, tmp_path, flag):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    paths = {"--model_dir": str(tmp_path / "model"), flag: str(a_file / "sub")}
+    result = run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, *[x for kv in paths.items() for x in kv])
+    what = {"--model_dir": "--model_dir", "--checkpoint_dir": "the checkpoint directory",
+            "--tensorboard_dir": "the TensorBoard directory"}[flag]
+    assert error_line(result, "mnist-train") == \
+        f"mnist-train: error: {what}: expected a directory, or a path where one can be made, found a file: {a_file}"
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]  # Not even an empty model_dir.
+
+
+def test_a_history_that_mnist_train_did_not_write_is_named(synthetic_data, tmp_path):
+    model_dir = tmp_path / "model"
+    first = run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir", str(model_dir),
+                "--train_epochs", "1", "--batch_size", "20")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (model_dir / "history.json").write_text('{"foo": 1}')
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                          str(model_dir), "--train_epochs", "2", "--batch_size", "20"), "mnist-train")
+    assert line == (f"mnist-train: error: {model_dir / 'history.json'}: expected the history mnist-train writes "
+                    """({"evaluations": [{"epoch", "loss", "accuracy"}, ...]}), found '{"foo": 1}'; use --clean or """
+                    "another --model_dir")
+
+
+def test_evaluate_checks_where_it_writes_before_it_evaluates(synthetic_data, tmp_path):
+    from mnistkit.model import create_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    create_model("channels_last").save(model_dir / "model.keras")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    evaluate = ("-m", "mnistkit.commands.evaluate", "--data_dir", synthetic_data, "--model_dir")
+    assert error_line(run(*evaluate, str(model_dir), "--output", str(tmp_path)), "mnist-evaluate") == \
+        f"mnist-evaluate: error: --output: expected a file to write, found a directory: {tmp_path}"
+    assert error_line(run(*evaluate, str(model_dir), "--report_dir", str(a_file / "report")), "mnist-evaluate") == \
+        (f"mnist-evaluate: error: --report_dir: expected a directory, or a path where one can be made, found a "
+         f"file: {a_file}")
+    assert sorted(os.listdir(model_dir)) == ["model.keras"]  # No metrics.json from a run that failed.
+    # --model_dir naming the model file: the metrics go beside it.
+    done = run(*evaluate, str(model_dir / "model.keras"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(model_dir)) == ["metrics.json", "model.keras"]
+
+
+@pytest.mark.parametrize("command, flag", [("download", "--data_dir"), ("validate", "--data_dir")])
+def test_an_empty_path_names_its_flag(command, flag):
+    assert error_line(run("-m", f"mnistkit.commands.{command}", f"{flag}="), f"mnist-{command}") == \
+        f"mnist-{command}: error: {flag}: expected a directory, found an empty path"
+
+
 def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):
     from mnistkit.model import create_model
 

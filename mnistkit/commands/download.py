@@ -2,7 +2,7 @@
 
 from absl import flags, logging
 
-from mnistkit import fetch
+from mnistkit import fetch, files
 from mnistkit.commands import cli
 
 FLAGS = flags.DEFINE_string("data_dir", None, "Directory that receives the four files.", required=True)
@@ -23,6 +23,7 @@ ATTEMPTS = flags.DEFINE_integer(
 def main(argv):
     del argv
     cli.exit_on_sigterm()
+    files.check_dir_path(FLAGS.value, "--data_dir")
     sums = fetch.download(fetch.DownloadConfig(
         data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value))
     for name, digest in sums.items():

@@ -17,13 +17,18 @@ REPORT_DIR = flags.DEFINE_string("report_dir", None, "Also write the HTML report
 
 def main(argv):
     del argv
-    # Checked before TensorFlow loads and the model runs, so a wrong flag fails in a moment.
-    if REPORT_DIR.value and os.path.exists(REPORT_DIR.value) and not os.path.isdir(REPORT_DIR.value):
-        raise cli.UserError(f"--report_dir: expected a directory, found a file: {REPORT_DIR.value}")
+    # Checked before TensorFlow loads and the model runs, so a wrong flag fails in a moment, with nothing written.
+    # --model_dir may also name the model file itself: metrics.json then goes beside it.
+    model_dir = os.path.dirname(MODEL_DIR.value) if os.path.isfile(MODEL_DIR.value) else MODEL_DIR.value
+    output = OUTPUT.value or os.path.join(model_dir, "metrics.json")
+    if os.path.isdir(output):
+        raise cli.UserError(f"--output: expected a file to write, found a directory: {output}")
+    files.check_dir_path(os.path.dirname(output) or ".", "--output's directory")
+    if REPORT_DIR.value:
+        files.check_dir_path(REPORT_DIR.value, "--report_dir")
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)
-    output = OUTPUT.value or os.path.join(MODEL_DIR.value, "metrics.json")
     files.atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     logging.info("accuracy %.4f, loss %.4f -> %s", metrics["accuracy"], metrics["loss"], output)
     if REPORT_DIR.value:

@@ -4,7 +4,7 @@ import os
 
 from absl import flags, logging
 
-from mnistkit import validation
+from mnistkit import files, validation
 from mnistkit.commands import cli
 
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory holding the four files.", required=True)
@@ -16,8 +16,9 @@ CANONICAL = flags.DEFINE_boolean(
 
 def main(argv):
     del argv
-    report = validation.validate(DATA_DIR.value, canonical=CANONICAL.value)
     report_dir = REPORT_DIR.value or DATA_DIR.value
+    files.check_dir_path(report_dir, "--report_dir" if REPORT_DIR.value else "--data_dir")
+    report = validation.validate(DATA_DIR.value, canonical=CANONICAL.value)
     validation.write_report(report, os.path.join(report_dir, "report.json"), os.path.join(report_dir, "report.md"))
     logging.info("valid:\n%s", validation.to_markdown(report))
 
