@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -9,6 +10,7 @@ import time
 import tensorflow as tf
 
 from mnistkit import files
+from mnistkit.failures import disk_errors
 from mnistkit.model import for_inference
 from mnistkit.models_io import load_model
 
@@ -51,43 +53,49 @@ def export(model_dir: str, export_dir: str) -> str:
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir}: expected a directory to export into, found a file")
     module = _Serving(for_inference(load_model(model_dir)))
-    try:
-        os.makedirs(export_dir, exist_ok=True)
-    except OSError as e:  # A parent that is a file, a read-only file system, no permission.
-        raise PermissionError(f"{export_dir}: expected a writable export directory, found that it cannot be "
-                              f"created ({e.strerror})") from e
-    if not os.access(export_dir, os.W_OK):
-        raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
-    files.sweep_leftovers(export_dir)
-    _remove_unfinished_moves(export_dir)
-    stamp = int(time.time())
-    while os.path.exists(os.path.join(export_dir, str(stamp))):
-        stamp += 1
-    final = os.path.join(export_dir, str(stamp))
-    # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
-    partial = files.scratch_path(export_dir, str(stamp))
-    try:
-        tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
-                                                         "serving_default": module.classify})
-        # TensorFlow itself renames only files while saving (seen with strace: variables_temp/ is filled,
-        # its files renamed out, then removed), so this is the one directory rename of an export.
-        files.replace_dir(partial, final, last=tf.saved_model.SAVED_MODEL_FILENAME_PB)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            # A failed export removes the export directory again if it made it, and only then.
+            stack.enter_context(files.made_dir(export_dir))
+        except OSError as e:  # A parent that is a file, a read-only file system, no permission.
+            raise PermissionError(f"{export_dir}: expected a writable export directory, found that it cannot be "
+                                  f"created ({e.strerror})") from e
+        if not os.access(export_dir, os.W_OK):
+            raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
+        # Before the sweep: a half-moved version is known as such only while its dead writer's scratch is there.
+        _remove_unfinished_moves(export_dir)
+        files.sweep_leftovers(export_dir)
+        stamp = int(time.time())
+        while os.path.exists(os.path.join(export_dir, str(stamp))):
+            stamp += 1
+        final = os.path.join(export_dir, str(stamp))
+        # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
+        partial = files.scratch_path(export_dir, str(stamp))
+        try:
+            # TensorFlow reports a full disk as ResourceExhaustedError: one line naming the directory instead.
+            with disk_errors(export_dir):
+                tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
+                                                                 "serving_default": module.classify})
+                # TensorFlow itself renames only files while saving (seen with strace: variables_temp/ is filled,
+                # its files renamed out, then removed), so this is the one directory rename of an export.
+                files.replace_dir(partial, final, last=tf.saved_model.SAVED_MODEL_FILENAME_PB)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return final
 
 
 def _remove_unfinished_moves(export_dir: str) -> None:
-    """Deletes versions whose file-by-file move a killed export left half done.
+    """Deletes the versions whose file-by-file move (files.replace_dir) a killed export left half done.
 
-    Such a version has no saved_model.pb yet, and no scratch `.tmp-...-<stamp>`
-    beside it any more: the writer's partial directory lives until its last
-    file is moved, and a killed writer's is swept just before this.
+    Such a version `<stamp>` has no saved_model.pb yet, and beside it is its
+    dead writer's scratch `.tmp-<host>@<pid>-...-<stamp>`, which lives until
+    its last file is moved out. Any other directory, digit-named or not, may be
+    the user's and stays. The version goes before its scratch, so a sweep
+    killed in between still finds the pair the next time.
     """
-    entries = os.listdir(export_dir)
-    for entry in entries:
-        path = os.path.join(export_dir, entry)
-        if (entry.isdigit() and os.path.isdir(path)
-                and not os.path.exists(os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB))
-                and not any(e.startswith(files.PREFIX) and e.endswith(f"-{entry}") for e in entries)):
-            shutil.rmtree(path, ignore_errors=True)
+    for entry in os.listdir(export_dir):
+        stamp = entry.rpartition("-")[2]
+        version = os.path.join(export_dir, stamp)
+        if (stamp.isdigit() and files.dead_writers_entry(entry) and os.path.isdir(version)
+                and not os.path.exists(os.path.join(version, tf.saved_model.SAVED_MODEL_FILENAME_PB))):
+            shutil.rmtree(version, ignore_errors=True)

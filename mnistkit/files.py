@@ -108,6 +108,20 @@ def _writer(entry: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
+def dead_writers_entry(entry: str) -> bool:
+    """Whether `entry` is a scratch entry (see `scratch_path`) of a writer on this host that no longer runs."""
+    pid = _writer(entry)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # Alive, under another user.
+    return False
+
+
 def sweep_leftovers(directory: str, every_writer: bool = False) -> None:
     """Deletes the scratch entries (see `scratch_path`) in `directory` whose writer no longer runs.
 
@@ -124,20 +138,8 @@ def sweep_leftovers(directory: str, every_writer: bool = False) -> None:
     if not os.path.isdir(directory):
         return
     for entry in os.listdir(directory):
-        if not entry.startswith(PREFIX):
-            continue
-        if not every_writer:
-            pid = _writer(entry)
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, 0)
-                continue  # Alive.
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # Alive, under another user.
-        remove(os.path.join(directory, entry))  # Another sweeper may have removed it first: no matter.
+        if entry.startswith(PREFIX) and (every_writer or dead_writers_entry(entry)):
+            remove(os.path.join(directory, entry))  # Another sweeper may have removed it first: no matter.
 
 
 # Where Vertex AI mounts Cloud Storage in its containers (Cloud Storage FUSE): gs://BUCKET/PATH is /gcs/BUCKET/PATH.

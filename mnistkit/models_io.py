@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
 from mnistkit import files
 from mnistkit.failures import disk_errors
-from mnistkit.model import keras
+from mnistkit.model import create_model, keras
 
 MODEL_FILE = "model.keras"  # What training writes into model_dir.
 
@@ -30,10 +31,34 @@ def load_model(model_dir: str) -> keras.Model:
     path = os.path.join(model_dir, MODEL_FILE) if os.path.isdir(model_dir) else model_dir
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: expected a trained model ({MODEL_FILE} written by mnist-train), found none")
+    expected = f"{path}: expected a Keras model saved by mnist-train, found"
+    # Keras calls any file that is not a zip archive "File not found"; say what is there instead.
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        size = os.path.getsize(path)
+        if not head:
+            found = "an empty file"
+        elif head == b"PK\x03\x04":  # A zip's first entry, without the directory a zip ends in.
+            found = f"a zip archive cut short at {size} bytes"
+        else:
+            found = f"{size} bytes that are not a zip archive, as a .keras file is"
+        raise ValueError(f"{expected} one that does not load ({found})")
     try:
         model = keras.models.load_model(path)
     except Exception as e:
-        raise ValueError(f"{path}: expected a Keras model saved by mnist-train, found one that does not load ({e})")
+        raise ValueError(f"{expected} one that does not load ({e})")
+    # Another architecture loads fine and fails later in set_weights with Keras' words and no path. Weight
+    # shapes do not depend on the data format, precision or input normalization that training chose.
+    cnn = [tuple(w.shape) for w in create_model("channels_last").weights]
+    shapes = [tuple(w.shape) for w in model.weights]
+    if shapes != cnn:
+        if len(shapes) != len(cnn):
+            what = f"{len(shapes)} weights where this project's CNN has {len(cnn)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(shapes, cnn)) if a != b)
+            what = f"weight {model.weights[i].path} shaped {shapes[i]} where this project's CNN has {cnn[i]}"
+        raise ValueError(f"{expected} a model of another architecture ({model.name!r}: {what})")
     # A model of NaN weights would evaluate to 10% and export a classifier that answers class 0 for everything.
     for weight in model.weights:
         values = keras.ops.convert_to_numpy(weight)

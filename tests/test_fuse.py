@@ -107,9 +107,9 @@ def test_a_move_that_fails_midway_leaves_no_version(no_directory_renames, tmp_pa
 
 
 def test_an_export_killed_during_the_move_is_swept_by_the_next(synthetic_data, tmp_path, monkeypatch):
-    """A killed move leaves `<stamp>/` without saved_model.pb and, once its writer's partial directory is
-    swept, nothing that says a writer is still at it: the next export deletes it. A version whose writer
-    still runs (its `.tmp-<host>@<pid>-...-<stamp>` is there) is left alone."""
+    """A killed move leaves `<stamp>/` without saved_model.pb beside its dead writer's partial directory: the
+    next export deletes the pair. A version whose writer still runs (its `.tmp-<host>@<pid>-...-<stamp>` is
+    there) is left alone, and so is any directory no writer of this project left (tests/test_export_faults.py)."""
     model_dir = tmp_path / "model"
     training.train(config(synthetic_data, model_dir))
     export_dir = tmp_path / "export"
