@@ -170,6 +170,10 @@ def _from_mirror(copy: Callable[[str, str], None], source: str, name: str, confi
         if _is_permanent(error):
             raise _MirrorFailed("could not fetch it from {mirror}, which answered that it is missing "
                                 "or refused, so it was not retried; error: {error}", source, error) from error
+        if isinstance(error, FetchError) and "://" not in source:
+            # A local directory gives the same bytes every time: another attempt would fail the same check.
+            raise _MirrorFailed("the copy in {mirror} failed its check, so it was not retried; error: {error}",
+                                source, error) from error
         if attempt < config.attempts:
             sleep(delay)
             delay *= 2

@@ -53,7 +53,8 @@ def compile_pipeline(output: str, hw: hardware.Hardware, registry: str | None = 
         images.image_uri(kind, registry, tag)  # Refuses a bad registry or tag before compiling.
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
-        raise ValueError(f"--output {output}: expected a path in an existing directory, found no {directory}")
+        found = f"a file {directory}" if os.path.exists(directory) else f"no {directory}"
+        raise ValueError(f"--output {output}: expected a path in an existing directory, found {found}")
     if os.path.isdir(output):
         raise ValueError(f"--output {output}: expected a file to write, found a directory")
     if not output.endswith(OUTPUT_SUFFIXES):

@@ -80,7 +80,14 @@ def _convert(name: str, text: str, kind: str):
         raise ParameterError(f"parameter {name}: expected {expected}, found {text!r}") from None
 
 
+# Vertex AI passes pipeline parameters as JSON numbers (doubles): larger integers would silently change.
+MAX_INTEGER = 2**53
+
+
 def _check_range(name: str, value) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        raise ParameterError(f"parameter {name}: expected an integer of at most 2**53 in size (Vertex AI passes "
+                             f"numbers as doubles), found {value}")
     if name in PARAMETER_PATTERNS:
         pattern, expected = PARAMETER_PATTERNS[name]
         if not re.fullmatch(pattern, value):

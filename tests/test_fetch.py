@@ -191,6 +191,19 @@ def test_wrong_bytes_are_retried_with_backoff_then_fail_leaving_nothing(tmp_path
     assert _leftovers(data_dir) == []
 
 
+def test_wrong_bytes_in_a_local_directory_are_not_retried(tmp_path, labels_source):
+    name = LABELS[1]
+    idx.write_idx(os.path.join(labels_source, name), synthetic.digits(10)[1])  # The same bytes every time.
+    data_dir, sleeps = tmp_path / "data", []
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=(name,),
+                                            attempts=4, backoff_seconds=0.5), sleep=sleeps.append)
+    assert sleeps == []
+    assert str(e.value).startswith(f"{name}: the copy in {labels_source} failed its check, so it was not retried; "
+                                   f"error: {name}: sha256 expected {idx.SHA256[name]}")
+    assert _leftovers(data_dir) == []
+
+
 def test_transient_http_errors_are_retried_until_the_file_arrives(tmp_path, labels_source):
     data_dir = tmp_path / "data"
     requests, sleeps = [], []

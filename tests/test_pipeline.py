@@ -220,13 +220,16 @@ def test_unknown_or_inconsistent_hardware_is_refused(tmp_path, capsys, argv, mes
 @pytest.mark.parametrize("name, message", [
     ("pipeline.txt", "expected a file name ending in .yaml, .yml, .json (what KFP writes), found .txt"),
     ("existing", "expected a file to write, found a directory"),
+    ("a-file/pipeline.yaml", "expected a path in an existing directory, found a file {tmp_path}/a-file"),
 ])
 def test_a_bad_output_path_is_named_not_kfps_scratch_file(tmp_path, capsys, name, message):
     (tmp_path / "existing").mkdir()
+    (tmp_path / "a-file").write_text("not a directory")
+    message = message.format(tmp_path=tmp_path)
     output = tmp_path / name
     assert compile_module.main(["--output", str(output)]) == 1
     assert capsys.readouterr().err == f"compile.py: error: --output {output}: {message}\n"
-    assert sorted(os.listdir(tmp_path)) == ["existing"]
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "existing"]
 
 
 def test_compile_command_writes_the_default_yaml_offline_in_seconds(tmp_path):

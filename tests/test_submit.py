@@ -129,6 +129,8 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "train_epochs"], "override 'train_epochs': expected NAME=VALUE"),
     (["--label", "Team=x"], "--label 'Team=x': expected KEY=VALUE"),
     # The Registry and deployment values are used only after training: each is refused before the run.
+    (["--param", "train_epochs=99999999999999999999"], "parameter train_epochs: expected an integer of at most "
+     "2**53 in size (Vertex AI passes numbers as doubles), found 99999999999999999999"),
     (["--param", "service_account=bob"], "parameter service_account: expected empty (Vertex AI's service agent) or "
      "an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, found 'bob'"),
     (["--param", 'model_display_name=mnist "v2"'], "parameter model_display_name: expected 1-128 characters, none "
