@@ -26,7 +26,9 @@ DEFAULT_MULTIWORKER_MACHINE = "n1-standard-8"
 DEFAULT_CPU_MACHINE = "n1-standard-4"
 # Matched whole (re.fullmatch): `$` would also let a value through with a newline at its end.
 _MACHINE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
-_TENSORBOARD = re.compile(r"projects/(?P<project>[^/\s]+)/locations/(?P<region>[^/\s]+)/tensorboards/[^/\s]+")
+# A TensorBoard's resource name: a project ID or number, a region, a numeric ID.
+_TENSORBOARD = re.compile(r"projects/([a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]+)/locations/(?P<region>[a-z]+-[a-z]+[0-9]+)"
+                          r"/tensorboards/[0-9]+")
 # A bound of this project's, not a documented Vertex AI limit: the compiled YAML stores numbers as doubles
 # (exact only up to 2**53) and the request's replica_count is an int64, so a typo of a few digits too many
 # would compile and fail in GCPC's launcher only at run time; MNIST has no use for more machines.
@@ -199,9 +201,15 @@ def resolve(kind: str = "cpu", machine_type: str | None = None, accelerator_type
         _refuse("hardware", f"one of {', '.join(KINDS)}", kind)
     if machine_type and not _MACHINE.fullmatch(machine_type):
         _refuse("machine_type", "a machine type such as n1-standard-8 or g2-standard-8", machine_type)
-    if tensorboard and not _TENSORBOARD.fullmatch(tensorboard):
-        _refuse("tensorboard", "a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID",
-                tensorboard)
+    if tensorboard:
+        board = _TENSORBOARD.fullmatch(tensorboard)
+        if not board:
+            _refuse("tensorboard", "a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID",
+                    tensorboard)
+        try:
+            table.check_region(board["region"], "--tensorboard")
+        except ValueError as e:
+            raise HardwareError(str(e)) from None
     if accelerator_count is not None and accelerator_count < 1:
         _refuse("accelerator_count", "at least 1 (leave the flag out for no accelerator, or the machine's own "
                 "count)", accelerator_count)

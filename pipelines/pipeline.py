@@ -24,6 +24,7 @@ from components.registry import check_baseline, existing_endpoint, registration_
 from mnistkit import recipes, registry, train_config
 from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
 from pipelines.hardware import Hardware
+from pipelines.vertex_machines import check_region
 
 with warnings.catch_warnings():  # Importing GCPC's preview evaluation package warns about its own components.
     warnings.simplefilter("ignore", FutureWarning)
@@ -65,15 +66,6 @@ PARAMETER_PATTERNS = {
     "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
                       f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),
 }
-
-
-def check_region(region: str, what: str) -> None:
-    """Refuses a region the installed aiplatform does not know (its own init would refuse it, mid-run)."""
-    from google.cloud.aiplatform.constants import base  # About a second to import: only when asked.
-
-    if region not in base.SUPPORTED_REGIONS:
-        raise ValueError(f"{what}: expected a region Vertex AI serves (google-cloud-aiplatform's SUPPORTED_REGIONS, "
-                         f"e.g. us-central1, europe-west4), found {region!r}")
 
 
 def check_combination(values: dict) -> None:

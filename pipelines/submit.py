@@ -16,7 +16,8 @@ import sys
 
 from pipelines import parameters
 from pipelines.compile import DEFAULT_OUTPUT as DEFAULT_TEMPLATE
-from pipelines.pipeline import PARAMETER_PATTERNS, PIPELINE_NAME, check_region
+from pipelines.pipeline import PARAMETER_PATTERNS, PIPELINE_NAME
+from pipelines.vertex_machines import check_region
 
 # Each matched whole (re.fullmatch): `$` would also let a value through with a newline at its end. The project,
 # region and account are the pipeline parameters' own rules: these flags fill those parameters.

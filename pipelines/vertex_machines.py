@@ -167,6 +167,15 @@ def size(machine_type: str) -> int:
     return int(digits) if digits else 0
 
 
+def check_region(region: str, what: str) -> None:
+    """Refuses a region the installed aiplatform does not know (its own init would refuse it, mid-run)."""
+    from google.cloud.aiplatform.constants import base  # About a second to import: only when asked.
+
+    if region not in base.SUPPORTED_REGIONS:
+        raise ValueError(f"{what}: expected a region Vertex AI serves (google-cloud-aiplatform's SUPPORTED_REGIONS, "
+                         f"e.g. us-central1, europe-west4), found {region!r}")
+
+
 def client_accelerators() -> set:
     """The accelerator names google.cloud.aiplatform_v1.AcceleratorType of the installed client has."""
     from google.cloud.aiplatform_v1.types import AcceleratorType

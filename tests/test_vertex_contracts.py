@@ -388,6 +388,13 @@ REFUSED = [
      "count), found 0"),
     (dict(kind="cpu", accelerator_count=2),
      "--accelerator_count: expected no accelerator for --hardware=cpu (use --hardware=gpu or tpu), found 2"),
+    # A TensorBoard's name: a lowercase project ID (or number), a region aiplatform serves, a numeric ID.
+    (dict(kind="cpu", tensorboard="projects/P/locations/us-central1/tensorboards/1"),
+     "--tensorboard: expected a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID, "
+     "found 'projects/P/locations/us-central1/tensorboards/1'"),
+    (dict(kind="cpu", tensorboard="projects/mnist-project/locations/mars-north9/tensorboards/1"),
+     "--tensorboard: expected a region Vertex AI serves (google-cloud-aiplatform's SUPPORTED_REGIONS, e.g. "
+     "us-central1, europe-west4), found 'mars-north9'"),
     # Whole-value matches: a trailing newline is not a valid name.
     (dict(kind="cpu", tensorboard=TENSORBOARD + "\n"),
      f"--tensorboard: expected a Vertex AI TensorBoard name projects/PROJECT/locations/REGION/tensorboards/ID, "
