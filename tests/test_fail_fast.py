@@ -97,6 +97,24 @@ def test_a_port_where_nothing_listens_fails_in_seconds_naming_it(tmp_path):
     assert os.listdir(tmp_path / "d") == []
 
 
+def test_a_mirror_that_accepts_and_never_answers_is_bounded_by_timeout_seconds(tmp_path):
+    """A proxy or firewall that swallows connections: each attempt waits --timeout_seconds, not a minute."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # Accepts (the kernel's backlog) and never answers.
+    source = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    try:
+        result, seconds = run_command("-m", "mnistkit.commands.download", "--data_dir", tmp_path / "d", "--source",
+                                      source, "--attempts", "2", "--timeout_seconds", "1")
+    finally:
+        listener.close()
+    line = error_line(result, "mnist-download")
+    assert f"could not fetch a verified copy from {source} after 2 attempts; last error: timed out" in line, line
+    assert attempts_logged(result, source) == 2
+    assert seconds < 30, seconds  # Two attempts of a second, a second of backoff, and the start-up.
+    assert os.listdir(tmp_path / "d") == []
+
+
 def test_a_gcs_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
     # One attempt layer: google-cloud-storage's own retry (a 120 s deadline) is off, only ours remains.
     env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://storage.mnist.invalid:9023"}

@@ -18,6 +18,9 @@ VERIFY = flags.DEFINE_boolean(
 ATTEMPTS = flags.DEFINE_integer(
     "attempts", 4, "Tries per file and mirror before the next mirror; a mirror that cannot be reached is not retried.",
     lower_bound=1)
+TIMEOUT = flags.DEFINE_float(
+    "timeout_seconds", 60.0, "Seconds to connect to a mirror, and to wait for each read from it, before the attempt "
+    "fails (and is retried): lower it where a proxy or firewall swallows connections.", lower_bound=0.1)
 
 
 def main(argv):
@@ -25,7 +28,8 @@ def main(argv):
     cli.exit_on_sigterm()
     files.check_dir_path(FLAGS.value, "--data_dir")
     sums = fetch.download(fetch.DownloadConfig(
-        data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value))
+        data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value,
+        timeout_seconds=TIMEOUT.value))
     for name, digest in sums.items():
         logging.info("%s  %s", digest, name)
 
