@@ -69,7 +69,8 @@ def test_a_report_dir_that_is_a_file_is_refused_in_one_line(weak_model, syntheti
                              f"--report_dir={not_a_dir}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \
-        f"mnist-evaluate: error: --report_dir: expected a directory, found a file: {not_a_dir}"
+        f"mnist-evaluate: error: --report_dir: expected a directory, or a path where one can be made, found a file: " \
+        f"{not_a_dir}"
     assert sorted(os.listdir(tmp_path)) == ["taken"]  # Refused before anything was written.
 
 
