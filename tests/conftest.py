@@ -28,6 +28,13 @@ tf_settings.apply()
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that mount a tmpfs through the `tmpfs` fixture need root: they carry the `privileged` marker."""
+    for item in items:
+        if "tmpfs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.privileged)
+
+
 def missing(what: str):
     """Something a test needs is not on this machine: the test fails in CI (.ci/run installs it all), else skips."""
     if IN_CI:

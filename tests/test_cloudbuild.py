@@ -152,9 +152,15 @@ def test_the_test_step_runs_the_command_of_make_test_in_the_test_image(build, st
     assert step["name"] == docker_builds(build)["images/test/Dockerfile"]["tags"][0]
     lines = commands(step, build)
     pytest_line = next(line for line in lines if line[:3] == ["python", "-m", "pytest"])
-    # The same command and flags as CI, minus what needs a docker engine and a writable checkout.
+    # The same command and flags as CI, minus what a build step cannot give (a docker engine, root, the .git),
+    # each a marker setup.cfg declares.
     assert " ".join(pytest_line).startswith(make_test)
-    assert pytest_line[len(make_test.split()):] == ["-m", "not docker", "-p", "no:cacheprovider"]
+    assert pytest_line[len(make_test.split()):] == ["-m", "not docker and not privileged and not checkout", "-p",
+                                                    "no:cacheprovider"]
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(REPO, "setup.cfg"))
+    declared = {line.split(":")[0].strip() for line in setup["tool:pytest"]["markers"].splitlines() if line.strip()}
+    assert {"docker", "privileged", "checkout"} <= declared
     # Its data comes from the image's own command, into the directory the tests read.
     setup = configparser.ConfigParser()
     setup.read(os.path.join(REPO, "setup.cfg"))
@@ -207,3 +213,15 @@ def test_upload_step_is_submit_py_uploading_the_compiled_template(build, steps, 
     # project and region).
     assert values == {"service_account": args.service_account, "project": args.project, "region": args.region}
     assert labels == {}
+
+
+def test_the_test_image_has_the_browser_the_report_tests_open():
+    """CI=true turns a missing tool into a failure: the test step's image must carry what tests/browser.py runs."""
+    from tests import browser
+
+    with open(os.path.join(REPO, "images", "test", "Dockerfile")) as f:
+        dockerfile = f.read()
+    installs = re.findall(r"apt-get install ([^\n\\&]*)", dockerfile)
+    packages = {word for line in installs for word in line.split() if not word.startswith("-")}
+    assert {"chromium", "chromium-driver"} <= packages, installs
+    assert browser.CHROMIUM == "/usr/bin/chromium" and browser.CHROMEDRIVER == "/usr/bin/chromedriver"

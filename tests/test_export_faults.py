@@ -79,6 +79,7 @@ def test_an_export_keeps_the_users_digit_named_directories(model_dir, tmp_path):
 # --- A full disk. -------------------------------------------------------------------------
 
 
+@pytest.mark.privileged
 def test_a_full_disk_ends_mnist_export_in_one_line_and_leaves_nothing(model_dir, tmp_path):
     with tmpfs(tmp_path / "disk", "3m") as disk:  # The SavedModel's variables alone are 13 MB.
         new = os.path.join(disk, "new", "exports")

@@ -126,6 +126,7 @@ def test_a_gcs_host_that_does_not_resolve_fails_in_seconds_naming_it(tmp_path):
     assert attempts_logged(result, "gs://cvdf-datasets/mnist/") == 1
 
 
+@pytest.mark.privileged
 def test_with_no_network_at_all_the_default_mirrors_fail_in_seconds(tmp_path):
     # A new network namespace has no network at all: no route, no DNS. Every default mirror is tried once.
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
@@ -141,6 +142,7 @@ def test_with_no_network_at_all_the_default_mirrors_fail_in_seconds(tmp_path):
     assert "ossci-datasets.s3.amazonaws.com" in line and line.endswith("separated by commas)")
 
 
+@pytest.mark.privileged
 def test_run_local_with_no_network_ends_in_seconds_with_the_step_and_its_reason(tmp_path):
     # `make run` on a machine with no network: the default mirrors, in a namespace with no network.
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
@@ -288,6 +290,7 @@ def test_the_pipeline_default_is_the_fallback_list():
 # --- Errors of the machine: not retried, one line, nothing half-written. -----------
 
 
+@pytest.mark.privileged
 def test_a_full_disk_ends_mnist_download_in_one_line_and_a_later_run_resumes(tmp_path, mnist_dir):
     requests = []
 
@@ -326,6 +329,7 @@ def test_a_full_disk_ends_mnist_download_in_one_line_and_a_later_run_resumes(tmp
             assert fetch.sha256_of(os.path.join(data_dir, name)) == idx.SHA256[name]
 
 
+@pytest.mark.privileged
 def test_a_full_disk_during_a_gcs_download_is_not_retried(tmp_path, gcs_mnist):
     with tmpfs(tmp_path / "disk", "1m") as disk:
         data_dir = os.path.join(disk, "data")
@@ -338,6 +342,7 @@ def test_a_full_disk_during_a_gcs_download_is_not_retried(tmp_path, gcs_mnist):
         assert os.listdir(data_dir) == []
 
 
+@pytest.mark.privileged
 def test_a_read_only_data_dir_ends_mnist_download_in_one_line(tmp_path, mnist_dir):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
         result, _ = run_command("-m", "mnistkit.commands.download", "--data_dir", os.path.join(disk, "data"),
