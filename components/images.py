@@ -56,6 +56,10 @@ def image_uri(kind: str, registry: str | None = None, tag: str | None = None) ->
     """
     if kind not in KINDS:
         raise ValueError(f"image kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+    # Given but empty (`--tag "$UNSET"`) is a mistake, not "the default": that would name localhost images.
+    for what, value in (("registry", registry), ("tag", tag)):
+        if value is not None and not value.strip():
+            raise ValueError(f"image {what}: expected a value, or none at all for the default, found {value!r}")
     registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
     tag = tag or os.environ.get(TAG_ENV) or default_tag()
     if not _valid_registry(registry):

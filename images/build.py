@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="Hide docker build's output.")
     args = parser.parse_args(argv)
     prog = os.path.basename(sys.argv[0])
+    if shutil.which("docker") is None:
+        print(f"{prog}: error: docker: expected the docker command on PATH, found none (install docker, and see "
+              "images/README.md for starting an engine)", file=sys.stderr)
+        return 1
     for kind in args.kind or ["cpu"]:
         try:
             uri = build(kind, args.registry, args.tag, args.base_image, args.pip_cert, args.quiet)

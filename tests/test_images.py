@@ -144,6 +144,14 @@ def test_tpu_image_pins_tensorflow_tpu_libtpu_and_a_matching_tensorboard():
     assert not {"tensorflow-cpu", "tensorboard"} & requirement_names("tpu")
 
 
+def test_build_without_docker_says_so_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "images/build.py", "--kind", "cpu"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})  # No docker there.
+    assert done.returncode == 1
+    assert done.stderr == ("build.py: error: docker: expected the docker command on PATH, found none (install "
+                           "docker, and see images/README.md for starting an engine)\n")
+
+
 def test_build_context_holds_what_the_dockerfiles_copy():
     with open(os.path.join(REPO, ".dockerignore")) as f:
         ignored = [line.strip() for line in f if line.strip() and not line.startswith("#")]

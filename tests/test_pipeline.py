@@ -209,6 +209,9 @@ def test_tpu_pipeline_carries_machine_accelerator_and_topology(tmp_path, machine
     (["--registry", "us-docker.pkg.dev/p/r:latest"], "image registry: expected a host[:port][/path]"),
     (["--registry", "us-docker.pkg.dev/p/r@sha256"], "image registry: expected a host[:port][/path]"),
     (["--registry", "https://us-docker.pkg.dev/p/r"], "image registry: expected a host[:port][/path]"),
+    # Given empty (a script's unset variable) is not "the default", which would name localhost images.
+    (["--registry", ""], "image registry: expected a value, or none at all for the default, found ''"),
+    (["--tag", ""], "image tag: expected a value, or none at all for the default, found ''"),
 ])
 def test_unknown_or_inconsistent_hardware_is_refused(tmp_path, capsys, argv, message):
     output = tmp_path / "pipeline.yaml"
