@@ -43,7 +43,7 @@ def load_history(model_dir: str) -> list[dict]:
             evaluations = json.load(f)["evaluations"]
         return [{"epoch": int(e["epoch"]), "loss": float(e["loss"]), "accuracy": float(e["accuracy"])}
                 for e in evaluations]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: an epoch of 1e400.
         raise ValueError(f"{path}: expected training's history ({{'evaluations': [{{'epoch', 'loss', "
                          f"'accuracy'}}, ...]}}), found unreadable content ({type(e).__name__}: {e})") from e
 

@@ -220,6 +220,14 @@ def test_evaluate_checks_where_it_writes_before_it_evaluates(synthetic_data, tmp
     assert error_line(run(*evaluate, str(model_dir), "--report_dir", str(a_file / "report")), "mnist-evaluate") == \
         (f"mnist-evaluate: error: --report_dir: expected a directory, or a path where one can be made, found a "
          f"file: {a_file}")
+    (tmp_path / "taken" / "report.html").mkdir(parents=True)
+    assert error_line(run(*evaluate, str(model_dir), "--report_dir", str(tmp_path / "taken")), "mnist-evaluate") == \
+        (f"mnist-evaluate: error: --report_dir: expected {tmp_path / 'taken' / 'report.html'} to be a file to write, "
+         f"found a directory")
+    (model_dir / "history.json").write_text('{"evaluations": [{"epoch": 1e400, "loss": 1, "accuracy": 0.5}]}')
+    line = error_line(run(*evaluate, str(model_dir), "--report_dir", str(tmp_path / "report")), "mnist-evaluate")
+    assert line.startswith(f"mnist-evaluate: error: {model_dir / 'history.json'}: expected training's history"), line
+    (model_dir / "history.json").unlink()
     assert sorted(os.listdir(model_dir)) == ["model.keras"]  # No metrics.json from a run that failed.
     # --model_dir naming the model file: the metrics go beside it.
     done = run(*evaluate, str(model_dir / "model.keras"))

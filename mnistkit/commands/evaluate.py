@@ -26,6 +26,12 @@ def main(argv):
     files.check_dir_path(os.path.dirname(output) or ".", "--output's directory")
     if REPORT_DIR.value:
         files.check_dir_path(REPORT_DIR.value, "--report_dir")
+        from mnistkit import report
+
+        page = os.path.join(REPORT_DIR.value, report.REPORT_FILE)
+        if os.path.isdir(page):
+            raise cli.UserError(f"--report_dir: expected {page} to be a file to write, found a directory")
+        report.load_history(model_dir)  # What the report plots: a broken history.json is refused now.
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)
