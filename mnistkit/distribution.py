@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
@@ -23,6 +26,20 @@ def cluster_spec() -> dict:
         raise ValueError(f"$TF_CONFIG: expected a JSON object, found text that does not parse ({e})") from None
     if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("cluster", "task")):
         raise ValueError(f"$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found {text[:200]}")
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    if cluster or task:
+        # The roles this trainer plays: a chief and workers (MultiWorkerMirroredStrategy). Anything else would
+        # train alone, or as a non-chief that writes nothing, and still exit 0.
+        roles = sorted(set(cluster) - {"chief", "master", "worker"})
+        if roles:
+            raise ValueError(f"$TF_CONFIG: expected a cluster of 'chief' and 'worker' tasks, found {', '.join(roles)}")
+        if "master" in cluster and sum(map(len, cluster.values())) > 1:  # Alone, an old name of the chief.
+            raise ValueError("$TF_CONFIG: expected 'chief' for the first task of a multi-worker cluster "
+                             "(MultiWorkerMirroredStrategy takes no 'master'), found master")
+        task_type, index = task.get("type"), task.get("index", 0)
+        if task_type not in cluster or type(index) is not int or not 0 <= index < len(cluster[task_type]):
+            raise ValueError(f"$TF_CONFIG: expected a task that names one of the cluster's tasks "
+                             f"({', '.join(f'{k} 0-{len(v) - 1}' for k, v in cluster.items())}), found {task}")
     return config
 
 
@@ -34,6 +51,35 @@ def is_chief() -> bool:
     if task_type in (None, "chief", "master"):
         return True
     return task_type == "worker" and index == 0 and "chief" not in config.get("cluster", {})
+
+
+# The watchdog of _ended_unless_done_in: a separate process, since the wait it bounds holds the GIL.
+_WATCHDOG = ("import os, signal, sys, time\n"
+             "parent, seconds, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]\n"
+             "time.sleep(seconds)\n"
+             "if os.getppid() == parent:  # Still waiting (an ended parent's pid may belong to another process).\n"
+             "    sys.stderr.write(line + '\\n'); sys.stderr.flush(); os.kill(parent, signal.SIGKILL)\n")
+
+
+@contextlib.contextmanager
+def _ended_unless_done_in(seconds: float | None, message: str):
+    """Ends this process with `message` on stderr (and SIGKILL) unless the block is done within `seconds`.
+
+    For a wait inside TensorFlow's C++ that holds the GIL: no Python thread or signal handler runs until it
+    returns, and TensorFlow's preemption notifier swallows SIGTERM. None: no bound.
+    """
+    if seconds is None:
+        yield
+        return
+    from mnistkit.commands.cli import prog_name  # The command's name, as its error lines begin.
+
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds),
+                                 f"{prog_name()}: error: {message}"], stdin=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
 
 
 def _is_multi_worker() -> bool:
@@ -83,7 +129,16 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
         return tf.distribute.MirroredStrategy(devices)
     if distribution_strategy == "multi_worker_mirrored":
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # Creating the strategy waits for every task of the cluster to start, with no bound of its own: a peer
+        # that never comes up would leave this one waiting forever (and TensorFlow's preemption notifier keeps
+        # SIGTERM from ending it). Twice the collective timeout leaves room for a slower image pull.
+        startup = 2 * collective_timeout_seconds if collective_timeout_seconds else None
+        peers = ", ".join(f"{k} {i} ({a})" for k, v in cluster_spec()["cluster"].items() for i, a in enumerate(v))
+        with _ended_unless_done_in(startup, f"multi-worker training could not start: not every task of the cluster "
+                                           f"($TF_CONFIG: {peers}) answered within {startup:g} s (twice "
+                                           f"--collective_timeout_seconds); start every task, or check that each "
+                                           f"reaches the others' addresses"):
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if not tpu:
         raise ValueError("tpu: expected a TPU name, address or 'local' for distribution_strategy=tpu, found none")
     try:

@@ -172,6 +172,18 @@ def test_a_tpu_name_no_one_answers_is_one_line_too(synthetic_data, tmp_path, tpu
                            """{"cluster": ["a"]}"""),
     ("{bad", "$TF_CONFIG: expected a JSON object, found text that does not parse (Expecting property name enclosed "
              "in double quotes: line 1 column 2 (char 1))"),
+    # Roles this trainer does not play, or a task outside the cluster: each trained alone and exited 0.
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}',
+     "$TF_CONFIG: expected a task that names one of the cluster's tasks (worker 0-0), found {'type': 'worker', "
+     "'index': 1}"),
+    ('{"cluster": {"chief": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": "0"}}',
+     "$TF_CONFIG: expected a task that names one of the cluster's tasks (chief 0-0, worker 0-0), found "
+     "{'type': 'worker', 'index': '0'}"),
+    ('{"cluster": {"chief": ["h:1"], "evaluator": ["h:2"]}, "task": {"type": "evaluator", "index": 0}}',
+     "$TF_CONFIG: expected a cluster of 'chief' and 'worker' tasks, found evaluator"),
+    ('{"cluster": {"master": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
+     "$TF_CONFIG: expected 'chief' for the first task of a multi-worker cluster (MultiWorkerMirroredStrategy takes "
+     "no 'master'), found master"),
 ])
 def test_a_malformed_tf_config_names_it(synthetic_data, tmp_path, tf_config, message):
     result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,

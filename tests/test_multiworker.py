@@ -43,6 +43,24 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
     return processes
 
 
+def test_a_peer_that_never_starts_ends_the_other_within_twice_the_collective_timeout(tmp_path):
+    """Creating the strategy waits for every task, in C++ and deaf to SIGTERM: without a bound it hung for good."""
+    data_dir = synthetic.write_dataset(tmp_path / "data", n_train=400, n_test=100)
+    chief, worker = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"  # Nothing will answer as the chief.
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"chief": [chief], "worker": [worker]},
+                                                  "task": {"type": "worker", "index": 0}})}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir",
+                           str(tmp_path / "model"), "--collective_timeout_seconds", "3"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"mnist-train: error: multi-worker training could not start: not every task of the cluster ($TF_CONFIG: "
+        f"chief 0 ({chief}), worker 0 ({worker})) answered within 6 s (twice --collective_timeout_seconds); start "
+        f"every task, or check that each reaches the others' addresses")
+    assert time.monotonic() - started < 60
+
+
 def wait_all(processes, timeout):
     deadline = time.time() + timeout
     codes = []
