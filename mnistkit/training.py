@@ -122,7 +122,8 @@ class Trainer:
         """The current model's mean loss and accuracy on the whole test split."""
         steps = tf.constant(-(-len(self.test_images) // EVAL_BATCH))
         loss_sum, correct, count = self.evaluate_fn(iter(self._eval_dataset), steps).numpy()
-        return {"loss": float(loss_sum / count), "accuracy": float(correct / count)}
+        # In float64: float32's 9801 / 10000 is below 0.9801, and a stop threshold of 0.9801 would be missed.
+        return {"loss": float(loss_sum) / float(count), "accuracy": float(correct) / float(count)}
 
     def _load_history(self) -> list[dict]:
         # The copy beside the checkpoints first: a resubmitted run has a new, empty model_dir.
@@ -199,6 +200,10 @@ class Trainer:
         if latest:
             log.info("resumed from %s at epoch %d, step %d", latest, int(self.epoch), int(self.step_in_epoch))
             self._warn_of_changed_settings()
+            if int(self.epoch) > config.train_epochs:
+                log.warning("%s holds a run already at epoch %d, past --train_epochs %d: its model is written as "
+                            "it is; --clean (or another checkpoint directory) trains %d epochs from the start",
+                            latest, int(self.epoch), config.train_epochs, config.train_epochs)
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))

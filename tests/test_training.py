@@ -306,6 +306,16 @@ def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epoc
     assert len(result["evaluations"]) == 1 and result["evaluations"][0]["accuracy"] >= 0.9
 
 
+def test_a_stop_threshold_of_exactly_the_accuracy_is_reached(synthetic_data, tmp_path):
+    """Accuracy is a count over the test split, divided in float64: in float32, 9801 / 10000 is below 0.9801."""
+    result = training.train(_config(synthetic_data, tmp_path / "first", train_epochs=1))
+    accuracy = result["evaluations"][0]["accuracy"]
+    correct = round(accuracy * 200)  # The synthetic test split's 200 examples.
+    assert accuracy == correct / 200
+    again = training.train(_config(synthetic_data, tmp_path / "again", train_epochs=3, stop_threshold=correct / 200))
+    assert again["epochs"] == 1 and again["stopped_early"] is True
+
+
 def test_the_trainers_adam_is_the_configs(synthetic_data, tmp_path):
     for nesterov, beta_2 in ((True, 0.9), (False, 0.999)):
         optimizer = training.Trainer(_config(synthetic_data, tmp_path / str(beta_2), nesterov=nesterov,
