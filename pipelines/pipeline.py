@@ -62,6 +62,9 @@ PARAMETER_PATTERNS = {
     "model_display_name": (r'[^"\\\x00-\x1f]{1,128}',
                            "1-128 characters, none of them a quote, a backslash or a control character"),
     "endpoint_machine_type": (r"[a-z][a-z0-9]*-[a-z0-9]+(-[a-z0-9]+)*", "a machine type such as n1-standard-2"),
+    # Relative to nothing the steps share: a relative path would land in a container's working directory.
+    "checkpoint_root": (r"(gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/\S*)?|/\S.*)?",
+                        "empty, gs://BUCKET[/PATH] or an absolute path"),
     # What registry.serving_tensorflow_version reads: the registration step checks the export against it.
     "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
                       f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),

@@ -138,6 +138,9 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     parameters.check_values(arguments, parameters.pipeline_parameters(mnist_training))
     for source in sources.split_sources(arguments["source"]):
         sources.source_copier(source)  # A malformed source, or a local directory that is not there: refused now.
+    if arguments.get("checkpoint_root"):  # Where the train step will look: a gs:// root needs /gcs, as on Vertex AI.
+        files.check_dir_path(files.local_path(arguments["checkpoint_root"], "parameter checkpoint_root"),
+                             "parameter checkpoint_root")
     if arguments.get("register"):
         # The Registry steps run last; where they would find no project or region, say so before training.
         try:

@@ -345,6 +345,21 @@ def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("root, message", [
+    ("checkpoints", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute path, found "
+                    "'checkpoints'"),
+    ("gs://bucket/ckpt", "parameter checkpoint_root: expected a local path, or a gs:// URI where Cloud Storage FUSE "
+                         "is mounted at /gcs (as on Vertex AI), found gs://bucket/ckpt and no /gcs"),
+])
+def test_a_checkpoint_root_the_train_step_cannot_use_is_refused_before_the_run(tmp_path, capsys, root, message):
+    assert not os.path.exists("/gcs")  # This machine has no Cloud Storage FUSE mount.
+    code = run_local.main(["--source", str(tmp_path), "--pipeline_root", str(tmp_path / "root"),
+                           "--param", f"checkpoint_root={root}"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"run_local.py: error: {message}"
+    assert not os.path.exists(tmp_path / "root")
+
+
 def test_registering_with_no_project_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     monkeypatch.delenv("GOOGLE_CLOUD_REGION", raising=False)
