@@ -134,10 +134,10 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
         # SIGTERM from ending it). Twice the collective timeout leaves room for a slower image pull.
         startup = 2 * collective_timeout_seconds if collective_timeout_seconds else None
         peers = ", ".join(f"{k} {i} ({a})" for k, v in cluster_spec()["cluster"].items() for i, a in enumerate(v))
-        with _ended_unless_done_in(startup, f"multi-worker training could not start: not every task of the cluster "
-                                           f"($TF_CONFIG: {peers}) answered within {startup:g} s (twice "
-                                           f"--collective_timeout_seconds); start every task, or check that each "
-                                           f"reaches the others' addresses"):
+        message = (f"multi-worker training could not start: not every task of the cluster ($TF_CONFIG: {peers}) "
+                   f"answered within {startup:g} s (twice --collective_timeout_seconds); start every task, or check "
+                   f"that each reaches the others' addresses") if startup else ""
+        with _ended_unless_done_in(startup, message):
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if not tpu:
         raise ValueError("tpu: expected a TPU name, address or 'local' for distribution_strategy=tpu, found none")

@@ -270,7 +270,7 @@ class Trainer:
         iterator = iter(inputs.train_dataset(self.strategy, self._images, self._labels, self.config.seed, epoch,
                                              self.config.batch_size, skip_steps=start,
                                              epoch_examples=self.epoch_examples, parallel=self.on_accelerator))
-        total, step = 0.0, start
+        total, step, n = 0.0, start, 0
         while step < self.steps_per_epoch:
             n = min(self.config.steps_per_loop, self.steps_per_epoch - step)
             loss_sum = float(self.train_steps(iterator, tf.constant(n)))
@@ -286,7 +286,8 @@ class Trainer:
                 self.step_in_epoch.assign(step)
                 path = self.save_checkpoint()
                 raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; rerun to resume")
-        self._check_weights(epoch, step - n, n)
+        if n:  # Steps ran: their last update is checked before the checkpoint keeps it.
+            self._check_weights(epoch, step - n, n)
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
         self.save_checkpoint()
