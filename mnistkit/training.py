@@ -84,7 +84,8 @@ class Trainer:
         self.steps_per_epoch = self.epoch_examples // config.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch_size: expected at most the {self.epoch_examples} training examples of an "
-                             f"epoch, found {config.batch_size}")
+                             f"epoch, found {config.batch_size} (an epoch is epoch_fraction {config.epoch_fraction:g} "
+                             f"of the {len(train_images)} training examples)")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)

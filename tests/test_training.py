@@ -293,8 +293,8 @@ def test_epoch_fraction_sets_the_steps_of_an_epoch(synthetic_data, tmp_path):
     assert int(trainer.optimizer.iterations) == 5 and int(trainer.epoch) == 1
     with pytest.raises(ValueError, match=r"^epoch_fraction: expected in \(0, 100\], found 0.0$"):
         training.Trainer(_config(synthetic_data, tmp_path / "other", epoch_fraction=0.0))
-    with pytest.raises(ValueError, match="^batch_size: expected at most the 10 training examples of an epoch, "
-                                         "found 20$"):
+    with pytest.raises(ValueError, match=r"^batch_size: expected at most the 10 training examples of an epoch, "
+                                         r"found 20 \(an epoch is epoch_fraction 0.05 of the 200 training examples\)$"):
         training.Trainer(_config(synthetic_data, tmp_path / "third", epoch_fraction=0.05))
 
 
