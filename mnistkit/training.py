@@ -26,7 +26,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from mnistkit import checkpoints, compiled_steps, distribution, files, inputs, run_dirs
+from mnistkit import checkpoints, compiled_steps, distribution, files, inputs, report, run_dirs
 from mnistkit.evaluation import EVAL_BATCH
 from mnistkit.failures import PEER_ERRORS, Diverged, Interrupted, PeerFailure, disk_errors
 from mnistkit.model import create_model, keras
@@ -129,19 +129,11 @@ class Trainer:
     def _load_history(self) -> list[dict]:
         # The copy beside the checkpoints first: a resubmitted run has a new, empty model_dir.
         for directory in (self.checkpoint_dir, self.config.model_dir):
-            path = os.path.join(directory, HISTORY_FILE)
-            if os.path.exists(path):
-                with open(path) as f:
-                    text = f.read()
+            if os.path.exists(os.path.join(directory, HISTORY_FILE)):
                 try:
-                    evaluations = json.loads(text)["evaluations"]
-                    if all(isinstance(h["epoch"], int) and isinstance(h["accuracy"], float) for h in evaluations):
-                        return evaluations
-                except (ValueError, KeyError, TypeError):
-                    pass
-                raise ValueError(f"{path}: expected the history mnist-train writes ({{\"evaluations\": [{{\"epoch\", "
-                                 f"\"loss\", \"accuracy\"}}, ...]}}), found {text[:120]!r}; use --clean or another "
-                                 "--model_dir")
+                    return report.load_history(directory)  # The one reader of the format, which checks it.
+                except ValueError as e:
+                    raise ValueError(f"{e}; use --clean or another --model_dir") from None
         return []
 
     def _warn_of_changed_settings(self) -> None:

@@ -213,9 +213,9 @@ def test_a_history_that_mnist_train_did_not_write_is_named(synthetic_data, tmp_p
     (model_dir / "history.json").write_text('{"foo": 1}')
     line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
                           str(model_dir), "--train_epochs", "2", "--batch_size", "20"), "mnist-train")
-    assert line == (f"mnist-train: error: {model_dir / 'history.json'}: expected the history mnist-train writes "
-                    """({"evaluations": [{"epoch", "loss", "accuracy"}, ...]}), found '{"foo": 1}'; use --clean or """
-                    "another --model_dir")
+    assert line == (f"mnist-train: error: {model_dir / 'history.json'}: expected training's history "
+                    "({'evaluations': [{'epoch', 'loss', 'accuracy'}, ...]}), found unreadable content (KeyError: "
+                    "'evaluations'); use --clean or another --model_dir")
 
 
 def test_evaluate_checks_where_it_writes_before_it_evaluates(synthetic_data, tmp_path):
