@@ -147,6 +147,8 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
             resolve_project_and_location(arguments.get("project", ""), arguments.get("region", ""))
         except ValueError as e:
             raise ValueError(f"register=true: {e}") from None
+    if runner == "docker":
+        _check_docker_engine()
     files.check_dir_path(pipeline_root, "--pipeline_root")
     pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
@@ -171,6 +173,21 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     found = sorted(glob.glob(os.path.join(run_dir, "export-model", "saved_model", "*", "saved_model.pb")))
     return {"metrics": dict(task.outputs["metrics"].metadata), "verdict": verdict_text, "run_dir": run_dir,
             "saved_model": os.path.dirname(found[-1]) if found else None}
+
+
+def _check_docker_engine() -> None:
+    """Raises RuntimeError in one line when no docker engine answers; kfp's DockerRunner would end in a traceback."""
+    import docker
+
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        docker.from_env(timeout=10).ping()
+    except docker.errors.DockerException as e:
+        # The socket's own reason ('Connection refused', 'No such file or directory'), not urllib3's wrapping.
+        found = re.search(r"\[Errno \d+\] ([^\"')]+)|Error\(\d+, '([^']+)'\)", str(e))
+        cause = (found[1] or found[2]) if found else str(e)
+        raise RuntimeError(f"--runner docker: expected a docker engine answering at {where} ($DOCKER_HOST), "
+                           f"found none ({cause})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from mnistkit import recipes
 from pipelines import compile as compile_module
 from pipelines import hardware, pipeline, run_local
 from tests import browser
-from tests.conftest import REPO, serve_directory
+from tests.conftest import REPO, free_port, serve_directory
 
 STEPS = ["download-data", "validate-data", "train-model", "evaluate-model", "check-accuracy", "export-model"]
 
@@ -388,3 +388,13 @@ def test_a_failing_step_fails_the_run_and_names_it(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "run_local.py: error:" in err and "download-data" in err
+
+
+def test_the_docker_runner_without_an_engine_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{free_port()}")  # A port nothing listens on.
+    code = run_local.main(["--runner", "docker", "--source", str(tmp_path), "--pipeline_root", str(tmp_path / "root")])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"run_local.py: error: --runner docker: expected a docker engine answering at "
+                   f"{os.environ['DOCKER_HOST']} ($DOCKER_HOST), found none (Connection refused)"]
+    assert not os.path.exists(tmp_path / "root")
