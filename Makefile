@@ -13,7 +13,14 @@ $(VENV)/.installed: setup.cfg requirements.lock
 
 venv: $(VENV)/.installed
 
+# The real-data tests read MNIST from $$MNIST_DATA_DIR. Unset, that is ../shared/data/mnist when it is there (as
+# in CI), else .cache/mnist, which mnist-download fills from the CVDF mirror once and verifies on every run.
+CACHED_MNIST := $(CURDIR)/.cache/mnist
+MNIST_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist/*.gz),$(abspath ../shared/data/mnist),$(CACHED_MNIST))
+export MNIST_DATA_DIR
+
 test: venv
+	$(if $(filter $(CACHED_MNIST),$(MNIST_DATA_DIR)),$(BIN)/mnist-download --data_dir $(CACHED_MNIST))
 	$(BIN)/python -m pytest -v -rs --durations=15
 
 # e.g. make run RUN_ARGS='--source /path/to/mnist --param train_epochs=1'

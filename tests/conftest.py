@@ -61,7 +61,8 @@ def mnist_dir() -> str:
     missing = [n for n in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
                if not os.path.exists(os.path.join(path, n))]
     if missing:
-        pytest.fail(f"real MNIST data not found in {path} (set MNIST_DATA_DIR); missing {missing}")
+        pytest.fail(f"real MNIST data not found in {path}: missing {missing}; set MNIST_DATA_DIR to a directory "
+                    "holding the four files, or run `make test`, which downloads them into .cache/mnist")
     return path
 
 
