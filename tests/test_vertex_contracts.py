@@ -445,3 +445,16 @@ def test_compile_command_refuses_with_one_line_and_writes_nothing(tmp_path, argv
     assert done.returncode == 1
     assert done.stderr == f"compile.py: error: {message}\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_compile_help_offers_exactly_the_tpu_machines_that_compile():
+    offered = compile_module._TPU_MACHINES_NOW
+    help_text = re.sub(r"-\s+", "-", " ".join(compile_module.parser().format_help().split()))  # Unwrapped.
+    assert offered and all(m in help_text for m in offered)
+    assert not [m for m in hardware.TPU_MACHINES if m not in offered and m in help_text]
+    for machine in hardware.TPU_MACHINES:
+        if machine in offered:
+            assert hardware.resolve("tpu", machine_type=machine).machine_type == machine
+        else:  # A machine the installed client cannot express: refused, so the help must not offer it.
+            with pytest.raises(ValueError, match="which it lacks"):
+                hardware.resolve("tpu", machine_type=machine)
