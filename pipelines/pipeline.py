@@ -184,8 +184,9 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
             train.set_accelerator_type(hardware.accelerator_type).set_accelerator_limit(hardware.accelerator_count)
         evaluate = evaluate_op(data=download.outputs["data"], model=train.outputs["model"])
         evaluate.set_display_name("evaluate-model")
-        # The gate reads single outputs: kfp 2.17.3's local runner skips a
-        # branch gated on a NamedTuple field (see PLATFORM.md).
+        # The gate reads single outputs: kfp 2.17.3's local runner silently skips a
+        # branch gated on a NamedTuple field (it cannot resolve the field, logs a
+        # warning, and the run still ends in SUCCESS).
         check = check_op(accuracy=evaluate.outputs["Output"], min_accuracy=min_accuracy)
         check.set_display_name("check-accuracy")
         with dsl.If(check.outputs["Output"] == True, name="accuracy-gate"):  # noqa: E712 (a KFP condition)
@@ -244,7 +245,7 @@ def _register(baseline_op, registration_op, endpoint_op, export, evaluate, displ
     inputs = registration_op(saved_model=export.outputs["saved_model"], metrics=evaluate.outputs["metrics"],
                              confusion_matrix=evaluate.outputs["confusion_matrix"], serving_image=serving_image)
     inputs.set_display_name("registration-inputs")
-    # Single-output conditions: kfp.local skips branches gated on a NamedTuple field (see PLATFORM.md).
+    # Single-output conditions: kfp.local skips branches gated on a NamedTuple field (see build()).
     with dsl.If(gate.outputs["Output"] != registry.KEEP_BASELINE, name="baseline-gate"):
         with dsl.If(gate.outputs["Output"] == registry.NEW_VERSION, name="new-version"):
             version = ModelUploadOp(display_name=display_name, parent_model=gate.outputs["parent_model"],
