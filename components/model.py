@@ -74,9 +74,9 @@ def check_accuracy(accuracy: float, min_accuracy: float, verdict: Output[Markdow
     Returns:
       Whether the model is exported.
     """
-    passed = accuracy >= min_accuracy
-    text = (f"**Exported**: test accuracy {accuracy:.4f} reached min_accuracy {min_accuracy:.4f}.\n" if passed else
-            f"**Not exported**: test accuracy {accuracy:.4f} is below min_accuracy {min_accuracy:.4f}.\n")
+    from mnistkit import gates
+
+    passed, text = gates.export_verdict(accuracy, min_accuracy)
     with open(verdict.path, "w") as f:
         f.write(text)
     print(text)

@@ -12,6 +12,8 @@ import importlib.util
 import os
 import re
 
+from mnistkit.gates import shown
+
 # The decisions of the baseline gate, also the values the pipeline's conditions compare with.
 NEW_MODEL = "new-model"
 NEW_VERSION = "new-version"
@@ -190,13 +192,15 @@ def decide(accuracy: float, display_name: str, baseline: Baseline | None, margin
     if baseline.accuracy is None:
         return NEW_VERSION, (f"**Registered as a new version** of {named}: the baseline carries no evaluation with a "
                              f"confusion matrix, so test accuracy {accuracy:.4f} passed on min_accuracy alone.\n")
-    floor = baseline.accuracy - margin
-    compared = (f"test accuracy {accuracy:.4f} against the baseline {named} with test accuracy "
-                f"{baseline.accuracy:.4f} and baseline_margin {margin:.4f}")
-    if accuracy >= floor:
-        return NEW_VERSION, f"**Registered as a new version**: {compared} (floor {floor:.4f}).\n"
-    return KEEP_BASELINE, (f"**Not registered**: {compared}: below the floor {floor:.4f}; the baseline stays the "
-                           "default version.\n")
+    # Rounded to 9 decimals, far below one test example: in binary, 0.9918 - 0.0005 is 0.9913000000000001, and
+    # a version exactly `margin` below the baseline would fail its own floor.
+    floor = round(baseline.accuracy - margin, 9)
+    compared = (f"test accuracy {shown(accuracy)} against the baseline {named} with test accuracy "
+                f"{shown(baseline.accuracy)} and baseline_margin {shown(margin)}")
+    if round(accuracy, 9) >= floor:
+        return NEW_VERSION, f"**Registered as a new version**: {compared} (floor {shown(floor)}).\n"
+    return KEEP_BASELINE, (f"**Not registered**: {compared}: below the floor {shown(floor)}; the baseline stays "
+                           "the default version.\n")
 
 
 def vertex_evaluation(loss: float, labels: list[str], rows: list[list[float]]) -> dict:

@@ -275,3 +275,13 @@ def test_deploy_is_requested_only_when_asked(spec):
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["deploy"]["defaultValue"] is False and defaults["register"]["defaultValue"] is False
     assert "baseline_margin" in pipeline.PARAMETER_RULES  # Checked in [0, 1] before a run starts.
+
+
+@pytest.mark.parametrize("margin", [0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.01])
+def test_a_version_exactly_margin_below_the_baseline_is_registered_and_one_example_less_is_not(margin):
+    baseline = lambda correct: registry.Baseline(f"{PARENT}/models/42", "3", correct / 10000)  # noqa: E731
+    step = round(margin * 10000)
+    for correct in range(9000, 10001):  # Every baseline from 90% up, on MNIST's 10,000 test images.
+        assert registry.decide((correct - step) / 10000, NAME, baseline(correct), margin)[0] == registry.NEW_VERSION
+        decision, verdict = registry.decide((correct - step - 1) / 10000, NAME, baseline(correct), margin)
+        assert decision == registry.KEEP_BASELINE, verdict
