@@ -38,7 +38,7 @@ def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Me
       model: The trained model.
       metrics: Test accuracy, loss and number of examples.
       confusion_matrix: Rows are true digits, columns predicted ones.
-      class_metrics: precision_D and recall_D for each digit D.
+      class_metrics: precision_D and recall_D for each digit D (left out where undefined, 0 / 0).
       report: A self-contained HTML page of figures: accuracy and loss by
         epoch, confusion matrix, per-digit precision and recall, the most
         confidently misclassified digits, examples per digit.
@@ -56,8 +56,9 @@ def evaluate_model(data: Input[Dataset], model: Input[Model], metrics: Output[Me
     for name in ("accuracy", "loss", "examples"):
         metrics.log_metric(name, result[name])
     for digit in range(10):
-        class_metrics.log_metric(f"precision_{digit}", result["precision"][digit])
-        class_metrics.log_metric(f"recall_{digit}", result["recall"][digit])
+        for name in ("precision", "recall"):
+            if result[name][digit] is not None:  # None: 0 / 0, a digit absent from the test split or never predicted.
+                class_metrics.log_metric(f"{name}_{digit}", result[name][digit])
     confusion_matrix.log_confusion_matrix([str(d) for d in range(10)], result["confusion_matrix"])
     write_report(report.path, model.path, data.path, result)
     return result["accuracy"]

@@ -28,7 +28,8 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = EVAL_BATCH, errors
       errors: How many of the most confidently misclassified test images to list.
 
     Returns:
-      loss, accuracy, per-class precision and recall, the 10x10 confusion
+      loss, accuracy, per-class precision and recall (None where a digit
+      has no test example, or is never predicted), the 10x10 confusion
       matrix (rows: true label, columns: predicted label), and
       most_confident_errors: up to `errors` misclassified test images, highest
       predicted probability first, each as its index in the test split, true
@@ -48,14 +49,19 @@ def evaluate(model_dir: str, data_dir: str, batch_size: int = EVAL_BATCH, errors
     np.add.at(confusion, (labels, predicted), 1)
     true_positives = np.diag(confusion).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.nan_to_num(true_positives / confusion.sum(axis=0))
-        recall = np.nan_to_num(true_positives / confusion.sum(axis=1))
+        precision = true_positives / confusion.sum(axis=0)
+        recall = true_positives / confusion.sum(axis=1)
+    mean_loss = float(np.mean(loss))
+    if not np.isfinite(mean_loss):
+        raise ValueError(f"{model_dir}: expected a finite test loss, found {mean_loss}: the model's logits "
+                         "overflow float32 on the test images, so it cannot serve")
     return {
         "examples": int(len(labels)),
-        "loss": float(np.mean(loss)),
+        "loss": mean_loss,
         "accuracy": float(true_positives.sum() / len(labels)),
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
+        # 0 / 0 is no figure, not 0: a digit the test split lacks has no recall, one never predicted no precision.
+        "precision": [None if np.isnan(v) else float(v) for v in precision],
+        "recall": [None if np.isnan(v) else float(v) for v in recall],
         "confusion_matrix": confusion.tolist(),
         "most_confident_errors": _most_confident_errors(logits, labels, predicted, errors),
     }

@@ -185,23 +185,32 @@ def _confusion_figure(confusion: np.ndarray) -> str:
     return _png(figure)
 
 
-def _per_class_figure(precision: list[float], recall: list[float]) -> str:
+def _per_class_figure(precision: list[float | None], recall: list[float | None]) -> str:
     figure, axes = _figure(8, 3.2)
     positions = np.arange(idx.NUM_CLASSES)
-    axes.bar(positions - 0.2, precision, width=0.4, label="precision", color="tab:blue")
-    axes.bar(positions + 0.2, recall, width=0.4, label="recall", color="tab:orange")
-    # Zoomed to the values (MNIST's are all near 1), but never above 1 or below 0.
-    low = max(0.0, min(min(precision), min(recall)) - 0.02)
-    axes.set(xticks=DIGITS, xlabel="digit", ylim=(low, 1.0))
-    axes.legend(loc="lower right")
+    values = {name: np.array([np.nan if v is None else v for v in figures], dtype=float)
+              for name, figures in (("precision", precision), ("recall", recall))}
+    # Points, not bars: the axis is zoomed to the values (MNIST's are all near 1), and a bar that does not start
+    # at 0 would misstate the ratios. An undefined figure (None) is left out.
+    for (name, figure_values), shift, color in zip(values.items(), (-0.12, 0.12), ("tab:blue", "tab:orange")):
+        axes.plot(positions + shift, figure_values, "o", label=name, color=color)
+    defined = np.concatenate(list(values.values()))
+    low = max(0.0, float(np.nanmin(defined)) - 0.02) if np.isfinite(defined).any() else 0.0
+    axes.set(xticks=DIGITS, xlabel="digit", ylim=(low, 1.005))
+    axes.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False)  # Above the plot: covers nothing.
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def _ratio(value: float | None) -> str:
+    """A precision or recall for the table; an undefined one (0 / 0) as a dash with the reason on hover."""
+    return f"{value:.4f}" if value is not None else '<span title="0 / 0: no such example">&ndash;</span>'
 
 
 def _per_class_table(result: dict) -> str:
     confusion = np.array(result["confusion_matrix"])
     rows = "".join(
-        f"<tr><th>digit {d}</th><td>{result['precision'][d]:.4f}</td><td>{result['recall'][d]:.4f}</td>"
+        f"<tr><th>digit {d}</th><td>{_ratio(result['precision'][d])}</td><td>{_ratio(result['recall'][d])}</td>"
         f"<td>{int(confusion[d].sum()):,}</td></tr>" for d in DIGITS)
     return f"<table><tr><th></th><th>precision</th><th>recall</th><th>test examples</th></tr>{rows}</table>"
 

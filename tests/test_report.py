@@ -106,10 +106,12 @@ def test_the_evaluate_step_logs_per_class_metrics_and_writes_the_report(weak_mod
     task = evaluate_alone()
     expected = evaluation.evaluate(weak_model, synthetic_data)
     logged = task.outputs["class_metrics"].metadata
-    assert sorted(logged) == sorted(f"{kind}_{d}" for kind in ("precision", "recall") for d in range(10))
-    for d in range(10):
-        assert logged[f"precision_{d}"] == pytest.approx(expected["precision"][d])
-        assert logged[f"recall_{d}"] == pytest.approx(expected["recall"][d])
+    # Every defined figure, and only those: the weak model never predicts some digits (precision 0 / 0).
+    defined = {f"{kind}_{d}": expected[kind][d] for kind in ("precision", "recall") for d in range(10)
+               if expected[kind][d] is not None}
+    assert sorted(logged) == sorted(defined) and len(defined) >= 10
+    for name, value in defined.items():
+        assert logged[name] == pytest.approx(value)
     with open(task.outputs["report"].path) as f:
         page = f.read()
     assert page.startswith("<!DOCTYPE html>") and page.count('class="error"') == len(expected["most_confident_errors"])
@@ -119,7 +121,8 @@ def test_the_evaluate_step_logs_per_class_metrics_and_writes_the_report(weak_mod
 def test_the_page_says_when_there_is_no_history_or_no_error():
     import numpy as np
 
-    result = {"examples": 2, "loss": 0.1, "accuracy": 1.0, "precision": [1.0] * 10, "recall": [1.0] * 10,
+    result = {"examples": 2, "loss": 0.1, "accuracy": 1.0, "precision": [1.0] * 2 + [None] * 8,
+              "recall": [1.0] * 2 + [None] * 8,
               "confusion_matrix": np.diag([1, 1] + [0] * 8).tolist(), "most_confident_errors": []}
     page = report.render(result, [], {"train": [1] * 10, "test": [1, 1] + [0] * 8}, np.zeros((2, 28, 28), np.uint8))
     assert "No evaluation was recorded during training" in page
@@ -135,3 +138,55 @@ def test_history_is_read_from_the_file_training_writes(tmp_path):
     with pytest.raises(ValueError, match=f"{tmp_path / report.HISTORY_FILE}: expected training's history"):
         report.load_history(str(tmp_path))
     assert report.load_history(str(tmp_path / "elsewhere")) == []
+
+
+def test_a_digit_absent_from_the_test_split_has_no_precision_or_recall_not_zero(weak_model, synthetic_data,
+                                                                                 tmp_path):
+    """0 / 0 is no figure: metrics.json says null, the page a dash, the pipeline's class metrics leave it out."""
+    import shutil
+
+    import numpy as np
+
+    from mnistkit import evaluation, idx
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    images, labels = idx.load_split(str(data), idx.TEST)
+    low = labels < 5  # Digits 5-9 taken out of the test split.
+    idx.write_idx(str(data / idx.TEST.images), images[low])
+    idx.write_idx(str(data / idx.TEST.labels), labels[low])
+    result = evaluation.evaluate(weak_model, str(data))
+    confusion = np.array(result["confusion_matrix"])
+    for d in range(10):
+        assert (result["recall"][d] is None) == (d >= 5)
+        assert (result["precision"][d] is None) == (confusion[:, d].sum() == 0)
+        if d < 5:
+            assert result["recall"][d] == confusion[d, d] / confusion[d].sum()
+    page = report.render(result, [], report.class_counts(str(data)), images[low])
+    assert page.count("&ndash;") == sum(v is None for v in result["precision"] + result["recall"])
+    assert "<td>nan</td>" not in page.lower()
+
+
+def test_mnist_evaluate_given_the_model_file_still_reports_the_history(weak_model, synthetic_data, tmp_path):
+    result = subprocess.run([os.path.join(BIN, "mnist-evaluate"), f"--model_dir={weak_model}/model.keras",
+                             f"--data_dir={synthetic_data}", f"--output={tmp_path / 'metrics.json'}",
+                             f"--report_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "No evaluation was recorded during training" not in page
+    assert page.count("<td>") > 0 and "2 evaluation(s)" in page
+
+
+def test_a_report_without_the_train_labels_is_refused_before_the_model_runs(weak_model, synthetic_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    os.remove(data / "train-labels-idx1-ubyte.gz")
+    result = subprocess.run([os.path.join(BIN, "mnist-evaluate"), f"--model_dir={weak_model}",
+                             f"--data_dir={data}", f"--output={tmp_path / 'out' / 'metrics.json'}",
+                             f"--report_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("mnist-evaluate: error: ") and "train-labels-idx1-ubyte.gz" in line, line
+    assert not (tmp_path / "out" / "metrics.json").exists()

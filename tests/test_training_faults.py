@@ -144,6 +144,22 @@ def test_evaluate_and_export_refuse_a_model_with_nan_weights(nan_model_dir, synt
     assert not export_dir.exists()
 
 
+def test_evaluate_refuses_a_model_whose_finite_weights_give_an_infinite_loss(synthetic_data, tmp_path):
+    """Finite weights, logits that overflow: metrics.json would hold 'Infinity', which JSON readers reject."""
+    model_dir = tmp_path / "overflow"
+    model_dir.mkdir()
+    overflow = model.create_model("channels_last")
+    weights = overflow.get_weights()
+    weights[-1][:] = [3e38 if d % 2 else -3e38 for d in range(10)]  # The output bias: finite, at float32's edge.
+    overflow.set_weights(weights)
+    overflow.save(model_dir / training.MODEL_FILE)
+    line = error_line(run("-m", "mnistkit.commands.evaluate", "--model_dir", str(model_dir), "--data_dir",
+                          synthetic_data), "mnist-evaluate")
+    assert line == (f"mnist-evaluate: error: {model_dir}: expected a finite test loss, found inf: the model's "
+                    "logits overflow float32 on the test images, so it cannot serve"), line
+    assert not (model_dir / "metrics.json").exists()
+
+
 # --- A full disk, for real. -----------------------------------------------------------------------
 
 

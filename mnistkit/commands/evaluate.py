@@ -32,6 +32,7 @@ def main(argv):
         if os.path.isdir(page):
             raise cli.UserError(f"--report_dir: expected {page} to be a file to write, found a directory")
         report.load_history(model_dir)  # What the report plots: a broken history.json is refused now.
+        report.class_counts(DATA_DIR.value)  # Its histogram reads both splits' labels: a missing one, now.
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)
@@ -40,8 +41,8 @@ def main(argv):
     if REPORT_DIR.value:
         from mnistkit import report
 
-        path = report.write_report(os.path.join(REPORT_DIR.value, report.REPORT_FILE), MODEL_DIR.value,
-                                   DATA_DIR.value, metrics)
+        path = report.write_report(os.path.join(REPORT_DIR.value, report.REPORT_FILE), model_dir, DATA_DIR.value,
+                                   metrics)
         print(f"report: {os.path.abspath(path)}")
 
 
