@@ -191,6 +191,10 @@ def to_markdown(report: dict) -> str:
             row("2 recipe", f"{name}: epochs to {c['target']:.1%}", x["epoch_to_target"], ".0f")
             for epoch, s in x["accuracy_by_epoch"].items():
                 row("2 recipe", f"{name}: test accuracy after epoch {epoch}", s, ".4f")
+            for epoch, s in x.get("float32_accuracy_by_epoch", {}).items():
+                row("2 recipe", f"{name}: test accuracy after epoch {epoch}, the weights in float32 (as exported; "
+                    f"{x['float32_at_target']} at {c['target']:.1%} where training's evaluation first was)", s,
+                    ".4f")
             row("2 recipe", f"{name}: whole run, seconds", x["total_seconds"])
         if c.get("speedup"):
             row("2 recipe", f"speedup to {c['target']:.1%}: plain fit seconds / recipe seconds (wall)",

@@ -30,7 +30,8 @@ DIGIT_PIXELS = 84
 
 
 def load_history(model_dir: str) -> list[dict]:
-    """The evaluations training recorded in `model_dir` (epoch, loss, accuracy); [] when it wrote none.
+    """The evaluations training recorded in `model_dir` (epoch, loss, accuracy, and the precision they ran in when
+    the file says); [] when it wrote none.
 
     Raises:
       ValueError: history.json is there but is not the JSON that training writes.
@@ -41,7 +42,8 @@ def load_history(model_dir: str) -> list[dict]:
     try:
         with open(path) as f:
             evaluations = json.load(f)["evaluations"]
-        return [{"epoch": int(e["epoch"]), "loss": float(e["loss"]), "accuracy": float(e["accuracy"])}
+        return [{"epoch": int(e["epoch"]), "loss": float(e["loss"]), "accuracy": float(e["accuracy"]),
+                 **({"precision": str(e["precision"])} if "precision" in e else {})}  # Older files lack it.
                 for e in evaluations]
     except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: an epoch of 1e400.
         raise ValueError(f"{path}: expected training's history ({{'evaluations': [{{'epoch', 'loss', "
@@ -165,8 +167,12 @@ def _history_body(history: list[dict]) -> str:
         axes.grid(alpha=0.3)
     rows = "".join(f"<tr><td>{e['epoch']}</td><td>{e['accuracy']:.4f}</td><td>{e['loss']:.4f}</td></tr>"
                    for e in history)
+    lower = sorted({e["precision"] for e in history if e.get("precision", "float32") != "float32"})
+    note = (f"<p>Evaluated during training in {html.escape(', '.join(lower))}, the training precision; the figures "
+            "at the top score the same weights in float32, as the export gate and serving run them, and can differ "
+            "by a few test examples.</p>") if lower else ""
     return (_img(_png(figure), "Test accuracy and loss by epoch")
-            + f"<table><tr><th>epoch</th><th>accuracy</th><th>loss</th></tr>{rows}</table>")
+            + f"<table><tr><th>epoch</th><th>accuracy</th><th>loss</th></tr>{rows}</table>" + note)
 
 
 def _confusion_figure(confusion: np.ndarray) -> str:

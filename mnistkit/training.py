@@ -211,7 +211,9 @@ class Trainer:
                 epoch = int(self.epoch)
                 due = epoch > 0 and (epoch % config.epochs_between_evals == 0 or epoch >= config.train_epochs)
                 if due and not any(h["epoch"] == epoch for h in history):
-                    history.append({"epoch": epoch, **self.evaluate()})
+                    # Evaluated at the training precision: in mixed_bfloat16 a few test examples can score
+                    # otherwise than in the float32 of mnist-evaluate, the export gate and serving; say which.
+                    history.append({"epoch": epoch, **self.evaluate(), "precision": self.precision})
                     if not math.isfinite(history[-1]["loss"]):
                         raise self._diverged_at_evaluation(epoch, history[-1]["loss"])
                     log.info("epoch %d: %s", epoch, history[-1])

@@ -147,7 +147,13 @@ def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp
     assert recipe["overrides"] == {"train_epochs": 3, "max_train_examples": 512, "epoch_fraction": 1.0,
                                    "epochs_between_evals": 2}
     assert sorted(recipe["runs"][0]["accuracy_by_epoch"]) == ["2", "3"]
+    # Each evaluation's weights also scored in float32, as the export gate sees them: the same model, close figures.
+    run = recipe["runs"][0]
+    assert sorted(run["float32_accuracy_by_epoch"]) == ["2", "3"]
+    for epoch, accuracy in run["float32_accuracy_by_epoch"].items():
+        assert abs(accuracy - run["accuracy_by_epoch"][epoch]) < 0.05
     assert "plain_keras_fit" not in recipe
+    assert "test accuracy after epoch 3, the weights in float32 (as exported;" in (out / "results.md").read_text()
     assert "recipe fast (train_epochs=3, max_train_examples=512, epoch_fraction=1.0, epochs_between_evals=2): " \
            "test accuracy after epoch 2" in (out / "results.md").read_text()
 

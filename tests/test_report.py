@@ -190,3 +190,24 @@ def test_a_report_without_the_train_labels_is_refused_before_the_model_runs(weak
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("mnist-evaluate: error: ") and "train-labels-idx1-ubyte.gz" in line, line
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_the_history_says_which_precision_training_evaluated_in(weak_model, synthetic_data):
+    """Training scores at its own precision, the summary in float32: the page says so where the two can differ."""
+    import numpy as np
+
+    from mnistkit import evaluation, training
+
+    history = report.load_history(weak_model)
+    with open(os.path.join(weak_model, "train_config.json")) as f:
+        precision = training.resolve_precision(json.load(f)["precision"], "")
+    assert [e["precision"] for e in history] == [precision] * 2
+    result = {**evaluation.evaluate(weak_model, synthetic_data), "most_confident_errors": []}
+    counts = report.class_counts(synthetic_data)
+    page = report.render(result, history, counts, np.zeros((1, 28, 28), np.uint8))
+    assert ("Evaluated during training in mixed_bfloat16, the training precision" in page) == \
+        (precision == "mixed_bfloat16")
+    for other, noted in (("float32", False), ("mixed_bfloat16", True)):  # Both cases, whatever this CPU picks.
+        page = report.render(result, [{**e, "precision": other} for e in history], counts,
+                             np.zeros((1, 28, 28), np.uint8))
+        assert ("Evaluated during training in mixed_bfloat16" in page) == noted
