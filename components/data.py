@@ -14,10 +14,12 @@ def download_data(source: str, data: Output[Dataset], verify_checksums: bool = T
         any well-formed IDX files.
       data: The directory with the four files.
     """
-    from mnistkit import fetch
+    from mnistkit import fetch, sigterm
 
+    sigterm.exit_on_sigterm()  # A preempted step removes its partial file before it exits.
+    # The artifact is this step's alone: a retry clears what a killed attempt left, on any host.
     digests = fetch.download(fetch.DownloadConfig(data_dir=data.path, source=source,
-                                                  verify_checksums=verify_checksums))
+                                                  verify_checksums=verify_checksums, sole_writer=True))
     data.metadata.update({"source": source, "checksums_verified": verify_checksums, "sha256": digests})
 
 

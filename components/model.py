@@ -97,8 +97,10 @@ def export_model(model: Input[Model], saved_model: Output[Model]):
     from mnistkit import tf_settings
 
     tf_settings.apply()  # First: before TensorFlow loads.
-    from mnistkit import exporting
+    from mnistkit import exporting, sigterm
 
-    path = exporting.export(model.path, saved_model.path)
+    sigterm.exit_on_sigterm()  # A preempted step removes its partial SavedModel before it exits.
+    # The artifact is this step's alone and holds one version: a retry starts it over.
+    path = exporting.export(model.path, saved_model.path, sole_writer=True)
     saved_model.metadata.update({"framework": "tensorflow", "signature": exporting.SIGNATURE,
                                  "export_uri": saved_model.uri.rstrip("/") + "/" + os.path.basename(path)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,17 +68,34 @@ def save(manager: tf.train.CheckpointManager) -> str:
 
 
 def remove_unfinished(directory: str) -> None:
-    """Deletes the `ckpt-N_temp` directories of saves that did not finish (TensorFlow renames them when done)."""
-    for entry in os.listdir(directory) if os.path.isdir(directory) else []:
-        if entry.endswith("_temp") and os.path.isdir(os.path.join(directory, entry)):
-            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+    """Deletes what saves and rotations that did not finish left: never part of a checkpoint that reads.
+
+    TensorFlow writes a save into `ckpt-N_temp/`, renames its data files out to
+    `ckpt-N.data-*`, then writes `ckpt-N.index`; it replaces the `checkpoint`
+    state file through `checkpoint.tmp<hex>`; a rotation deletes an old index
+    before its data. So a `_temp` directory, a `checkpoint.tmp*` file and data
+    files without their index are a killed writer's.
+    """
+    entries = os.listdir(directory) if os.path.isdir(directory) else []
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        prefix, data, _ = entry.partition(".data-")
+        if entry.endswith("_temp") and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif (entry.startswith("checkpoint.tmp") or data and f"{prefix}.index" not in entries) and \
+                os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, model_dir: str) -> str | None:
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, model_dir: str,
+                   older: tuple[str, tf.train.Checkpoint] | None = None) -> str | None:
     """Restores into `checkpoint` the newest checkpoint in `directory` that reads; returns its path (None: none).
 
     One cut short or corrupted on disk is skipped, with a warning, for the
-    one before it (at most an epoch more to train).
+    one before it (at most an epoch more to train). `older` is (name,
+    checkpoint without it): a checkpoint file written before `checkpoint`
+    held `name` is restored through that one.
 
     Raises:
       ValueError: one reads but belongs to another model (named with `model_dir`), or all of them are unreadable.
@@ -85,7 +103,11 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, model_dir: s
     unreadable = []
     for path in newest_first(directory):
         try:
-            checkpoint.restore(path).assert_existing_objects_matched()
+            target = checkpoint
+            if older and not any(n.startswith(f"{older[0]}/") for n, _ in tf.train.list_variables(path)):
+                log.warning("%s: written before checkpoints held %s; resuming without it", path, older[0])
+                target = older[1]
+            target.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError) as e:
             raise ValueError(f"{model_dir}: expected a checkpoint of this model to resume from, found "
                              f"{path}, which does not match it ({first_line(e)}); "

@@ -35,8 +35,12 @@ class _Serving(tf.Module):
         return {"classes": tf.argmax(logits, axis=1), "probabilities": tf.nn.softmax(logits)}
 
 
-def export(model_dir: str, export_dir: str) -> str:
+def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
     """Writes the model in `model_dir` as a SavedModel to `export_dir/<timestamp>`.
+
+    With `sole_writer` (a pipeline step's own output, which holds one
+    version), whatever an earlier attempt left in `export_dir` is removed
+    first, on whichever host it ran: a retried step ends with one version.
 
     The signatures `classify` and `serving_default` take `image` float32
     [None, 28, 28] in [0, 1] and return `classes` int64 [None] and
@@ -62,6 +66,9 @@ def export(model_dir: str, export_dir: str) -> str:
                                   f"created ({e.strerror})") from e
         if not os.access(export_dir, os.W_OK):
             raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
+        if sole_writer:
+            for entry in os.listdir(export_dir):
+                files.remove(os.path.join(export_dir, entry))
         # Before the sweep: a half-moved version is known as such only while its dead writer's scratch is there.
         _remove_unfinished_moves(export_dir)
         files.sweep_leftovers(export_dir)

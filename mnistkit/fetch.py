@@ -99,6 +99,9 @@ class DownloadConfig:
     files: tuple[str, ...] = idx.FILES
     progress_seconds: float = 5.0  # How often a download in progress logs its bytes and rate.
     timeout_seconds: float = 60.0  # To connect, and for each read; a mirror slower than that is retried.
+    # No one else writes data_dir (a pipeline step's own output): every scratch file in it is a killed attempt's,
+    # whatever host wrote it. Otherwise only those of dead writers on this host are removed.
+    sole_writer: bool = False
 
 
 def _check(path: str, name: str, verify_checksums: bool) -> None:
@@ -276,7 +279,7 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
     mirrors = [(source, sources.source_copier(source, config.progress_seconds, config.timeout_seconds))
                for source in sources.split_sources(config.source)]
     os.makedirs(config.data_dir, exist_ok=True)
-    files.sweep_leftovers(config.data_dir)  # What killed downloads left.
+    files.sweep_leftovers(config.data_dir, every_writer=config.sole_writer)  # What killed downloads left.
     if not config.verify_checksums:
         log.warning("CHECKSUMS NOT VERIFIED: accepting any well-formed IDX files from %s", config.source)
     dead: dict[str, _MirrorFailed] = {}

@@ -109,10 +109,17 @@ def _writer(entry: str) -> int | None:
 
 
 def dead_writers_entry(entry: str) -> bool:
-    """Whether `entry` is a scratch entry (see `scratch_path`) of a writer on this host that no longer runs."""
+    """Whether `entry` is a scratch entry (see `scratch_path`) of a writer on this host that no longer runs.
+
+    Call it before this process writes scratch entries of its own there: an entry with this process's own pid
+    is taken for a dead writer's. That is a container restarted on the same host, where the new process often
+    gets the old one's pid (the first few of a new PID namespace).
+    """
     pid = _writer(entry)
     if pid is None:
         return False
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -33,3 +33,18 @@ class SigtermFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         return False
+
+
+def exit_on_sigterm() -> None:
+    """Makes SIGTERM unwind the stack (exit 143) so that `finally` blocks remove temporary files.
+
+    Python's default on SIGTERM ends the process on the spot, which would leave
+    a half-written download or export behind. For steps with no checkpoint to
+    save: training uses SigtermFlag instead.
+    """
+
+    def handle(signum, frame):
+        log.warning("SIGTERM: stopping, removing what this step had half written")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)

@@ -98,8 +98,14 @@ class Trainer:
         # (which `int()` cannot read); every worker counts the same anyway.
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+        # The dropout layer's random state is a model variable that tf.train.Checkpoint does not find through the
+        # Keras model: listed here, a resumed run draws the masks the uninterrupted run would have, and ends with
+        # the same weights.
+        state = dict(model=self.model, optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch)
+        self.checkpoint = tf.train.Checkpoint(**state,
+                                              random_state=[v.value for v in self.model.non_trainable_variables])
+        # Checkpoints of earlier versions lack it: they resume as before, with the dropout masks drawn afresh.
+        self._older_checkpoint = ("random_state", tf.train.Checkpoint(**state))
         # Every worker saves (saving can involve collectives); only the chief's copy lands in model_dir
         # and the checkpoint directory, the others go to a private temporary place. Every worker resumes
         # from the chief's checkpoints.
@@ -242,7 +248,8 @@ class Trainer:
 
     def _restore(self) -> str | None:
         """Restores the newest readable checkpoint of the run (see checkpoints.restore_newest); returns its path."""
-        path = checkpoints.restore_newest(self.checkpoint, self.checkpoint_dir, self.config.model_dir)
+        path = checkpoints.restore_newest(self.checkpoint, self.checkpoint_dir, self.config.model_dir,
+                                          older=self._older_checkpoint)
         if path and self.config.schedule == "constant":
             # A constant rate is an optimizer variable, so the checkpoint brought back the old run's; the
             # --learning_rate of this run wins (the way to go on after a divergence is a lower one).
@@ -365,15 +372,10 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         return Trainer(config, on_epoch, on_evaluation, data).train()
 
 
-def _remove_leftovers(model_dir: str, checkpoints: str) -> None:
+def _remove_leftovers(model_dir: str, checkpoint_dir: str) -> None:
     """Deletes the temporary files a killed run left; they never hold anything a reader needs."""
-    for directory in (model_dir, checkpoints):
+    for directory in (model_dir, checkpoint_dir):
         # Only the chief writes these directories, and it has not started: whoever wrote a scratch entry is gone.
         files.sweep_leftovers(directory, every_writer=True)
-        if directory == model_dir or not os.path.isdir(directory):
-            continue
-        for entry in os.listdir(directory):
-            path = os.path.join(directory, entry)
-            if entry.endswith("_temp") and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)  # A TensorFlow checkpoint whose save did not finish.
+    checkpoints.remove_unfinished(checkpoint_dir)
 

@@ -172,10 +172,15 @@ def test_a_killed_writers_partial_export_is_removed_by_the_next_export(model_dir
     host = socket.gethostname()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # Its pid names a writer that no longer runs.
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # A live writer.
     dead = export_dir / f".tmp-{host}@{gone.pid}-abc123-1700000000"
-    alive = export_dir / f".tmp-{host}@{os.getpid()}-abc123-1700000001"
+    alive = export_dir / f".tmp-{host}@{writer.pid}-abc123-1700000001"
     elsewhere = export_dir / ".tmp-another-host@1-abc123-1700000002"
     for partial in (dead, alive, elsewhere):
         (partial / "variables").mkdir(parents=True)
-    path = exporting.export(model_dir, str(export_dir))
+    try:
+        path = exporting.export(model_dir, str(export_dir))
+    finally:
+        writer.kill()
+        writer.wait()
     assert sorted(os.listdir(export_dir)) == sorted([os.path.basename(path), alive.name, elsewhere.name])

@@ -76,6 +76,20 @@ def test_an_export_keeps_the_users_digit_named_directories(model_dir, tmp_path):
     assert {k: v for k, v in tree(export_dir).items() if not k.startswith(version)} == users
 
 
+def test_the_pipeline_steps_export_ends_with_one_version_whatever_an_earlier_attempt_left(model_dir, tmp_path):
+    """A retried export step (new pod, or the same pid in a restarted container) finds its artifact as the
+    killed attempt left it: a whole version, a half-moved one, scratch of another host. It keeps one version."""
+    from mnistkit import exporting
+
+    export_dir = tmp_path / "saved_model"
+    first = exporting.export(str(model_dir), str(export_dir))
+    (export_dir / "1700000001" / "variables").mkdir(parents=True)  # Half-moved, no saved_model.pb.
+    (export_dir / ".tmp-pod-before-retry@1-abc123-1700000001").mkdir()
+    final = exporting.export(str(model_dir), str(export_dir), sole_writer=True)
+    assert os.listdir(export_dir) == [os.path.basename(final)] and first != final
+    assert os.path.exists(os.path.join(final, "saved_model.pb"))
+
+
 # --- A full disk. -------------------------------------------------------------------------
 
 

@@ -282,6 +282,19 @@ def test_partials_left_by_a_killed_run_are_removed(tmp_path, labels_source):
     assert _leftovers(data_dir) == sorted(LABELS)
 
 
+def test_a_pipeline_step_clears_what_a_killed_attempt_on_another_host_left(tmp_path, labels_source):
+    """The step's data artifact is its own: a retry on a new pod removes the partial a preempted pod left."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    partial = data_dir / ".tmp-pod-before-retry@12-abc123-t10k-labels-idx1-ubyte.gz"
+    partial.write_bytes(b"half")
+    fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS))
+    assert partial.exists()  # From the command line: another host's file may be live work, so it stays.
+    fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=labels_source, files=LABELS,
+                                        sole_writer=True))
+    assert _leftovers(data_dir) == sorted(LABELS)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("gs://", "expected gs://BUCKET[/PREFIX], found no bucket name"),
     ("ftp://example.com/mnist", "expected gs://..., http(s)://... or a local directory"),

@@ -76,17 +76,24 @@ def test_made_dir_removes_on_failure_only_the_empty_directories_it_made(tmp_path
 def test_sweep_removes_dead_writers_leftovers_and_nothing_else(tmp_path):
     host = socket.gethostname()
     dead = _dead_pid()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # A live writer.
     dead_file = tmp_path / f".tmp-{host}@{dead}-abc123-train-images-idx3-ubyte.gz"
     dead_dir = tmp_path / f".tmp-{host}@{dead}-def456-1700000000"
-    alive = tmp_path / f".tmp-{host}@{os.getpid()}-abc123-model.keras"
+    alive = tmp_path / f".tmp-{host}@{writer.pid}-abc123-model.keras"
+    # This process's own pid before it wrote anything there: a restarted container's predecessor, same pid.
+    restarted = tmp_path / f".tmp-{host}@{os.getpid()}-abc123-report.json"
     other_host = tmp_path / f".tmp-{host}-2@{dead}-abc123-model.keras"  # Another host whose name starts like ours.
     unnamed = tmp_path / ".tmp-written-by-someone-else"
     ours = tmp_path / "model.keras"
-    for path in (dead_file, alive, other_host, unnamed, ours):
+    for path in (dead_file, alive, restarted, other_host, unnamed, ours):
         path.write_text("x")
     (dead_dir / "variables").mkdir(parents=True)
 
-    files.sweep_leftovers(str(tmp_path))
+    try:
+        files.sweep_leftovers(str(tmp_path))
+    finally:
+        writer.kill()
+        writer.wait()
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (alive, other_host, unnamed, ours))
 
     files.sweep_leftovers(str(tmp_path), every_writer=True)  # No writer can be at work: every scratch entry goes.

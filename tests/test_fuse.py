@@ -116,14 +116,19 @@ def test_an_export_killed_during_the_move_is_swept_by_the_next(synthetic_data, t
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # Its pid names a writer that no longer runs.
     host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # A writer still at work.
     killed, running = export_dir / "1700000000", export_dir / "1700000001"
-    for version, writer in ((killed, gone.pid), (running, os.getpid())):
+    for version, writer in ((killed, gone.pid), (running, live.pid)):
         (version / "variables").mkdir(parents=True)
         (version / "variables" / "variables.index").write_text("half")
         (export_dir / f".tmp-{host}@{writer}-abc123-{version.name}" / "variables").mkdir(parents=True)
-    path = exporting.export(str(model_dir), str(export_dir))
+    try:
+        path = exporting.export(str(model_dir), str(export_dir))
+    finally:
+        live.kill()
+        live.wait()
     assert sorted(os.listdir(export_dir)) == sorted(
-        [running.name, f".tmp-{host}@{os.getpid()}-abc123-{running.name}", os.path.basename(path)])
+        [running.name, f".tmp-{host}@{live.pid}-abc123-{running.name}", os.path.basename(path)])
 
 
 # --- gs:// and the mount. --------------------------------------------------------------

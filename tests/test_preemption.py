@@ -20,9 +20,6 @@ from tests.conftest import REPO
 STEPS_PER_EPOCH = 20
 TRAIN_FLAGS = ["--recipe", "seed", "--learning_rate", "1e-3", "--batch_size", "40", "--train_epochs", "2",
                "--steps_per_loop", "2"]
-# Synthetic digits are learnt in an epoch; resumed and uninterrupted runs must
-# land this close on 200 test examples.
-ACCURACY_NOISE = 0.05
 
 
 class Trainer:
@@ -112,8 +109,9 @@ def assert_same_outcome(model_dir, uninterrupted):
     result = history(model_dir)
     assert result["epochs"] == uninterrupted["epochs"] == 2
     assert [h["epoch"] for h in result["evaluations"]] == [1, 2]
-    assert abs(result["evaluations"][-1]["accuracy"] - uninterrupted["evaluations"][-1]["accuracy"]) \
-        <= ACCURACY_NOISE, (result, uninterrupted)
+    # The same weights as the run nobody interrupted, so the same test loss to the last bit: the checkpoint holds
+    # all the state training reads, the dropout layer's random state included.
+    assert result["evaluations"][-1] == uninterrupted["evaluations"][-1], (result, uninterrupted)
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
 
 

@@ -335,3 +335,37 @@ def test_only_unreadable_checkpoints_end_with_one_line_naming_them(two_epochs, s
                         r"checkpoint to resume from, found only unreadable ones: ckpt-2 \(.+\); ckpt-1 \(.+\); "
                         r"use --clean to start over", line), line
     assert (model_dir / training.MODEL_FILE).read_bytes() == before
+
+
+def test_what_killed_saves_and_rotations_leave_is_removed_and_the_checkpoints_stay(tmp_path):
+    """TensorFlow's own scratch: a save's ckpt-N_temp/, the state file's checkpoint.tmp<hex>, and the data
+    files of a checkpoint whose index a killed save never wrote (or a killed rotation already deleted)."""
+    variable = tf.Variable([1.0, 2.0])
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), max_to_keep=2)
+    manager.save()
+    manager.save()
+    kept = sorted(os.listdir(tmp_path))
+    (tmp_path / "ckpt-3_temp").mkdir()
+    (tmp_path / "ckpt-3_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    (tmp_path / "checkpoint.tmp0123abcd").write_text("model_checkpoint_path: 'ckpt-3'\n")
+    (tmp_path / "ckpt-3.data-00000-of-00001").write_bytes(b"x" * 100)  # Its index was never written.
+    checkpoints.remove_unfinished(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == kept
+    variable.assign([0.0, 0.0])
+    tf.train.Checkpoint(v=variable).restore(manager.latest_checkpoint).assert_consumed()
+    assert variable.numpy().tolist() == [1.0, 2.0]
+
+
+def test_a_checkpoint_written_before_the_random_state_was_kept_still_resumes(synthetic_data, tmp_path, caplog):
+    """Checkpoints of an earlier version of the project hold no random_state: an upgrade must not refuse them."""
+    config = training.TrainConfig(data_dir=synthetic_data, model_dir=str(tmp_path / "model"), batch_size=20,
+                                  max_train_examples=200, train_epochs=2, precision="float32")
+    trainer = training.Trainer(config)
+    trainer.epoch.assign(1)
+    name, older = trainer._older_checkpoint
+    old = tf.train.CheckpointManager(older, trainer.checkpoint_dir, max_to_keep=2).save()
+    assert not [n for n, _ in tf.train.list_variables(old) if n.startswith(f"{name}/")]
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+        result = training.Trainer(config).train()
+    assert f"{old}: written before checkpoints held random_state; resuming without it" in caplog.messages
+    assert [h["epoch"] for h in result["evaluations"]] == [1, 2] and result["epochs"] == 2

@@ -2,7 +2,6 @@
 
 import errno
 import os
-import signal
 import sys
 
 from absl import app
@@ -16,19 +15,6 @@ def prog_name() -> str:
     """The command's name as users know it: `mnist-download` also under `python -m mnistkit.commands.download`."""
     name = os.path.basename(sys.argv[0])
     return f"mnist-{name[:-3]}" if name.endswith(".py") else name
-
-
-def exit_on_sigterm() -> None:
-    """Makes SIGTERM unwind the stack (exit 143) so that `finally` blocks remove temporary files.
-
-    Python's default on SIGTERM ends the process on the spot, which would leave
-    a half-written download or export behind.
-    """
-
-    def handle(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handle)
 
 
 # What to do about an error of the machine, by errno.

@@ -2,7 +2,7 @@
 
 from absl import flags, logging
 
-from mnistkit import fetch, files
+from mnistkit import fetch, files, sigterm
 from mnistkit.commands import cli
 
 FLAGS = flags.DEFINE_string("data_dir", None, "Directory that receives the four files.", required=True)
@@ -25,7 +25,7 @@ TIMEOUT = flags.DEFINE_float(
 
 def main(argv):
     del argv
-    cli.exit_on_sigterm()
+    sigterm.exit_on_sigterm()
     files.check_dir_path(FLAGS.value, "--data_dir")
     sums = fetch.download(fetch.DownloadConfig(
         data_dir=FLAGS.value, source=SOURCE.value, verify_checksums=VERIFY.value, attempts=ATTEMPTS.value,

@@ -5,7 +5,7 @@ import os
 
 from absl import flags, logging
 
-from mnistkit import files, tf_settings
+from mnistkit import files, sigterm, tf_settings
 from mnistkit.commands import cli
 
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
@@ -33,6 +33,9 @@ def main(argv):
             raise cli.UserError(f"--report_dir: expected {page} to be a file to write, found a directory")
         report.load_history(model_dir)  # What the report plots: a broken history.json is refused now.
         report.class_counts(DATA_DIR.value)  # Its histogram reads both splits' labels: a missing one, now.
+    sigterm.exit_on_sigterm()
+    for directory in {os.path.dirname(output) or "."} | ({REPORT_DIR.value} if REPORT_DIR.value else set()):
+        files.sweep_leftovers(directory)  # A killed run's half-written metrics or report.
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)

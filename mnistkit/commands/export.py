@@ -2,7 +2,7 @@
 
 from absl import flags, logging
 
-from mnistkit import tf_settings
+from mnistkit import sigterm, tf_settings
 from mnistkit.commands import cli
 
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory that mnist-train wrote.", required=True)
@@ -12,7 +12,7 @@ EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Receives a timestamped Sav
 
 def main(argv):
     del argv
-    cli.exit_on_sigterm()
+    sigterm.exit_on_sigterm()
     from mnistkit import exporting
 
     path = exporting.export(MODEL_DIR.value, EXPORT_DIR.value)
