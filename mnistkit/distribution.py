@@ -20,6 +20,18 @@ def cluster_spec() -> dict:
       ValueError: TF_CONFIG is not a JSON object whose `cluster` and `task`, when present, are objects.
     """
     text = os.environ.get("TF_CONFIG") or "{}"
+    vertex = os.environ.get("CLUSTER_SPEC")
+    if text == "{}" and vertex:
+        # Vertex AI sets both; Vertex's own form alone would leave every replica training alone as the chief,
+        # all writing the same model_dir.
+        try:
+            replicas = sum(len(v) for v in json.loads(vertex).get("cluster", {}).values())
+        except (ValueError, AttributeError, TypeError):
+            replicas = 0
+        if replicas > 1:
+            raise ValueError(f"$TF_CONFIG: expected the cluster TensorFlow reads (Vertex AI sets it beside "
+                             f"$CLUSTER_SPEC), found it unset while $CLUSTER_SPEC names {replicas} replicas; "
+                             "each would train alone")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:

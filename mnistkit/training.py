@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from typing import Callable
 
@@ -96,6 +97,7 @@ class Trainer:
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables
         # (which `int()` cannot read); every worker counts the same anyway.
+        self._doing = "before the first epoch"  # Where a peer failure found the run, for its message.
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         # The dropout layer's random state is a model variable that tf.train.Checkpoint does not find through the
@@ -184,11 +186,8 @@ class Trainer:
         except PEER_ERRORS as e:
             if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
                 raise
-            raise PeerFailure(
-                f"multi-worker training stopped at epoch {int(self.epoch) + 1}: a peer died or did not answer "
-                f"within {self.config.collective_timeout_seconds} s ({type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0]}); restart every worker to resume from the last checkpoint "
-                f"in {self.checkpoint_dir}") from e
+            raise PeerFailure(f"multi-worker training stopped {self._doing}: {peer_failure(e)}; restart every "
+                              f"worker to resume from the last checkpoint in {self.checkpoint_dir}") from e
         finally:
             if not self.chief:
                 shutil.rmtree(self.write_dir, ignore_errors=True)
@@ -217,6 +216,7 @@ class Trainer:
                 epoch = int(self.epoch)
                 due = epoch > 0 and (epoch % config.epochs_between_evals == 0 or epoch >= config.train_epochs)
                 if due and not any(h["epoch"] == epoch for h in history):
+                    self._doing = f"at the evaluation after epoch {epoch}"
                     # Evaluated at the training precision: in mixed_bfloat16 a few test examples can score
                     # otherwise than in the float32 of mnist-evaluate, the export gate and serving; say which.
                     history.append({"epoch": epoch, **self.evaluate(), "precision": self.precision})
@@ -233,11 +233,13 @@ class Trainer:
                 if stop.raised:  # Between epochs: the last epoch's checkpoint is already saved.
                     raise Interrupted(f"SIGTERM before epoch {epoch + 1}: nothing lost since the last checkpoint; "
                                       "rerun to resume")
+                self._doing = f"in epoch {epoch + 1}"
                 loss = self.train_epoch(stop)
                 lr = self._current_lr()
                 run_dirs.write_summaries(writers, epoch + 1, {"train/loss": loss, "train/learning_rate": lr})
                 if self.on_epoch:
                     self.on_epoch({"epoch": epoch + 1, "loss": loss, "learning_rate": lr})
+        self._doing = "after the last epoch"
         result = {"evaluations": history, "stopped_early": _reached(history, config.stop_threshold)
                   and int(self.epoch) < config.train_epochs, "epochs": int(self.epoch)}
         self._write_history(result)
@@ -369,7 +371,31 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         if distribution.is_chief():
             _remove_leftovers(config.model_dir, checkpoint_dir)
             checkpoints.repair_state(checkpoint_dir)
-        return Trainer(config, on_epoch, on_evaluation, data).train()
+        try:
+            trainer = Trainer(config, on_epoch, on_evaluation, data)
+        except PEER_ERRORS as e:  # The replicas first meet when the model's initial weights are broadcast.
+            if sum(map(len, distribution.cluster_spec().get("cluster", {}).values())) < 2:
+                raise
+            raise PeerFailure(f"multi-worker training could not start: {peer_failure(e)} while the replicas set "
+                              "up the model; restart every worker") from e
+        return trainer.train()
+
+
+def peer_failure(error: Exception) -> str:
+    """What a multi-worker run says about a lost peer: TensorFlow's reason, not its generic first line.
+
+    TensorFlow ends the run when a peer stops sending heartbeats (after about 10 s) or when a collective waits
+    longer than --collective_timeout_seconds, whichever comes first.
+    """
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # 'The following tasks are unhealthy (stopped sending heartbeats):' names them on the next line.
+    lines = [f"{line} {lines[i + 1]}" if line.endswith(":") and i + 1 < len(lines) else line
+             for i, line in enumerate(lines)]
+    useful = [line for line in lines if not re.fullmatch(r"Graph execution error:?|Detected at node.*|File .*", line)]
+    named = [line for line in useful if "/job:" in line or "heartbeat" in line]
+    reason = (named or useful or [""])[0]
+    return f"a peer died or stopped answering ({type(error).__name__}: {reason[:300]})"
 
 
 def _remove_leftovers(model_dir: str, checkpoint_dir: str) -> None:

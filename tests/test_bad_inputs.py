@@ -1,6 +1,7 @@
 """Bad inputs through the real commands: each exits non-zero with one line naming the input, expected and found."""
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -190,6 +191,22 @@ def test_a_malformed_tf_config_names_it(synthetic_data, tmp_path, tf_config, mes
                              "--model_dir", str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "TF_CONFIG": tf_config})
     assert error_line(result, "mnist-train") == f"mnist-train: error: {message}"
+
+
+def test_vertex_cluster_spec_without_tf_config_is_refused_not_trained_alone_on_every_replica(synthetic_data,
+                                                                                             tmp_path):
+    """Vertex AI sets TF_CONFIG beside its CLUSTER_SPEC; a container that lost it would make every replica a chief."""
+    spec = {"cluster": {"workerpool0": ["cmle-training-workerpool0-1-0:2222"],
+                        "workerpool1": ["cmle-training-workerpool1-1-0:2222"]},
+            "environment": "cloud", "task": {"type": "workerpool1", "index": 0}}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
+                             "--model_dir", str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**env, "CLUSTER_SPEC": json.dumps(spec)})
+    assert error_line(result, "mnist-train") == (
+        "mnist-train: error: $TF_CONFIG: expected the cluster TensorFlow reads (Vertex AI sets it beside "
+        "$CLUSTER_SPEC), found it unset while $CLUSTER_SPEC names 2 replicas; each would train alone")
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("flag", ["--model_dir", "--checkpoint_dir", "--tensorboard_dir"])

@@ -22,7 +22,7 @@ from tests.conftest import REPO, free_port
 STEPS_PER_EPOCH = 20
 
 
-def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30):
+def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30, worker_data_dir=None):
     """Starts a chief and a worker as Vertex AI would (TF_CONFIG); returns [(process, log path)]."""
     cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
     processes = []
@@ -34,7 +34,8 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
         log_path = tmp_path / f"{task_type}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir,
+                [sys.executable, "-m", "mnistkit.commands.train", "--model_dir", model_dir,
+                 "--data_dir", worker_data_dir if task_type == "worker" and worker_data_dir else data_dir,
                  "--distribution_strategy", "multi_worker_mirrored", "--recipe", "seed", "--learning_rate", "1e-3",
                  "--batch_size", "20", "--train_epochs", str(train_epochs), "--steps_per_loop", "5",
                  "--collective_timeout_seconds", str(collective_timeout)],
@@ -59,6 +60,28 @@ def test_a_peer_that_never_starts_ends_the_other_within_twice_the_collective_tim
         f"chief 0 ({chief}), worker 0 ({worker})) answered within 6 s (twice --collective_timeout_seconds); start "
         f"every task, or check that each reaches the others' addresses")
     assert time.monotonic() - started < 60
+
+
+def test_a_peer_that_fails_while_the_replicas_set_up_ends_the_other_in_one_line(tmp_path):
+    """The worker's data is broken: it says so and exits; the chief, waiting for it in the first broadcast of the
+    model's weights, ends with one line too, not a traceback."""
+    data_dir = synthetic.write_dataset(tmp_path / "data", n_train=400, n_test=100)
+    broken = synthetic.write_dataset(tmp_path / "broken", n_train=400, n_test=100)
+    path = os.path.join(broken, "train-images-idx3-ubyte.gz")
+    with open(path, "rb") as f:
+        head = f.read(200)
+    with open(path, "wb") as f:
+        f.write(head)  # Cut short.
+    processes = start_cluster(data_dir, str(tmp_path / "model"), tmp_path, worker_data_dir=broken)
+    codes = wait_all(processes, timeout=180)
+    logs = {log_path.stem: log_path.read_text() for _, log_path in processes}
+    assert codes == [1, 1], {k: v[-3000:] for k, v in logs.items()}
+    assert f"mnist-train: error: {path}" in logs["worker"], logs["worker"][-3000:]
+    found = re.search(r"multi-worker training could not start: a peer died or stopped answering \((\w+Error: .+)\) "
+                      r"while the replicas set up the model; restart every worker", logs["chief"])
+    assert found, logs["chief"][-3000:]
+    assert "/job:worker" in found[1]  # TensorFlow's reason names the peer.
+    assert "Traceback" not in logs["chief"]
 
 
 def wait_all(processes, timeout):
@@ -135,8 +158,10 @@ def test_a_worker_that_dies_or_hangs_makes_the_chief_fail_clearly(data_dir, tmp_
     finally:
         worker.kill()  # A stopped process still dies on SIGKILL.
     log = chief_log.read_text()
-    assert re.search(r"multi-worker training stopped at epoch \d+: a peer died or did not answer within 20.0 s "
-                     r"\(\w+Error: .+\); restart every worker to resume from the last checkpoint", log), log[-3000:]
+    found = re.search(r"multi-worker training stopped in epoch \d+: a peer died or stopped answering "
+                      r"\((\w+Error: .+)\); restart every worker to resume from the last checkpoint", log)
+    assert found, log[-3000:]
+    assert found[1] != "UnavailableError: Graph execution error:"  # TensorFlow's reason, not its header.
     assert "Traceback" not in log
     worker.wait(timeout=10)
 
