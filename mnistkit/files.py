@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import socket
@@ -147,6 +148,45 @@ def sweep_leftovers(directory: str, every_writer: bool = False) -> None:
     for entry in os.listdir(directory):
         if entry.startswith(PREFIX) and (every_writer or dead_writers_entry(entry)):
             remove(os.path.join(directory, entry))  # Another sweeper may have removed it first: no matter.
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def only_writer(directory: str, what: str):
+    """While the block runs, holds `directory` against another process asking for it the same way.
+
+    An advisory lock (flock) on `directory/.lock`: it goes with its holder, so a killed process never leaves
+    it taken, and the file is removed when the block ends. Where the file system has no locks (Cloud Storage
+    FUSE), nothing is held: there Vertex AI runs one job at a time per directory.
+
+    Raises:
+      ValueError: another process holds it (named by its pid and host).
+    """
+    path = os.path.join(directory, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ValueError(f"{what} {directory}: expected no other run writing it, found one at work ({holder}); "
+                             "wait for it to end, or use another directory") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLCK):
+                raise
+        if held:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        if held:  # Removed while still held; a newcomer that opened it just before takes an orphan: rare, harmless.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        os.close(fd)
 
 
 # Where Vertex AI mounts Cloud Storage in its containers (Cloud Storage FUSE): gs://BUCKET/PATH is /gcs/BUCKET/PATH.

@@ -98,6 +98,8 @@ class Trainer:
         # under MultiWorkerMirroredStrategy they are not MirroredVariables
         # (which `int()` cannot read); every worker counts the same anyway.
         self._doing = "before the first epoch"  # Where a peer failure found the run, for its message.
+        # What an interrupted run tells its user: the same command with --clean would start over.
+        self._rerun = "rerun without --clean to resume" if config.clean else "rerun to resume"
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         # The dropout layer's random state is a model variable that tf.train.Checkpoint does not find through the
@@ -144,10 +146,12 @@ class Trainer:
                     raise ValueError(f"{e}; use --clean or another --model_dir") from None
         return []
 
-    def _warn_of_changed_settings(self) -> None:
-        """Says so when a resumed run trains on with settings other than those its model_dir was trained with.
+    def _warn_of_changed_settings(self, resumed: bool = True) -> None:
+        """Says so when a run trains with settings other than those its model_dir was trained with.
 
-        Allowed (a lower learning rate after a divergence, more epochs), but the run then mixes two recipes.
+        Resumed: allowed (a lower learning rate after a divergence, more epochs), but the run then mixes two
+        recipes. Not resumed: checkpoints kept by settings (--checkpoint_dir, $AIP_CHECKPOINT_DIR) have none for
+        these, so the run starts over and will replace the model in model_dir.
         """
         path = os.path.join(self.config.model_dir, CONFIG_FILE)
         try:
@@ -157,9 +161,13 @@ class Trainer:
             return
         changed = [f"{name} {before[name]} -> {getattr(self.config, name)}" for name in checkpoints.TRAJECTORY_FIELDS
                    if name in before and before[name] != getattr(self.config, name)]
-        if changed:
+        if changed and resumed:
             log.warning("resuming %s with other settings than it was trained with: %s (--clean starts over)",
                         self.config.model_dir, ", ".join(changed))
+        elif changed:
+            log.warning("starting over in %s: no checkpoint of these settings there; %s was trained with others "
+                        "(%s), and its model will be replaced", self.checkpoint_dir, self.config.model_dir,
+                        ", ".join(changed))
 
     def _write_history(self, payload: dict) -> None:
         """Writes history.json to model_dir and, when checkpoints live elsewhere, beside them too (chief only)."""
@@ -202,6 +210,8 @@ class Trainer:
                 log.warning("%s holds a run already at epoch %d, past --train_epochs %d: its model is written as "
                             "it is; --clean (or another checkpoint directory) trains %d epochs from the start",
                             latest, int(self.epoch), config.train_epochs, config.train_epochs)
+        elif self.chief:
+            self._warn_of_changed_settings(resumed=False)
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))
@@ -232,7 +242,7 @@ class Trainer:
                     break
                 if stop.raised:  # Between epochs: the last epoch's checkpoint is already saved.
                     raise Interrupted(f"SIGTERM before epoch {epoch + 1}: nothing lost since the last checkpoint; "
-                                      "rerun to resume")
+                                      f"{self._rerun}")
                 self._doing = f"in epoch {epoch + 1}"
                 loss = self.train_epoch(stop)
                 lr = self._current_lr()
@@ -289,7 +299,7 @@ class Trainer:
                 self._check_weights(epoch, step - n, n)
                 self.step_in_epoch.assign(step)
                 path = self.save_checkpoint()
-                raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; rerun to resume")
+                raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; {self._rerun}")
         if n:  # Steps ran: their last update is checked before the checkpoint keeps it.
             self._check_weights(epoch, step - n, n)
         self.epoch.assign(epoch + 1)
@@ -367,8 +377,13 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         for directory in (config.model_dir, checkpoint_dir):
             if os.path.isdir(directory):
                 shutil.rmtree(directory)
-    with files.made_dir(config.model_dir):  # Bad data or a batch larger than an epoch leave no empty model_dir.
+    with files.made_dir(config.model_dir), contextlib.ExitStack() as held:  # Bad data etc. leave no model_dir.
         if distribution.is_chief():
+            # A second run writing here would mix its checkpoints and model into this one's, and its start-up
+            # sweep would delete this one's save in progress: it is refused instead.
+            held.enter_context(files.only_writer(config.model_dir, "--model_dir"))
+            if os.path.isdir(checkpoint_dir) and not run_dirs.inside(checkpoint_dir, config.model_dir):
+                held.enter_context(files.only_writer(checkpoint_dir, "the checkpoint directory"))
             _remove_leftovers(config.model_dir, checkpoint_dir)
             checkpoints.repair_state(checkpoint_dir)
         try:

@@ -214,3 +214,25 @@ def test_a_kill_at_any_moment_leaves_outputs_that_load(data_dir, tmp_path):
             assert out["probabilities"].shape == (1, 10)
             checked_exports.add(entry)
     assert len(checked_exports) >= 3
+
+
+def test_a_second_run_on_the_same_model_dir_is_refused_while_the_first_trains(data_dir, tmp_path, uninterrupted):
+    """Two runs on one model_dir mixed their checkpoints and models, and the second's start-up sweep deleted
+    the first's save in progress; now the second is refused in one line and the first is untouched."""
+    model_dir = str(tmp_path / "model")
+    first = Trainer(data_dir, model_dir, tmp_path / "first.log")
+    first.wait_for(r"epoch 1: step 6 of 20")
+    first.proc.send_signal(signal.SIGSTOP)  # Held mid-run, whatever the machine's speed.
+    try:
+        second = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir,
+                                 "--model_dir", model_dir, *TRAIN_FLAGS], cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert re.fullmatch(rf"mnist-train: error: --model_dir {re.escape(model_dir)}: expected no other run writing "
+                        rf"it, found one at work \(pid {first.proc.pid} on .+\); wait for it to end, or use another "
+                        r"directory", second.stderr.strip().splitlines()[-1]), second.stderr[-2000:]
+    assert first.wait() == 0, first.log()[-3000:]
+    assert_same_outcome(model_dir, uninterrupted)
+    assert ".lock" not in os.listdir(model_dir)

@@ -369,3 +369,29 @@ def test_a_checkpoint_written_before_the_random_state_was_kept_still_resumes(syn
         result = training.Trainer(config).train()
     assert f"{old}: written before checkpoints held random_state; resuming without it" in caplog.messages
     assert [h["epoch"] for h in result["evaluations"]] == [1, 2] and result["epochs"] == 2
+
+
+def test_checkpoints_kept_by_settings_say_when_a_changed_setting_starts_over(synthetic_data, tmp_path, caplog):
+    """With --checkpoint_dir a changed setting finds no checkpoint of its own and starts over: it says so."""
+    base = dict(data_dir=synthetic_data, model_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"),
+                max_train_examples=200, train_epochs=1, precision="float32")
+    training.train(training.TrainConfig(batch_size=20, **base))
+    with caplog.at_level(logging.WARNING, logger=training.__name__):
+        training.train(training.TrainConfig(batch_size=40, **base))
+    assert any(m.startswith(f"starting over in {tmp_path / 'ckpt'}/run-") and "batch_size 20 -> 40" in m
+               and "its model will be replaced" in m for m in caplog.messages), caplog.messages
+
+
+@pytest.mark.parametrize("clean, advice", [(False, "rerun to resume"), (True, "rerun without --clean to resume")])
+def test_an_interrupted_run_advises_the_rerun_that_resumes(synthetic_data, tmp_path, clean, advice):
+    config = training.TrainConfig(data_dir=synthetic_data, model_dir=str(tmp_path / "model"), batch_size=20,
+                                  max_train_examples=200, train_epochs=1, precision="float32", clean=clean,
+                                  steps_per_loop=2)
+    trainer = training.Trainer(config)
+
+    class Raised:
+        raised = True  # SIGTERM arrived before the first steps returned.
+
+    with pytest.raises(training.Interrupted) as e:
+        trainer.train_epoch(Raised())
+    assert re.fullmatch(rf"SIGTERM at epoch 1, step 2: saved .*ckpt-1; {advice}", str(e.value)), str(e.value)
