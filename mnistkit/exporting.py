@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -75,7 +76,6 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
         stamp = int(time.time())
         while os.path.exists(os.path.join(export_dir, str(stamp))):
             stamp += 1
-        final = os.path.join(export_dir, str(stamp))
         # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
         partial = files.scratch_path(export_dir, str(stamp))
         try:
@@ -83,9 +83,18 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
             with disk_errors(export_dir):
                 tf.saved_model.save(module, partial, signatures={SIGNATURE: module.classify,
                                                                  "serving_default": module.classify})
-                # TensorFlow itself renames only files while saving (seen with strace: variables_temp/ is filled,
-                # its files renamed out, then removed), so this is the one directory rename of an export.
-                files.replace_dir(partial, final, last=tf.saved_model.SAVED_MODEL_FILENAME_PB)
+                while True:
+                    final = os.path.join(export_dir, str(stamp))
+                    try:
+                        # TensorFlow itself renames only files while saving (seen with strace: variables_temp/
+                        # is filled, its files renamed out, then removed), so this is the one directory rename.
+                        files.replace_dir(partial, final, last=tf.saved_model.SAVED_MODEL_FILENAME_PB)
+                        break
+                    except OSError as e:
+                        # Another export into the same directory took this second first: the next one.
+                        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                            raise
+                        stamp += 1
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return final

@@ -82,12 +82,35 @@ def test_the_pipeline_steps_export_ends_with_one_version_whatever_an_earlier_att
     from mnistkit import exporting
 
     export_dir = tmp_path / "saved_model"
-    first = exporting.export(str(model_dir), str(export_dir))
+    exporting.export(str(model_dir), str(export_dir))
     (export_dir / "1700000001" / "variables").mkdir(parents=True)  # Half-moved, no saved_model.pb.
     (export_dir / ".tmp-pod-before-retry@1-abc123-1700000001").mkdir()
     final = exporting.export(str(model_dir), str(export_dir), sole_writer=True)
-    assert os.listdir(export_dir) == [os.path.basename(final)] and first != final
+    assert os.listdir(export_dir) == [os.path.basename(final)]  # The first attempt's version went too.
     assert os.path.exists(os.path.join(final, "saved_model.pb"))
+
+
+def test_an_export_that_loses_its_second_to_another_export_takes_the_next(model_dir, tmp_path, monkeypatch):
+    """Two exports into one directory in the same second: the loser's rename met the winner's version and
+    failed with 'Directory not empty'. It moves on to the next stamp."""
+    from mnistkit import exporting, files
+
+    real, taken = files.replace_dir, []
+
+    def another_export_lands_first(src, dst, last):
+        if not taken:
+            os.makedirs(os.path.join(dst, "variables"))
+            with open(os.path.join(dst, "saved_model.pb"), "w") as f:
+                f.write("the other export's")
+            taken.append(dst)
+        real(src, dst, last)
+
+    monkeypatch.setattr(files, "replace_dir", another_export_lands_first)
+    path = exporting.export(str(model_dir), str(tmp_path / "export"))
+    assert int(os.path.basename(path)) == int(os.path.basename(taken[0])) + 1
+    assert open(os.path.join(taken[0], "saved_model.pb")).read() == "the other export's"
+    assert sorted(os.listdir(tmp_path / "export")) == sorted([os.path.basename(taken[0]), os.path.basename(path)])
+    assert os.path.getsize(os.path.join(path, "saved_model.pb")) > 1000
 
 
 # --- A full disk. -------------------------------------------------------------------------
