@@ -31,11 +31,13 @@ from mnistkit.recipes import RECIPES  # noqa: E402
 
 # Where the executor runs the ops: TensorFlow's inter-op threads (the intra-op pool's shards nest in them).
 _COMPUTE_LINE = "tf_Compute/"
-_LAYER = re.compile(r"mnist_cnn(?:_\d+)?/([a-z_]+?)(?:_\d+)*/")
+# The layer's scope as traced: Keras suffixes a name for each call (conv2d_1_2 is the second convolution,
+# conv2d_1, in its second trace), so the two convolutions stay apart but keep their suffixes.
+_LAYER = re.compile(r"mnist_cnn(?:_\d+)?/(\w+?)/")
 
 
 def label(event_name: str) -> str:
-    """'Conv2DBackpropFilter (conv2d, gradient)' for a TF op's 'scope/…/conv2d_1_2/…/X:Conv2DBackpropFilter';
+    """'Conv2DBackpropFilter (conv2d_1_2, gradient)' for a TF op 'scope/…/conv2d_1_2/…/X:Conv2DBackpropFilter';
     XLA's fused kernels and the executor's own work keep their names."""
     if ":" not in event_name or "::" in event_name:
         return event_name

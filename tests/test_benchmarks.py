@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import os
 import shutil
 import subprocess
@@ -228,3 +229,17 @@ def test_a_throughput_worker_that_dies_says_why(tmp_path):
     message = str(raised.value)
     assert message.startswith("throughput worker trainer died (exit 1): ")
     assert str(tmp_path / "missing") in message and "no such directory" in message
+
+
+def test_the_step_profile_names_the_ops_and_adds_up(synthetic_data):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--steps", "3", "--rows", "40",
+                           "--data_dir", synthetic_data], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    busy = float(re.search(r"per step: [\d.]+ ms wall, [\d.]+ CPU-ms, ([\d.]+) ms of op time", lines[1])[1])
+    rows = [re.fullmatch(r"\s*([\d.]+)\s+([\d.]+)%\s+(.+)", line) for line in lines[4:]]
+    assert rows and all(rows), lines
+    assert sum(float(r[1]) for r in rows) <= busy * 1.01  # Own times: no op counted inside another.
+    names = " ".join(r[3] for r in rows)
+    # Every layer's work is there: both convolutions' filter gradients, the dense matmuls, the pools.
+    assert names.count("Conv2DBackpropFilter") >= 2 and "MatMul" in names and "MaxPool" in names, names
