@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -164,3 +165,24 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
                          f"({str(e).strip().splitlines()[0][:200]}); leave --tpu unset to train on "
                          "the CPU or GPUs") from e
     return tf.distribute.TPUStrategy(resolver)
+
+
+def check_replicas_agree(strategy: tf.distribute.Strategy, facts: dict[str, object]) -> None:
+    """Raises ValueError naming the facts in which the replicas of a multi-worker run differ.
+
+    Replicas that differ train on together without a word: another --seed
+    leaves part of the data unseen, other data or another checkpoint to
+    resume from (a --model_dir that is not shared) average gradients of
+    different models; the chief then writes a worse model and exits 0. Each
+    replica hashes its `facts` (name -> any value with a stable repr) and all
+    gather them, so every replica refuses alike, in one line.
+    """
+    names = sorted(facts)
+    mine = tf.constant([[int.from_bytes(hashlib.sha256(repr(facts[n]).encode()).digest()[:8], "big", signed=True)
+                         for n in names]], tf.int64)
+    gathered = tf.function(lambda: strategy.gather(strategy.run(lambda: mine), axis=0))().numpy()
+    differ = [name for i, name in enumerate(names) if len(set(gathered[:, i].tolist())) > 1]
+    if differ:
+        raise ValueError(f"multi-worker training: expected every replica to train with the same settings, data and "
+                         f"checkpoint, found them differing in {', '.join(differ)}; give every task the same flags "
+                         "and data, and a --model_dir or --checkpoint_dir they share")

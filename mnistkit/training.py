@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -78,6 +79,9 @@ class Trainer:
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
         (train_images, train_labels), (self.test_images, self.test_labels) = data or inputs.load_data(config)
+        # What multi-worker replicas compare: the labels, and every 97th image (a whole hash costs 50 ms).
+        self._data_digest = hashlib.sha256(b"".join(a[::97].tobytes() for a in (train_images, self.test_images))
+                                           + train_labels.tobytes() + self.test_labels.tobytes()).hexdigest()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
@@ -212,6 +216,12 @@ class Trainer:
                             latest, int(self.epoch), config.train_epochs, config.train_epochs)
         elif self.chief:
             self._warn_of_changed_settings(resumed=False)
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            own = {"model_dir", "data_dir", "checkpoint_dir", "tensorboard_dir", "clean"}  # Each replica's own.
+            distribution.check_replicas_agree(self.strategy, {
+                **{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in own},
+                "the data": self._data_digest,
+                "the checkpoint resumed from": (int(self.epoch), int(self.step_in_epoch))})
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))

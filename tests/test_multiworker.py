@@ -22,7 +22,8 @@ from tests.conftest import REPO, free_port
 STEPS_PER_EPOCH = 20
 
 
-def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30, worker_data_dir=None):
+def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30, worker_data_dir=None,
+                  worker_flags=()):
     """Starts a chief and a worker as Vertex AI would (TF_CONFIG); returns [(process, log path)]."""
     cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
     processes = []
@@ -38,7 +39,8 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
                  "--data_dir", worker_data_dir if task_type == "worker" and worker_data_dir else data_dir,
                  "--distribution_strategy", "multi_worker_mirrored", "--recipe", "seed", "--learning_rate", "1e-3",
                  "--batch_size", "20", "--train_epochs", str(train_epochs), "--steps_per_loop", "5",
-                 "--collective_timeout_seconds", str(collective_timeout)],
+                 "--collective_timeout_seconds", str(collective_timeout),
+                 *(worker_flags if task_type == "worker" else ())],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         processes.append((proc, log_path))
     return processes
@@ -82,6 +84,36 @@ def test_a_peer_that_fails_while_the_replicas_set_up_ends_the_other_in_one_line(
     assert found, logs["chief"][-3000:]
     assert "/job:worker" in found[1]  # TensorFlow's reason names the peer.
     assert "Traceback" not in logs["chief"]
+
+
+@pytest.mark.parametrize("worker_flags, differ", [
+    (["--seed", "7"], "seed"),  # Part of the data unseen each pass; exited 0.
+    (["--train_epochs", "2"], "train_epochs"),  # One stopped early; the other blamed a dead peer.
+])
+def test_replicas_that_differ_are_refused_alike_in_one_line(data_dir, tmp_path, worker_flags, differ):
+    processes = start_cluster(data_dir, str(tmp_path / "model"), tmp_path, worker_flags=worker_flags)
+    codes = wait_all(processes, timeout=180)
+    logs = {log_path.stem: log_path.read_text() for _, log_path in processes}
+    assert codes == [1, 1], {k: v[-3000:] for k, v in logs.items()}
+    for log in logs.values():
+        assert ("mnist-train: error: multi-worker training: expected every replica to train with the same "
+                f"settings, data and checkpoint, found them differing in {differ}; give every task") in log, log[-3000:]
+        assert "epoch 1: step" not in log  # Refused before any training.
+
+
+def test_replicas_that_would_resume_from_different_checkpoints_are_refused(data_dir, tmp_path):
+    """The worker cannot see the chief's checkpoints (its own disk, another --model_dir): it would start from
+    fresh weights beside a chief at epoch 1, and the chief would write a worse model and exit 0."""
+    model_dir = str(tmp_path / "model")
+    (tmp_path / "first").mkdir()
+    assert wait_all(start_cluster(data_dir, model_dir, tmp_path / "first"), timeout=240) == [0, 0]  # One epoch.
+    processes = start_cluster(data_dir, model_dir, tmp_path, train_epochs=2,
+                              worker_flags=["--model_dir", str(tmp_path / "elsewhere")])
+    codes = wait_all(processes, timeout=180)
+    logs = {log_path.stem: log_path.read_text() for _, log_path in processes}
+    assert codes == [1, 1], {k: v[-3000:] for k, v in logs.items()}
+    for log in logs.values():
+        assert "found them differing in the checkpoint resumed from; give every task" in log, log[-3000:]
 
 
 def wait_all(processes, timeout):
