@@ -167,6 +167,21 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
     return tf.distribute.TPUStrategy(resolver)
 
 
+def replicas_set_up_within(strategy: tf.distribute.Strategy, collective_timeout_seconds: float | None):
+    """Bounds, for a multi-worker run, the set-up up to the first broadcast of the model's weights.
+
+    That broadcast waits for every replica with no timeout of its own, holding the GIL: a peer stuck before it
+    (reading its data from a hung mount) left the others waiting for good. Twice the collective timeout, as
+    for the strategy's start-up; elsewhere, or with no timeout, nothing is bounded.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not collective_timeout_seconds:
+        return contextlib.nullcontext()
+    bound = 2 * collective_timeout_seconds
+    return _ended_unless_done_in(bound, f"multi-worker training could not start: the replicas did not all read "
+                                        f"their data and set up the model within {bound:g} s (twice "
+                                        "--collective_timeout_seconds); a task is stuck or gone: restart every task")
+
+
 def check_replicas_agree(strategy: tf.distribute.Strategy, facts: dict[str, object]) -> None:
     """Raises ValueError naming the facts in which the replicas of a multi-worker run differ.
 

@@ -78,26 +78,10 @@ class Trainer:
         self.chief = distribution.is_chief()
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
-        (train_images, train_labels), (self.test_images, self.test_labels) = data or inputs.load_data(config)
-        # What multi-worker replicas compare: the labels, and every 97th image (a whole hash costs 50 ms).
-        self._data_digest = hashlib.sha256(b"".join(a[::97].tobytes() for a in (train_images, self.test_images))
-                                           + train_labels.tobytes() + self.test_labels.tobytes()).hexdigest()
-        replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % replicas:
-            raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
-        self.epoch_examples = max(1, round(config.epoch_fraction * len(train_images)))
-        self.steps_per_epoch = self.epoch_examples // config.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"batch_size: expected at most the {self.epoch_examples} training examples of an "
-                             f"epoch, found {config.batch_size} (an epoch is epoch_fraction {config.epoch_fraction:g} "
-                             f"of the {len(train_images)} training examples)")
-        keras.utils.set_random_seed(config.seed)
-        with self.strategy.scope():
-            self.precision = resolve_precision(config.precision, config.tpu)
-            self.model = create_model(config.data_format, self.precision, config.normalize_inputs)
-            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch), beta_2=config.beta_2,
-                                       nesterov=config.nesterov)
-            self.optimizer.build(self.model.trainable_variables)
+        # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
+        # bound of its own (a peer stuck reading its data left the others waiting for good): bounded here.
+        with distribution.replicas_set_up_within(self.strategy, config.collective_timeout_seconds):
+            train_images, train_labels = self._build(config, data)
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables
         # (which `int()` cannot read); every worker counts the same anyway.
@@ -130,6 +114,30 @@ class Trainer:
         self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
                                                          config.batch_size, config.label_smoothing)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
+
+    def _build(self, config: TrainConfig, data: tuple | None) -> tuple:
+        """Reads the data (unless given) and builds the model and optimizer; returns the training split."""
+        (train_images, train_labels), (self.test_images, self.test_labels) = data or inputs.load_data(config)
+        # What multi-worker replicas compare: the labels, and every 97th image (a whole hash costs 50 ms).
+        self._data_digest = hashlib.sha256(b"".join(a[::97].tobytes() for a in (train_images, self.test_images))
+                                           + train_labels.tobytes() + self.test_labels.tobytes()).hexdigest()
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
+        self.epoch_examples = max(1, round(config.epoch_fraction * len(train_images)))
+        self.steps_per_epoch = self.epoch_examples // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size: expected at most the {self.epoch_examples} training examples of an "
+                             f"epoch, found {config.batch_size} (an epoch is epoch_fraction {config.epoch_fraction:g} "
+                             f"of the {len(train_images)} training examples)")
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            self.precision = resolve_precision(config.precision, config.tpu)
+            self.model = create_model(config.data_format, self.precision, config.normalize_inputs)
+            self.optimizer = FusedAdam(learning_rate_schedule(config, self.steps_per_epoch), beta_2=config.beta_2,
+                                       nesterov=config.nesterov)
+            self.optimizer.build(self.model.trainable_variables)
+        return train_images, train_labels
 
     # --- Evaluation and the loop. ---------------------------------------------------
 

@@ -23,7 +23,7 @@ STEPS_PER_EPOCH = 20
 
 
 def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30, worker_data_dir=None,
-                  worker_flags=()):
+                  worker_flags=(), worker_env=None):
     """Starts a chief and a worker as Vertex AI would (TF_CONFIG); returns [(process, log path)]."""
     cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
     processes = []
@@ -31,7 +31,8 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
         scratch = tmp_path / f"tmp-{task_type}"
         scratch.mkdir()
         env = {**os.environ, "TMPDIR": str(scratch),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}})}
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}}),
+               **(worker_env or {} if task_type == "worker" else {})}
         log_path = tmp_path / f"{task_type}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
@@ -114,6 +115,27 @@ def test_replicas_that_would_resume_from_different_checkpoints_are_refused(data_
     assert codes == [1, 1], {k: v[-3000:] for k, v in logs.items()}
     for log in logs.values():
         assert "found them differing in the checkpoint resumed from; give every task" in log, log[-3000:]
+
+
+def test_a_peer_stuck_before_the_first_broadcast_ends_the_other_within_twice_the_timeout(data_dir, tmp_path):
+    """The worker hangs reading its data (a stuck mount), alive and answering heartbeats: the chief waited in
+    the broadcast of the model's first weights for good, deaf to SIGTERM."""
+    stuck = tmp_path / "stuck"
+    stuck.mkdir()
+    # Only in the worker: its data never arrives.
+    (stuck / "sitecustomize.py").write_text("import time\nfrom mnistkit import inputs\n"
+                                             "inputs.load_data = lambda config: time.sleep(3600)\n")
+    processes = start_cluster(data_dir, str(tmp_path / "model"), tmp_path, collective_timeout=5,
+                              worker_env={"PYTHONPATH": os.pathsep.join([str(stuck), REPO])})
+    (chief, chief_log), (worker, _) = processes
+    try:
+        assert chief.wait(timeout=120) == -signal.SIGKILL, chief_log.read_text()[-3000:]
+    finally:
+        worker.kill()
+        worker.wait()
+    assert ("mnist-train: error: multi-worker training could not start: the replicas did not all read their data "
+            "and set up the model within 10 s (twice --collective_timeout_seconds); a task is stuck or gone: "
+            "restart every task") in chief_log.read_text()
 
 
 def wait_all(processes, timeout):
