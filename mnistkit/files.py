@@ -165,7 +165,11 @@ def only_writer(directory: str, what: str):
       ValueError: another process holds it (named by its pid and host).
     """
     path = os.path.join(directory, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # A read-only or full disk: the run's own first write will name it in its error.
+        yield
+        return
     held = False
     try:
         try:
@@ -179,8 +183,9 @@ def only_writer(directory: str, what: str):
             if e.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLCK):
                 raise
         if held:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            with contextlib.suppress(OSError):  # Who holds it, for a refused newcomer's message; a full disk may not.
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield
     finally:
         if held:  # Removed while still held; a newcomer that opened it just before takes an orphan: rare, harmless.

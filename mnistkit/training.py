@@ -114,6 +114,11 @@ class Trainer:
         self.train_steps = compiled_steps.training_steps(self.strategy, self.model, self.optimizer,
                                                          config.batch_size, config.label_smoothing)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
+        self._any_stop = None  # Multi-worker: the sum of every replica's SIGTERM flag (see _stopping).
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            strategy = self.strategy
+            self._any_stop = tf.function(lambda flag: strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag), axis=None))
 
     def _build(self, config: TrainConfig, data: tuple | None) -> tuple:
         """Reads the data (unless given) and builds the model and optimizer; returns the training split."""
@@ -258,9 +263,9 @@ class Trainer:
                         self.on_evaluation(dict(history[-1]))
                 if _reached(history, config.stop_threshold) or epoch >= config.train_epochs:
                     break
-                if stop.raised:  # Between epochs: the last epoch's checkpoint is already saved.
-                    raise Interrupted(f"SIGTERM before epoch {epoch + 1}: nothing lost since the last checkpoint; "
-                                      f"{self._rerun}")
+                if self._stopping(stop):  # Between epochs: the last epoch's checkpoint is already saved.
+                    raise Interrupted(f"{self._sigterm_to(stop)} before epoch {epoch + 1}: nothing lost since the "
+                                      f"last checkpoint; {self._rerun}")
                 self._doing = f"in epoch {epoch + 1}"
                 loss = self.train_epoch(stop)
                 lr = self._current_lr()
@@ -313,17 +318,33 @@ class Trainer:
             total += loss_sum
             step += n
             log.info("epoch %d: step %d of %d", epoch + 1, step, self.steps_per_epoch)
-            if stop is not None and stop.raised and step < self.steps_per_epoch:
+            if stop is not None and step < self.steps_per_epoch and self._stopping(stop):
                 self._check_weights(epoch, step - n, n)
                 self.step_in_epoch.assign(step)
                 path = self.save_checkpoint()
-                raise Interrupted(f"SIGTERM at epoch {epoch + 1}, step {step}: saved {path}; {self._rerun}")
+                saved = f"saved {path}" if self.chief else f"the chief saved a checkpoint in {self.checkpoint_dir}"
+                raise Interrupted(f"{self._sigterm_to(stop)} at epoch {epoch + 1}, step {step}: {saved}; "
+                                  f"{self._rerun}")
         if n:  # Steps ran: their last update is checked before the checkpoint keeps it.
             self._check_weights(epoch, step - n, n)
         self.epoch.assign(epoch + 1)
         self.step_in_epoch.assign(0)
         self.save_checkpoint()
         return total / max(step - start, 1)
+
+    def _stopping(self, stop: SigtermFlag) -> bool:
+        """Whether to stop for a SIGTERM: this process's, or in a multi-worker run any replica's.
+
+        Vertex AI preempts a job's machines one after another: a replica that stopped alone left the others
+        in a collective until it gave up (exit 1, no checkpoint). So the replicas add their flags up after
+        each call of steps, one small collective, and stop at the same step together.
+        """
+        if self._any_stop is None:
+            return stop.raised
+        return float(self._any_stop(tf.constant(1.0 if stop.raised else 0.0))) > 0
+
+    def _sigterm_to(self, stop: SigtermFlag) -> str:
+        return "SIGTERM" if stop.raised else "SIGTERM to another task"
 
     def _check_weights(self, epoch: int, step: int, n: int) -> None:
         """Raises Diverged before a checkpoint would keep weights that are not finite.

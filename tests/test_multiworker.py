@@ -138,6 +138,34 @@ def test_a_peer_stuck_before_the_first_broadcast_ends_the_other_within_twice_the
             "restart every task") in chief_log.read_text()
 
 
+def test_a_sigterm_to_one_replica_stops_every_replica_at_the_same_step_with_a_checkpoint(data_dir, tmp_path):
+    """Vertex AI preempts a job's machines one after another. A replica that stopped alone left the chief in a
+    collective until it gave up: exit 1 and no checkpoint, the epoch's steps lost. Now all stop together."""
+    model_dir = str(tmp_path / "model")
+    (tmp_path / "first").mkdir()
+    processes = start_cluster(data_dir, model_dir, tmp_path / "first")
+    (chief, chief_log), (worker, worker_log) = processes
+    deadline = time.time() + 120
+    while "epoch 1: step 5 of" not in worker_log.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)  # The worker only; the chief never gets one.
+    codes = wait_all(processes, timeout=120)
+    logs = {"chief": chief_log.read_text(), "worker": worker_log.read_text()}
+    assert codes == [143, 143], {k: v[-3000:] for k, v in logs.items()}
+    chief_says = re.search(r"SIGTERM to another task at epoch 1, step (\d+): saved \S*ckpt-\d+; rerun to resume",
+                           logs["chief"])
+    worker_says = re.search(r"SIGTERM at epoch 1, step (\d+): the chief saved a checkpoint in \S+; rerun to resume",
+                            logs["worker"])
+    assert chief_says and worker_says, {k: v[-3000:] for k, v in logs.items()}
+    assert chief_says[1] == worker_says[1] and 5 < int(chief_says[1]) < STEPS_PER_EPOCH
+
+    (tmp_path / "second").mkdir()
+    again = start_cluster(data_dir, model_dir, tmp_path / "second")
+    assert wait_all(again, timeout=240) == [0, 0]
+    for _, log_path in again:
+        assert re.search(rf"resumed from \S*ckpt-\d+ at epoch 0, step {chief_says[1]}\b", log_path.read_text())
+
+
 def wait_all(processes, timeout):
     deadline = time.time() + timeout
     codes = []
