@@ -13,6 +13,7 @@ import contextlib
 import glob
 import os
 import re
+import signal
 import sys
 import warnings
 
@@ -25,7 +26,8 @@ RUNNERS = ("subprocess", "docker")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A step's own last word: a command's one-line error, or the last line of a Python traceback.
 _ERROR_LINE = re.compile(r"^(mnist-[\w-]+: error: .*"
-                         r"|(?:[A-Za-z_][\w.]*\.)?(?P<type>[A-Za-z_]\w*(?:Error|Exception|Exit))"
+                         r"|(?:[A-Za-z_][\w.]*\.)?(?P<type>[A-Za-z_]\w*(?:Error|Exception|Exit|Failure)|Interrupted"
+                         r"|Diverged)"
                          r"(?:: (?P<message>.*))?)$")
 
 
@@ -53,6 +55,8 @@ class StepLog:
     def _see(self, line: str) -> None:
         started = re.search(r"Executing task '([^']+)'", line)
         if started:
+            if _STOPPING["sigterm"]:  # The step that got SIGTERM has ended: no next one.
+                _stop()
             self._task = started.group(1)
             return
         # kfp's executor prefixes its log lines: '[KFP Executor 2026-... ERROR]: ...'.
@@ -190,6 +194,63 @@ def _check_docker_engine() -> None:
                            f"found none ({cause})") from None
 
 
+def _step_processes() -> list[int]:
+    """The pids of the step in progress: this process's descendants, less the shell kfp.local wraps it in.
+
+    kfp.local's SubprocessRunner runs a step as `sh -c '... python3 -m kfp.dsl.executor_main ...'`; the step's
+    own process is the shell's child. A shell given SIGTERM would die at once and leave its child running.
+    """
+    parents, names = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                name, rest = f.read().rsplit(")", 1)
+        except (OSError, ValueError):  # Not a process, or it ended.
+            continue
+        state, ppid = rest.split()[:2]
+        if state != "Z":
+            parents[int(entry)], names[int(entry)] = int(ppid), name.partition("(")[2]
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    steps = [pid for pid in found if names[pid] not in ("sh", "dash", "bash")]
+    return steps or found
+
+
+# Set by the SIGTERM handler: the run stops once the step in progress has ended.
+_STOPPING = {"sigterm": False}
+_STOPPED_LINE = ("run_local.py: stopped by SIGTERM; the step in progress was told to save and stop: rerun the same "
+                 "command to resume")
+
+
+def _stop_steps_on_sigterm() -> None:
+    """On SIGTERM, passes it on to the step in progress and stops the run when that step ends (exit 143).
+
+    Python's default would end this process alone: the step it had started (training, say) ran on with no
+    parent, and a rerun raced with it. A step given SIGTERM saves what it can (training: a checkpoint at the
+    current step) and ends; kfp.local goes on reading its output meanwhile, and StepLog stops the run before
+    the next step starts. With no step running, the run stops at once.
+    """
+
+    def handle(signum, frame):
+        _STOPPING["sigterm"] = True
+        steps = _step_processes()
+        for pid in steps:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if not steps:
+            _stop()
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _stop() -> None:
+    print(_STOPPED_LINE, file=sys.stderr)
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -204,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(steps.reason(e)) from e
     except (ValueError, RuntimeError) as e:
         print(f"run_local.py: error: {e}", file=sys.stderr)
+        if _STOPPING["sigterm"]:
+            _stop()
         return 1
     except OSError as e:  # This machine's: a read-only or full pipeline root.
         from mnistkit.commands.cli import describe_os_error
@@ -224,4 +287,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _stop_steps_on_sigterm()
     sys.exit(main())

@@ -1,7 +1,10 @@
 """The pipeline: it compiles for every hardware choice with the right structure, and runs whole through kfp.local."""
 
+import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -398,3 +401,36 @@ def test_the_docker_runner_without_an_engine_is_one_line_before_anything_runs(tm
     assert err == [f"run_local.py: error: --runner docker: expected a docker engine answering at "
                    f"{os.environ['DOCKER_HOST']} ($DOCKER_HOST), found none (Connection refused)"]
     assert not os.path.exists(tmp_path / "root")
+
+
+def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes(mirror, tmp_path):
+    """SIGTERM ended run_local.py alone: its training step ran on with no parent, and a rerun raced with it."""
+    root, checkpoints = tmp_path / "root", tmp_path / "checkpoints"
+    def command(epochs):
+        return [sys.executable, os.path.join(REPO, "pipelines", "run_local.py"), "--source", mirror,
+                "--pipeline_root", str(root), "--param", "verify_checksums=false", "--param", "batch_size=20",
+                "--param", f"train_epochs={epochs}", "--param", "max_train_examples=600",
+                "--param", "epochs_between_evals=30", "--param", "min_accuracy=0",
+                "--param", f"checkpoint_root={checkpoints}"]
+
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(command(30), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180  # Until the train step has checkpointed its first epoch.
+    while not glob.glob(str(checkpoints / "run-*" / "ckpt-1.index")) and first.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, log_path.read_text()[-3000:]
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=150) == 143, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    saved = r"SIGTERM (at epoch \d+, step \d+: saved \S+ckpt-\d+|before epoch \d+: nothing lost since the last checkpoint)"
+    assert re.search(rf"run_local.py: error: step train-model failed: Interrupted: {saved}; rerun to resume",
+                     text), text[-3000:]
+    assert text.strip().splitlines()[-1] == ("run_local.py: stopped by SIGTERM; the step in progress was told to "
+                                             "save and stop: rerun the same command to resume")
+    assert "Executing task 'evaluate-model'" not in text  # The run stopped with the step.
+    # Nothing of the run is left running: the rerun trains alone and resumes where the step stopped.
+    again = subprocess.run(command(3), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed from" in again.stdout + again.stderr
