@@ -147,7 +147,8 @@ def test_build_arguments_are_ones_the_dockerfiles_declare(build):
 def test_the_test_step_runs_the_command_of_make_test_in_the_test_image(build, steps):
     with open(os.path.join(REPO, "Makefile")) as f:
         makefile = f.read()
-    make_test = re.search(r"^test:.*\n\t\$\(BIN\)/(python -m pytest[^\n]*)", makefile, flags=re.MULTILINE).group(1)
+    make_test = re.search(r"^test:.*\n(?:\t.*\n)*?\t\$\(BIN\)/(python -m pytest[^\n]*)", makefile,
+                          flags=re.MULTILINE).group(1)
     step = steps["test"]
     assert step["name"] == docker_builds(build)["images/test/Dockerfile"]["tags"][0]
     lines = commands(step, build)
