@@ -165,33 +165,39 @@ def only_writer(directory: str, what: str):
       ValueError: another process holds it (named by its pid and host).
     """
     path = os.path.join(directory, LOCK_FILE)
+    created = not os.path.lexists(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # A read-only or full disk: the run's own first write will name it in its error.
-        yield
-        return
+        fd = None
     held = False
-    try:
+    if fd is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = True
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise ValueError(f"{what} {directory}: expected no other run writing it, found one at work ({holder}); "
                              "wait for it to end, or use another directory") from None
         except OSError as e:
             if e.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLCK):
+                os.close(fd)
                 raise
         if held:
             with contextlib.suppress(OSError):  # Who holds it, for a refused newcomer's message; a full disk may not.
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    try:
         yield
     finally:
-        if held:  # Removed while still held; a newcomer that opened it just before takes an orphan: rare, harmless.
+        # Removed while still held (a newcomer that opened it just before takes an orphan: rare, harmless), or,
+        # where nothing could be locked, when this run made it.
+        if fd is not None and (held or created):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 # Where Vertex AI mounts Cloud Storage in its containers (Cloud Storage FUSE): gs://BUCKET/PATH is /gcs/BUCKET/PATH.

@@ -43,7 +43,7 @@ def load_history(model_dir: str) -> list[dict]:
         with open(path) as f:
             evaluations = json.load(f)["evaluations"]
         return [{"epoch": int(e["epoch"]), "loss": float(e["loss"]), "accuracy": float(e["accuracy"]),
-                 **({"precision": str(e["precision"])} if "precision" in e else {})}  # Older files lack it.
+                 **({"evaluated_in": str(e["evaluated_in"])} if "evaluated_in" in e else {})}  # Older files lack it.
                 for e in evaluations]
     except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: an epoch of 1e400.
         raise ValueError(f"{path}: expected training's history ({{'evaluations': [{{'epoch', 'loss', "
@@ -167,7 +167,7 @@ def _history_body(history: list[dict]) -> str:
         axes.grid(alpha=0.3)
     rows = "".join(f"<tr><td>{e['epoch']}</td><td>{e['accuracy']:.4f}</td><td>{e['loss']:.4f}</td></tr>"
                    for e in history)
-    lower = sorted({e["precision"] for e in history if e.get("precision", "float32") != "float32"})
+    lower = sorted({e["evaluated_in"] for e in history if e.get("evaluated_in", "float32") != "float32"})
     note = (f"<p>Evaluated during training in {html.escape(', '.join(lower))}, the training precision; the figures "
             "at the top score the same weights in float32, as the export gate and serving run them, and can differ "
             "by a few test examples.</p>") if lower else ""

@@ -67,7 +67,8 @@ class Trainer:
           on_epoch: Called after each epoch `train()` trains with {"epoch": epochs done, "loss": the
             epoch's mean training loss, "learning_rate": the rate at its end}.
           on_evaluation: Called after each evaluation `train()` makes, once history.json holds it, with its
-            record {"epoch", "loss", "accuracy"}.
+            record {"epoch", "loss", "accuracy", "evaluated_in"}; the last is the precision the evaluation
+            ran in (the training's, such as mixed_bfloat16).
           data: Both splits as `inputs.load_data(config)` returns them, when already read; else read here.
         """
         config.check()
@@ -233,8 +234,9 @@ class Trainer:
             own = {"model_dir", "data_dir", "checkpoint_dir", "tensorboard_dir", "clean"}  # Each replica's own.
             distribution.check_replicas_agree(self.strategy, {
                 **{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in own},
-                "the data": self._data_digest,
-                "the checkpoint resumed from": (int(self.epoch), int(self.step_in_epoch))})
+                "the data": self._data_digest, "the precision in use": self.precision,
+                # Position and weights: two checkpoints of the same epoch and step differ in their weights.
+                "the checkpoint resumed from": (int(self.epoch), int(self.step_in_epoch), weights_digest(self.model))})
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
         self._write_json(CONFIG_FILE, dataclasses.asdict(config))
@@ -252,7 +254,7 @@ class Trainer:
                     self._doing = f"at the evaluation after epoch {epoch}"
                     # Evaluated at the training precision: in mixed_bfloat16 a few test examples can score
                     # otherwise than in the float32 of mnist-evaluate, the export gate and serving; say which.
-                    history.append({"epoch": epoch, **self.evaluate(), "precision": self.precision})
+                    history.append({"epoch": epoch, **self.evaluate(), "evaluated_in": self.precision})
                     if not math.isfinite(history[-1]["loss"]):
                         raise self._diverged_at_evaluation(epoch, history[-1]["loss"])
                     log.info("epoch %d: %s", epoch, history[-1])
@@ -413,16 +415,20 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
                 raise ValueError(f"--clean: expected a {flag} that does not hold the data, found --data_dir "
                                  f"{config.data_dir} inside {directory}")
         data = inputs.load_data(config)
-        for directory in (config.model_dir, checkpoint_dir):
-            if os.path.isdir(directory):
-                shutil.rmtree(directory)
     with files.made_dir(config.model_dir), contextlib.ExitStack() as held:  # Bad data etc. leave no model_dir.
         if distribution.is_chief():
             # A second run writing here would mix its checkpoints and model into this one's, and its start-up
-            # sweep would delete this one's save in progress: it is refused instead.
+            # sweep (or --clean) would delete this one's save in progress: it is refused instead. Locked before
+            # anything is deleted; a checkpoint directory of its own is made first so that it can be locked.
             held.enter_context(files.only_writer(config.model_dir, "--model_dir"))
-            if os.path.isdir(checkpoint_dir) and not run_dirs.inside(checkpoint_dir, config.model_dir):
+            if not run_dirs.inside(checkpoint_dir, config.model_dir):
+                held.enter_context(files.made_dir(checkpoint_dir))
                 held.enter_context(files.only_writer(checkpoint_dir, "the checkpoint directory"))
+            if config.clean:
+                for directory in (config.model_dir, checkpoint_dir):
+                    for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+                        if entry != files.LOCK_FILE:
+                            files.remove(os.path.join(directory, entry))
             _remove_leftovers(config.model_dir, checkpoint_dir)
             checkpoints.repair_state(checkpoint_dir)
         try:

@@ -241,7 +241,10 @@ def _stop_steps_on_sigterm() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         if not steps:
-            _stop()
+            # Between steps, or --runner docker, whose steps run in containers of their own, not as children.
+            print("run_local.py: stopped by SIGTERM; no step process of this run to pass it on to (with --runner "
+                  "docker a step's container runs on: see docker ps)", file=sys.stderr)
+            raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handle)
 

@@ -84,7 +84,7 @@ def test_validate_refuses_non_canonical_data_and_says_why(kfp_local, synthetic_d
     (0.99, 0.99, True, "**Exported**: test accuracy 0.9900 reached min_accuracy 0.9900."),
     (0.9712, 0.98, False, "**Not exported**: test accuracy 0.9712 is below min_accuracy 0.9800."),
     # More decimals where 4 would read '0.6667 is below 0.6667' (a test split that is not 10,000 images).
-    (2 / 3, 0.6667, False, "**Not exported**: test accuracy 0.6666666667 is below min_accuracy 0.6667."),
+    (2 / 3, 0.6667, False, "**Not exported**: test accuracy 0.6666666666666666 is below min_accuracy 0.6667."),
     (0.99124, 0.99125, False, "**Not exported**: test accuracy 0.99124 is below min_accuracy 0.99125."),
 ])
 def test_check_accuracy_is_the_gate_and_says_why(kfp_local, accuracy, minimum, passed, sentence):

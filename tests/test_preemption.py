@@ -25,12 +25,12 @@ TRAIN_FLAGS = ["--recipe", "seed", "--learning_rate", "1e-3", "--batch_size", "4
 class Trainer:
     """`python -m mnistkit.commands.train` as a child process whose log goes to a file the test reads."""
 
-    def __init__(self, data_dir, model_dir, log_path, cwd=REPO):
+    def __init__(self, data_dir, model_dir, log_path, cwd=REPO, flags=()):
         self.log_path = log_path
         self.log_file = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir, *TRAIN_FLAGS],
-            cwd=cwd, stdout=self.log_file, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", model_dir,
+             *TRAIN_FLAGS, *flags], cwd=cwd, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -216,23 +216,30 @@ def test_a_kill_at_any_moment_leaves_outputs_that_load(data_dir, tmp_path):
     assert len(checked_exports) >= 3
 
 
-def test_a_second_run_on_the_same_model_dir_is_refused_while_the_first_trains(data_dir, tmp_path, uninterrupted):
-    """Two runs on one model_dir mixed their checkpoints and models, and the second's start-up sweep deleted
-    the first's save in progress; now the second is refused in one line and the first is untouched."""
-    model_dir = str(tmp_path / "model")
-    first = Trainer(data_dir, model_dir, tmp_path / "first.log")
+@pytest.mark.parametrize("case", ["same model_dir", "same model_dir, --clean", "same --checkpoint_dir"])
+def test_a_second_run_on_the_same_model_dir_is_refused_while_the_first_trains(data_dir, tmp_path, uninterrupted,
+                                                                                case):
+    """Two runs on one model_dir (or one checkpoint directory) mixed their checkpoints and models, and the second's
+    start-up sweep or --clean deleted the first's save in progress; now the second is refused in one line and
+    the first is untouched."""
+    model_dir, checkpoint_dir = str(tmp_path / "model"), str(tmp_path / "checkpoints")
+    shared = ["--checkpoint_dir", checkpoint_dir] if "checkpoint_dir" in case else []
+    first = Trainer(data_dir, model_dir, tmp_path / "first.log", flags=shared)
     first.wait_for(r"epoch 1: step 6 of 20")
     first.proc.send_signal(signal.SIGSTOP)  # Held mid-run, whatever the machine's speed.
     try:
         second = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", data_dir,
-                                 "--model_dir", model_dir, *TRAIN_FLAGS], cwd=REPO, capture_output=True, text=True,
-                                timeout=120)
+                                 "--model_dir", str(tmp_path / "other") if shared else model_dir, *TRAIN_FLAGS,
+                                 *shared, *(["--clean"] if "clean" in case else [])],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
     finally:
         first.proc.send_signal(signal.SIGCONT)
+    held = rf"the checkpoint directory {re.escape(checkpoint_dir)}/run-\w+" if shared else \
+        f"--model_dir {re.escape(model_dir)}"
     assert second.returncode == 1
-    assert re.fullmatch(rf"mnist-train: error: --model_dir {re.escape(model_dir)}: expected no other run writing "
-                        rf"it, found one at work \(pid {first.proc.pid} on .+\); wait for it to end, or use another "
-                        r"directory", second.stderr.strip().splitlines()[-1]), second.stderr[-2000:]
+    assert re.fullmatch(rf"mnist-train: error: {held}: expected no other run writing it, found one at work "
+                        rf"\(pid {first.proc.pid} on .+\); wait for it to end, or use another directory",
+                        second.stderr.strip().splitlines()[-1]), second.stderr[-2000:]
     assert first.wait() == 0, first.log()[-3000:]
     assert_same_outcome(model_dir, uninterrupted)
     assert ".lock" not in os.listdir(model_dir)

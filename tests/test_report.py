@@ -201,13 +201,13 @@ def test_the_history_says_which_precision_training_evaluated_in(weak_model, synt
     history = report.load_history(weak_model)
     with open(os.path.join(weak_model, "train_config.json")) as f:
         precision = training.resolve_precision(json.load(f)["precision"], "")
-    assert [e["precision"] for e in history] == [precision] * 2
+    assert [e["evaluated_in"] for e in history] == [precision] * 2
     result = {**evaluation.evaluate(weak_model, synthetic_data), "most_confident_errors": []}
     counts = report.class_counts(synthetic_data)
     page = report.render(result, history, counts, np.zeros((1, 28, 28), np.uint8))
     assert ("Evaluated during training in mixed_bfloat16, the training precision" in page) == \
         (precision == "mixed_bfloat16")
     for other, noted in (("float32", False), ("mixed_bfloat16", True)):  # Both cases, whatever this CPU picks.
-        page = report.render(result, [{**e, "precision": other} for e in history], counts,
+        page = report.render(result, [{**e, "evaluated_in": other} for e in history], counts,
                              np.zeros((1, 28, 28), np.uint8))
         assert ("Evaluated during training in mixed_bfloat16" in page) == noted
