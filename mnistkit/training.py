@@ -77,6 +77,7 @@ class Trainer:
         self.strategy = distribution.get_strategy(
             config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
         self.chief = distribution.is_chief()
+        self._multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
         # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
@@ -116,7 +117,7 @@ class Trainer:
                                                          config.batch_size, config.label_smoothing)
         self.evaluate_fn = compiled_steps.evaluation(self.strategy, self.model)
         self._any_stop = None  # Multi-worker: the sum of every replica's SIGTERM flag (see _stopping).
-        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if self._multi_worker:
             strategy = self.strategy
             self._any_stop = tf.function(lambda flag: strategy.reduce(
                 tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag), axis=None))
@@ -124,9 +125,11 @@ class Trainer:
     def _build(self, config: TrainConfig, data: tuple | None) -> tuple:
         """Reads the data (unless given) and builds the model and optimizer; returns the training split."""
         (train_images, train_labels), (self.test_images, self.test_labels) = data or inputs.load_data(config)
-        # What multi-worker replicas compare: the labels, and every 97th image (a whole hash costs 50 ms).
-        self._data_digest = hashlib.sha256(b"".join(a[::97].tobytes() for a in (train_images, self.test_images))
-                                           + train_labels.tobytes() + self.test_labels.tobytes()).hexdigest()
+        # What multi-worker replicas compare (see _train): the labels, and every 97th image (a whole hash costs
+        # 50 ms). A single process has no one to compare with and skips it.
+        self._data_digest = hashlib.sha256(
+            b"".join(a[::97].tobytes() for a in (train_images, self.test_images)) + train_labels.tobytes()
+            + self.test_labels.tobytes()).hexdigest() if self._multi_worker else None
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
@@ -210,7 +213,7 @@ class Trainer:
         try:
             return self._train()
         except PEER_ERRORS as e:
-            if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            if not self._multi_worker:
                 raise
             raise PeerFailure(f"multi-worker training stopped {self._doing}: {peer_failure(e)}; restart every "
                               f"worker to resume from the last checkpoint in {self.checkpoint_dir}") from e
@@ -230,7 +233,7 @@ class Trainer:
                             latest, int(self.epoch), config.train_epochs, config.train_epochs)
         elif self.chief:
             self._warn_of_changed_settings(resumed=False)
-        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if self._multi_worker:
             own = {"model_dir", "data_dir", "checkpoint_dir", "tensorboard_dir", "clean"}  # Each replica's own.
             distribution.check_replicas_agree(self.strategy, {
                 **{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in own},
