@@ -16,22 +16,34 @@ class SigtermFlag:
 
     def __init__(self):
         self.raised = False
+        self._installed = False
         self._previous = None
 
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread: leave signals alone.
-            self._previous = None
+    def install(self) -> "SigtermFlag":
+        """Takes SIGTERM from here on (once: installing again changes nothing); `uninstall` gives it back."""
+        if not self._installed:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+                self._installed = True
+            except ValueError:  # Not the main thread: leave signals alone.
+                pass
         return self
+
+    def uninstall(self) -> None:
+        # A handler installed outside Python (TensorFlow's preemption notifier) reads as None: it stays replaced.
+        if self._installed and self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        self._installed = False
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM: saving a checkpoint at the end of the current steps")
         self.raised = True
 
+    def __enter__(self):
+        return self.install()
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        self.uninstall()
         return False
 
 

@@ -78,6 +78,12 @@ class Trainer:
             config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
         self.chief = distribution.is_chief()
         self._multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._stop = SigtermFlag()
+        if self._multi_worker:
+            # From the strategy's start TensorFlow's preemption notifier takes SIGTERM and only logs it: a replica
+            # preempted while it reads its data and builds the model trained on until SIGKILL. The flag takes it
+            # from here instead, and train() stops every replica before the first epoch.
+            self._stop.install()
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
         # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
@@ -246,7 +252,7 @@ class Trainer:
         log.info("checkpoints in %s; TensorBoard summaries in %s", self.checkpoint_dir,
                  ", ".join(self.tensorboard_dirs) or "none (not the chief)")
         writers = [tf.summary.create_file_writer(d) for d in self.tensorboard_dirs]
-        stop = SigtermFlag()
+        stop = self._stop
         with stop, contextlib.ExitStack() as closing:
             for writer in writers:
                 closing.callback(writer.close)

@@ -23,7 +23,7 @@ STEPS_PER_EPOCH = 20
 
 
 def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_timeout=30, worker_data_dir=None,
-                  worker_flags=(), worker_env=None):
+                  worker_flags=(), worker_env=None, chief_env=None):
     """Starts a chief and a worker as Vertex AI would (TF_CONFIG); returns [(process, log path)]."""
     cluster = {"chief": [f"127.0.0.1:{free_port()}"], "worker": [f"127.0.0.1:{free_port()}"]}
     processes = []
@@ -32,7 +32,7 @@ def start_cluster(data_dir, model_dir, tmp_path, train_epochs=1, collective_time
         scratch.mkdir()
         env = {**os.environ, "TMPDIR": str(scratch),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}}),
-               **(worker_env or {} if task_type == "worker" else {})}
+               **((worker_env if task_type == "worker" else chief_env) or {})}
         log_path = tmp_path / f"{task_type}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
@@ -164,6 +164,32 @@ def test_a_sigterm_to_one_replica_stops_every_replica_at_the_same_step_with_a_ch
     assert wait_all(again, timeout=240) == [0, 0]
     for _, log_path in again:
         assert re.search(rf"resumed from \S*ckpt-\d+ at epoch 0, step {chief_says[1]}\b", log_path.read_text())
+
+
+def test_a_sigterm_while_the_replicas_set_up_stops_both_before_the_first_epoch(data_dir, tmp_path):
+    """From the strategy's start TensorFlow's preemption notifier takes SIGTERM and only logs it: replicas
+    preempted while they read their data trained the whole run and exited 0, until Vertex AI's SIGKILL."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    # Both replicas take 6 s to read their data, and say when they start to.
+    (slow / "sitecustomize.py").write_text(
+        "import time\nfrom mnistkit import inputs\nload = inputs.load_data\n"
+        "def slow_load(config):\n    print('reading the data', flush=True)\n    time.sleep(6)\n"
+        "    return load(config)\ninputs.load_data = slow_load\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(slow), REPO])}
+    processes = start_cluster(data_dir, str(tmp_path / "model"), tmp_path, worker_env=env, chief_env=env)
+    deadline = time.time() + 120
+    while not all("reading the data" in log.read_text() for _, log in processes) and time.time() < deadline:
+        time.sleep(0.05)
+    for proc, _ in processes:
+        proc.send_signal(signal.SIGTERM)
+    codes = wait_all(processes, timeout=120)
+    logs = {log.stem: log.read_text() for _, log in processes}
+    assert codes == [143, 143], {k: v[-3000:] for k, v in logs.items()}
+    for log in logs.values():
+        assert re.search(r"SIGTERM( to another task)? before epoch 1: nothing lost since the last checkpoint; "
+                         r"rerun to resume", log), log[-3000:]
+        assert "epoch 1: step" not in log
 
 
 def wait_all(processes, timeout):
