@@ -1,11 +1,11 @@
-"""The registration steps that GCPC has no component for: the baseline gate and the inputs of GCPC's upload.
+"""The registration steps GCPC has no component for: the baseline gate, the upload's inputs, the endpoint, undeploying.
 
 The upload, the evaluation import and the deployment themselves are Google
 Cloud Pipeline Components (ModelUploadOp, ModelImportEvaluationOp,
-EndpointCreateOp, ModelDeployOp), wired in pipelines/pipeline.py; they run
-only on Vertex AI. These two are lightweight components in the project's
-image: the gate looks the baseline up with the aiplatform client, so it also
-runs locally against a stand-in endpoint.
+ModelDeployOp), wired in pipelines/pipeline.py; they run only on Vertex AI.
+These are lightweight components in the project's image that call the
+aiplatform client (the gate's baseline, the endpoint, undeploying), so they
+also run locally against a stand-in endpoint.
 """
 
 from google_cloud_pipeline_components.types import artifact_types
@@ -76,15 +76,42 @@ def registration_inputs(saved_model: Input[Model], metrics: Input[Metrics],
     evaluation.metadata["accuracy"] = registry.accuracy_of({"rows": rows})
 
 
-def existing_endpoint(resource_name: str, endpoint: Output[artifact_types.VertexEndpoint]):
-    """Names an existing Vertex AI endpoint as the artifact GCPC's ModelDeployOp deploys to.
+def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[artifact_types.VertexEndpoint],
+                        project: str = "", location: str = ""):
+    """The Vertex AI endpoint GCPC's ModelDeployOp deploys to: the one given, else the one named like the model.
 
     Args:
-      resource_name: projects/PROJECT/locations/REGION/endpoints/ID.
+      resource_name: projects/PROJECT/locations/REGION/endpoints/ID, or empty: the endpoint named
+        `display_name` (the newest if several), created when there is none.
+      display_name: The model's display name, which the endpoint takes.
       endpoint: The endpoint, resourceName in its metadata.
+      project: The endpoint's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT.
+      location: Its region; empty: $GOOGLE_CLOUD_REGION.
     """
     from mnistkit import registry
 
-    location = registry.endpoint_location(resource_name)
-    endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{resource_name}"
-    endpoint.metadata["resourceName"] = resource_name
+    project, location = registry.resolve_project_and_location(project, location)
+    registry.init_vertex(project, location)
+    name, said = registry.deployment_endpoint(resource_name, display_name, location)
+    endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{name}"
+    endpoint.metadata["resourceName"] = name
+    print(said)
+
+
+def undeploy_earlier_versions(model: Input[artifact_types.VertexModel],
+                              endpoint: Input[artifact_types.VertexEndpoint], project: str = "",
+                              location: str = ""):
+    """After the deployment: undeploys the versions of the model deployed there before, which get no traffic.
+
+    Args:
+      model: The version just deployed (GCPC's upload output: resourceName MODEL@VERSION in its metadata).
+      endpoint: The endpoint it was deployed to.
+      project: The endpoint's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT.
+      location: Its region; empty: $GOOGLE_CLOUD_REGION.
+    """
+    from mnistkit import registry
+
+    project, location = registry.resolve_project_and_location(project, location)
+    registry.init_vertex(project, location)
+    undeployed = registry.undeploy_earlier_versions(endpoint.metadata["resourceName"], model.metadata["resourceName"])
+    print(f"undeployed {', '.join(undeployed)}" if undeployed else "no earlier version was deployed there")

@@ -132,6 +132,56 @@ def endpoint_location(resource_name: str) -> str:
     return match[1]
 
 
+def deployment_endpoint(resource_name: str, display_name: str, location: str) -> tuple[str, str]:
+    """The endpoint to deploy to and what was done to find it: (resource name, one line for the log).
+
+    A given `resource_name` must be in `location`. Otherwise the endpoint named `display_name` is reused, the
+    newest if several carry the name, and created only when none does: every rerun creating one left another
+    endpoint behind, with a machine for each model deployed there. Call init_vertex first.
+    """
+    from google.cloud import aiplatform
+
+    if resource_name:
+        region = endpoint_location(resource_name)
+        if region != location:
+            raise ValueError(f"endpoint: expected one in the run's region {location}, found {resource_name} in "
+                             f"{region}")
+        return resource_name, f"deploying to the endpoint given, {resource_name}"
+    found = aiplatform.Endpoint.list(filter=f'display_name="{display_name}"', order_by="create_time desc")
+    if found:
+        name = found[0].resource_name
+        others = f", the newest of {len(found)} endpoints of that name" if len(found) > 1 else ""
+        return name, f"deploying to the endpoint named {display_name}, {name}{others}"
+    created = aiplatform.Endpoint.create(display_name=display_name)
+    return created.resource_name, f"no endpoint named {display_name}: created {created.resource_name}"
+
+
+def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
+    """Undeploys from the endpoint the deployments of `model_name`'s model that get no traffic; returns them.
+
+    `model_name` is projects/P/locations/L/models/ID@VERSION, as GCPC's upload names what it uploaded; the
+    deployment just gave that version all the endpoint's traffic, and the versions deployed before would keep
+    their machines at 0%. Nothing is undeployed unless that version serves traffic there; other models on the
+    endpoint are left as they are. Call init_vertex first.
+    """
+    from google.cloud import aiplatform
+
+    model, _, version = model_name.partition("@")
+    if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/models/[^/@]+", model) or not version:
+        raise ValueError(f"model: expected projects/PROJECT/locations/REGION/models/ID@VERSION, found {model_name!r}")
+    endpoint = aiplatform.Endpoint(endpoint_name)
+    traffic = dict(endpoint.traffic_split)
+    deployed = [d for d in endpoint.list_models() if d.model == model]
+    if not any(d.model_version_id == version and traffic.get(d.id, 0) > 0 for d in deployed):
+        found = ", ".join(f"version {d.model_version_id} at {traffic.get(d.id, 0)}%" for d in deployed)
+        raise ValueError(f"endpoint {endpoint_name}: expected {model_name} deployed there with traffic, found "
+                         f"{found or 'no version of it'}")
+    idle = [d for d in deployed if not traffic.get(d.id, 0)]
+    for d in idle:
+        endpoint.undeploy(d.id)
+    return [f"{d.model}@{d.model_version_id} (deployed model {d.id})" for d in idle]
+
+
 def accuracy_of(confusion_matrix: dict) -> float | None:
     """Top-1 accuracy from a Vertex AI (or KFP) confusion matrix: the diagonal over the total; None if empty."""
     rows = [r["row"] if isinstance(r, dict) else r for r in confusion_matrix.get("rows", [])]

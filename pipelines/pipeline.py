@@ -12,7 +12,7 @@ import inspect
 import warnings
 from typing import NamedTuple
 
-from google_cloud_pipeline_components.v1.endpoint import EndpointCreateOp, ModelDeployOp
+from google_cloud_pipeline_components.v1.endpoint import ModelDeployOp
 from google_cloud_pipeline_components.v1.model import ModelUploadOp
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics
@@ -20,7 +20,8 @@ from kfp.dsl import Markdown, Metrics
 from components import component
 from components.data import download_data, validate_data
 from components.model import check_accuracy, evaluate_model, export_model, train_model
-from components.registry import check_baseline, existing_endpoint, registration_inputs
+from components.registry import (check_baseline, deployment_endpoint, registration_inputs,
+                                 undeploy_earlier_versions)
 from mnistkit import recipes, registry, train_config
 from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
 from pipelines.hardware import Hardware
@@ -103,7 +104,8 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
     export_op = component(export_model, **cpu)
     baseline_op = component(check_baseline, **cpu)
     registration_op = component(registration_inputs, **cpu)
-    endpoint_op = component(existing_endpoint, **cpu)
+    endpoint_op = component(deployment_endpoint, **cpu)
+    undeploy_op = component(undeploy_earlier_versions, **cpu)
     if hardware.custom_job:
         train_op = _custom_job(train_op, hardware)
 
@@ -148,11 +150,12 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
             unless its test accuracy is below the default version's by more
             than this (0 to 1).
           deploy: With register, also deploy the new version to a Vertex AI
-            endpoint, where it takes all the traffic.
+            endpoint, where it takes all the traffic; the versions of the
+            model deployed there before are then undeployed.
           endpoint_machine_type: The machine type serving the deployed model.
           endpoint: The endpoint to deploy to,
-            projects/PROJECT/locations/REGION/endpoints/ID; empty creates one
-            named model_display_name.
+            projects/PROJECT/locations/REGION/endpoints/ID; empty: the one
+            named model_display_name, created by the first run that deploys.
           project: The Google Cloud project of the Model Registry; submit.py
             sets the run's. Empty: $GOOGLE_CLOUD_PROJECT where the steps run.
           region: The region of the Model Registry and endpoint; submit.py
@@ -192,7 +195,7 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         with dsl.If(check.outputs["Output"] == True, name="accuracy-gate"):  # noqa: E712 (a KFP condition)
             export = export_op(model=train.outputs["model"]).set_display_name("export-model")
             with dsl.If(register == True, name="register-requested"):  # noqa: E712
-                _register(baseline_op, registration_op, endpoint_op, export, evaluate, model_display_name,
+                _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, evaluate, model_display_name,
                           serving_image, baseline_margin, deploy, endpoint_machine_type, endpoint, project, region)
         outputs = NamedTuple("Outputs", metrics=Metrics, verdict=Markdown)
         return outputs(metrics=evaluate.outputs["metrics"], verdict=check.outputs["verdict"])
@@ -227,7 +230,7 @@ def _with_training_parameters(pipeline_func, config_class=train_config.TrainConf
     return with_training
 
 
-def _register(baseline_op, registration_op, endpoint_op, export, evaluate, display_name, serving_image,
+def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, evaluate, display_name, serving_image,
               baseline_margin, deploy, machine_type, endpoint_name, project, region):
     """The registration branch: baseline gate, then GCPC's upload, evaluation import and (optionally) deployment.
 
@@ -258,16 +261,17 @@ def _register(baseline_op, registration_op, endpoint_op, export, evaluate, displ
         ModelImportEvaluationOp(model=uploaded, classification_metrics=inputs.outputs["evaluation"],
                                 display_name="mnist-test-split").set_display_name("import-evaluation")
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
-            with dsl.If(endpoint_name != "", name="given-endpoint"):
-                given = endpoint_op(resource_name=endpoint_name).set_display_name("existing-endpoint")
-            with dsl.Else(name="new-endpoint"):
-                created = EndpointCreateOp(display_name=display_name, project=project, location=region)
-                created.set_display_name("create-endpoint")
-            target = dsl.OneOf(given.outputs["endpoint"], created.outputs["endpoint"])
-            ModelDeployOp(model=uploaded, endpoint=target,
-                          dedicated_resources_machine_type=machine_type, dedicated_resources_min_replica_count=1,
-                          dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
-                          ).set_display_name("deploy-model")
+            # The endpoint given, else the one named like the model (created once, reused by later runs).
+            target = endpoint_op(resource_name=endpoint_name, display_name=display_name, project=project,
+                                 location=region).set_display_name("deployment-endpoint")
+            deployed = ModelDeployOp(model=uploaded, endpoint=target.outputs["endpoint"],
+                                     dedicated_resources_machine_type=machine_type,
+                                     dedicated_resources_min_replica_count=1,
+                                     dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
+                                     ).set_display_name("deploy-model")
+            # The new version has all the traffic; the versions deployed before would keep their machines.
+            undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"], project=project, location=region
+                        ).set_display_name("undeploy-earlier-versions").after(deployed)
 
 
 def _custom_job(train_op, hardware: Hardware):

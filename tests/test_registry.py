@@ -15,6 +15,7 @@ import re
 
 import pytest
 import yaml
+from google_cloud_pipeline_components.types import artifact_types
 from kfp import local
 
 from components import component
@@ -23,7 +24,8 @@ from mnistkit import registry
 from pipelines import compile as compile_module
 from pipelines import hardware, pipeline
 from tests.conftest import serve_directory
-from tests.vertex import PARENT, PROJECT, REGION, endpoint, registered_model  # noqa: F401  (a fixture)
+from tests.vertex import (PARENT, PROJECT, REGION, deployed_endpoint, endpoint,  # noqa: F401  (a fixture)
+                          registered_model)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:Task .model-upload:UserWarning")]
@@ -99,18 +101,98 @@ def test_within_the_margin_is_registered_and_a_baseline_without_evaluation_passe
     assert parent.metadata["resourceName"] == f"{PARENT}/models/7"
 
 
-def test_a_given_endpoint_becomes_the_artifact_deploy_reads(vertex, capfd):
-    from components.registry import existing_endpoint
+def _endpoint_for(resource_name="", display_name=NAME):
+    from components.registry import deployment_endpoint
 
+    return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name).outputs["endpoint"]
+
+
+def _endpoint_calls(recorded):
+    return [(r["method"], r["path"]) for r in recorded if "/endpoints" in r["path"]]
+
+
+def test_a_given_endpoint_is_deployed_to_as_it_is(vertex, capfd):
+    recorded, _ = vertex
     name = f"{PARENT}/endpoints/1234"
-    task = component(existing_endpoint)(resource_name=name)
-    assert task.outputs["endpoint"].metadata["resourceName"] == name
-    assert task.outputs["endpoint"].uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{name}"
-    with pytest.raises(RuntimeError, match="existing-endpoint"):
-        component(existing_endpoint)(resource_name="my-endpoint")
+    endpoint = _endpoint_for(name)
+    assert endpoint.metadata["resourceName"] == name
+    assert endpoint.uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{name}"
+    assert _endpoint_calls(recorded) == []  # Nothing looked up or created.
+    for given, says in [("my-endpoint", "endpoint: expected projects/PROJECT/locations/REGION/endpoints/NUMBER, "
+                                        "found 'my-endpoint'"),
+                        (f"projects/{PROJECT}/locations/europe-west4/endpoints/1",
+                         f"endpoint: expected one in the run's region {REGION}, found projects/{PROJECT}/locations/"
+                         "europe-west4/endpoints/1 in europe-west4")]:
+        with pytest.raises(RuntimeError, match="deployment-endpoint"):
+            _endpoint_for(given)
+        out = capfd.readouterr()
+        assert says in out.out + out.err
+
+
+def test_without_an_endpoint_the_one_named_like_the_model_is_created_once_then_reused(vertex, capfd):
+    """Each deploying run created an endpoint of its own before: another endpoint, and machines, per run."""
+    recorded, handler = vertex
+    first = _endpoint_for()
+    assert [e["displayName"] for e in handler.endpoints] == [NAME]
+    assert first.metadata["resourceName"] == handler.endpoints[0]["name"]
+    assert f"no endpoint named {NAME}: created {handler.endpoints[0]['name']}" in capfd.readouterr().out
+    again = _endpoint_for()
+    assert again.metadata["resourceName"] == first.metadata["resourceName"] and len(handler.endpoints) == 1
+    assert [m for m, _ in _endpoint_calls(recorded)].count("POST") == 1
+    assert f"deploying to the endpoint named {NAME}, {first.metadata['resourceName']}" in capfd.readouterr().out
+
+
+def test_of_several_endpoints_named_like_the_model_the_newest_is_used_and_named(vertex, capfd):
+    _, handler = vertex
+    handler.endpoints[:] = [deployed_endpoint("1", NAME, []), deployed_endpoint("2", "other", []),
+                            deployed_endpoint("3", NAME, [])]
+    assert _endpoint_for().metadata["resourceName"] == f"{PARENT}/endpoints/3"
+    assert f"{PARENT}/endpoints/3, the newest of 2 endpoints of that name" in capfd.readouterr().out
+    assert len(handler.endpoints) == 3
+
+
+def _undeploy(endpoint_id, model_name):
+    from kfp import dsl
+
+    from components.registry import undeploy_earlier_versions
+
+    @dsl.pipeline
+    def after_deploy(endpoint_name: str, model_name: str):
+        endpoint = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{endpoint_name}",
+                                artifact_class=artifact_types.VertexEndpoint,
+                                metadata={"resourceName": endpoint_name})
+        model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
+                             artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
+        component(undeploy_earlier_versions)(model=model.output, endpoint=endpoint.output)
+
+    return after_deploy(endpoint_name=f"{PARENT}/endpoints/{endpoint_id}", model_name=model_name)
+
+
+def test_after_a_deployment_the_models_earlier_versions_are_undeployed_and_other_models_kept(vertex, capfd):
+    """The new version takes all the traffic; the earlier ones kept their machines at 0% until undeployed."""
+    recorded, handler = vertex
+    handler.endpoints[:] = [deployed_endpoint("5", NAME, [
+        ("101", "7", "1", 0), ("102", "8", "1", 0), ("103", "7", "2", 0), ("104", "7", "3", 100)])]
+    _undeploy("5", f"{PARENT}/models/7@3")
+    assert [(d["id"], d["modelVersionId"]) for d in handler.endpoints[0]["deployedModels"]] == [("102", "1"),
+                                                                                                ("104", "3")]
+    assert handler.endpoints[0]["trafficSplit"] == {"104": 100}
+    assert [json.loads(r["body"])["deployedModelId"] for r in recorded if r["path"].endswith(":undeployModel")] \
+        == ["101", "103"]
+    assert f"undeployed {PARENT}/models/7@1 (deployed model 101), {PARENT}/models/7@2 (deployed model 103)" \
+        in capfd.readouterr().out
+
+
+def test_nothing_is_undeployed_unless_the_new_version_serves_there(vertex, capfd):
+    recorded, handler = vertex
+    handler.endpoints[:] = [deployed_endpoint("5", NAME, [("101", "7", "1", 100)])]
+    with pytest.raises(RuntimeError, match="undeploy-earlier-versions"):
+        _undeploy("5", f"{PARENT}/models/7@2")
     out = capfd.readouterr()
-    assert "endpoint: expected projects/PROJECT/locations/REGION/endpoints/NUMBER, found 'my-endpoint'" in \
-        out.out + out.err
+    assert (f"endpoint {PARENT}/endpoints/5: expected {PARENT}/models/7@2 deployed there with traffic, found "
+            "version 1 at 100%") in out.out + out.err
+    assert not [r for r in recorded if r["path"].endswith(":undeployModel")]
+    assert len(handler.endpoints[0]["deployedModels"]) == 1
 
 
 # --- The whole pipeline run locally: the gate in place, after export. ---------------------------------------
@@ -252,26 +334,26 @@ def _component_of(spec, task_name) -> str:
 
 
 DEPLOY = "inputs.parameter_values['pipelinechannel--deploy'] == true"
-GIVEN = "inputs.parameter_values['pipelinechannel--endpoint'] != ''"
 
 
-def test_deploy_is_requested_only_when_asked(spec):
+def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed_after_it(spec):
     tasks = _tasks(spec)
-    deploy, created, given = tasks["model-deploy"], tasks["endpoint-create"], tasks["existing-endpoint"]
-    assert deploy["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
-    # An endpoint is created only when none is given.
-    assert created["_conditions"][-2:] == [DEPLOY, f"!({GIVEN})"]
-    assert given["_conditions"][-2:] == [DEPLOY, GIVEN]
-    assert created["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
+    deploy, target, undeploy = tasks["model-deploy"], tasks["deployment-endpoint"], tasks["undeploy-earlier-versions"]
+    for task in (deploy, target, undeploy):
+        assert task["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
+    for task in (target, undeploy):
+        assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
+        assert task["inputs"]["parameters"]["project"] == {"componentInputParameter": "pipelinechannel--project"}
+    assert target["inputs"]["parameters"]["resource_name"] == {"componentInputParameter": "pipelinechannel--endpoint"}
     params = deploy["inputs"]["parameters"]
     assert params["dedicated_resources_machine_type"] == {
         "componentInputParameter": "pipelinechannel--endpoint_machine_type"}
     assert params["traffic_split"] == {"runtimeValue": {"constant": {"0": 100.0}}}
-    producer = _component_of(spec, deploy["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"]["producerTask"])
-    (choices,) = spec["components"][producer]["dag"]["outputs"]["artifacts"].values()
-    assert sorted(c["outputArtifactKey"] for c in choices["artifactSelectors"]) == [
-        "pipelinechannel--endpoint-create-endpoint", "pipelinechannel--existing-endpoint-endpoint"]
-    assert "oneof" in deploy["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    for task in (deploy, undeploy):
+        assert task["inputs"]["artifacts"]["endpoint"] == {
+            "taskOutputArtifact": {"outputArtifactKey": "endpoint", "producerTask": "deployment-endpoint"}}
+        assert "oneof" in task["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    assert "model-deploy" in undeploy["dependentTasks"]  # Only once the new version has the traffic.
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["deploy"]["defaultValue"] is False and defaults["register"]["defaultValue"] is False
     assert "baseline_margin" in pipeline.PARAMETER_RULES  # Checked in [0, 1] before a run starts.

@@ -4,8 +4,9 @@ An HTTP server on 127.0.0.1 written here: it records every request and
 answers the calls this project's clients make (the pipeline-root bucket
 lookup and creation of the GCS JSON API; pipeline job creation and polling;
 a KFP template upload; the Model Registry lookups of the baseline gate; the
-Metadata calls that attach a run to a Vertex AI Experiment). Nothing reaches
-the internet. Tests use the `endpoint` fixture (import it into the test module).
+endpoint lookup, creation and undeployment around a deployment; the Metadata
+calls that attach a run to a Vertex AI Experiment). Nothing reaches the
+internet. Tests use the `endpoint` fixture (import it into the test module).
 """
 
 import json
@@ -35,6 +36,14 @@ def registered_model(model_id: str, display_name: str, version_id: str, confusio
     return model
 
 
+def deployed_endpoint(endpoint_id: str, display_name: str, deployed: list[tuple[str, str, str, int]]) -> dict:
+    """An endpoint serving `deployed`: (deployed model id, model id, version id, traffic percent) each."""
+    return {"name": f"{PARENT}/endpoints/{endpoint_id}", "displayName": display_name,
+            "deployedModels": [{"id": d, "model": f"{PARENT}/models/{m}", "modelVersionId": v}
+                               for d, m, v, _ in deployed],
+            "trafficSplit": {d: t for d, _, _, t in deployed if t}}
+
+
 class Recorder(BaseHTTPRequestHandler):
     """Answers like Vertex AI, GCS and Artifact Registry would, and keeps what it received."""
 
@@ -42,6 +51,7 @@ class Recorder(BaseHTTPRequestHandler):
     refuse_jobs: str = ""  # When set, pipeline job creation is refused (400 INVALID_ARGUMENT) with this message.
     jobs: dict = {}
     models: list = []
+    endpoints: list = []  # Oldest first, as created.
     contexts: dict = {}
 
     def log_message(self, *args):
@@ -57,6 +67,11 @@ class Recorder(BaseHTTPRequestHandler):
 
     def _not_found(self, what: str):
         return self._reply(404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}})
+
+    def _done(self, response: dict, response_type: str):
+        """A long-running operation that is already done, answering `response`."""
+        return self._reply(200, {"name": f"{PARENT}/operations/{len(self.requests)}", "done": True, "response": {
+            "@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}})
 
     def _handle(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -101,6 +116,24 @@ class Recorder(BaseHTTPRequestHandler):
                 if m["name"] == model_name and version in ("", m["versionId"]):
                     return self._reply(200, {"modelEvaluations": m["evaluations"]} if m["evaluations"] else {})
             return self._not_found(name)
+        # Endpoints: listed by display name, created and undeployed from at once (operations already done).
+        if name == f"{PARENT}/endpoints" and self.command == "GET":
+            wanted = urllib.parse.unquote(query.get("filter", [""])[0])
+            found = [e for e in reversed(self.endpoints) if wanted in ("", f'display_name="{e["displayName"]}"')]
+            return self._reply(200, {"endpoints": found} if found else {})
+        if name == f"{PARENT}/endpoints" and self.command == "POST":
+            created = {**json.loads(body), "name": f"{PARENT}/endpoints/{9000 + len(self.endpoints)}",
+                       "deployedModels": [], "trafficSplit": {}}
+            self.endpoints.append(created)
+            return self._done(created, "Endpoint")
+        for e in self.endpoints:
+            if name == e["name"] and self.command == "GET":
+                return self._reply(200, e)
+            if name == f'{e["name"]}:undeployModel' and self.command == "POST":
+                request = json.loads(body)
+                e["deployedModels"] = [d for d in e["deployedModels"] if d["id"] != request["deployedModelId"]]
+                e["trafficSplit"] = request.get("trafficSplit", {})
+                return self._done({}, "UndeployModelResponse")
         # Vertex AI Experiments: an experiment is a Metadata context; a run joins it as a child context.
         if name.startswith(f"{STORE}/contexts/") and ":" not in name and self.command == "GET":
             return self._reply(200, self.contexts[name]) if name in self.contexts else self._not_found(name)
@@ -121,14 +154,16 @@ class Recorder(BaseHTTPRequestHandler):
 def endpoint(monkeypatch):
     """Starts the recording server, points the real clients at it; yields (base URL, recorded requests, handler).
 
-    The handler's `models` list is the Registry's content; tests append registered_model(...) to it.
+    The handler's `models` list is the Registry's content; tests append registered_model(...) to it. Its
+    `endpoints` list holds the region's endpoints (deployed_endpoint(...)), oldest first.
     """
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import aiplatform
     from google.cloud.aiplatform import initializer
 
     recorded = []
-    handler = type("Handler", (Recorder,), {"requests": recorded, "jobs": {}, "models": [], "contexts": {}})
+    handler = type("Handler", (Recorder,), {"requests": recorded, "jobs": {}, "models": [], "endpoints": [],
+                                            "contexts": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
