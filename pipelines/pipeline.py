@@ -241,6 +241,10 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
     it (kubeflow/pipelines#8882), and the next run's baseline is the default.
     Project and region are pipeline parameters rather than the run's
     placeholders, which kfp.local cannot resolve (it fails on them).
+
+    No step here that reads or changes the Registry or an endpoint is served
+    from Vertex AI's cache: their inputs are the same from run to run, the
+    Registry is not, and a cached upload or deployment does nothing.
     """
     gate = baseline_op(accuracy=evaluate.outputs["Output"], display_name=display_name,
                        baseline_margin=baseline_margin, project=project, location=region)
@@ -258,8 +262,8 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
             first = ModelUploadOp(display_name=display_name, unmanaged_container_model=inputs.outputs["model"],
                                   project=project, location=region).set_display_name("upload-model")
         uploaded = dsl.OneOf(version.outputs["model"], first.outputs["model"])
-        ModelImportEvaluationOp(model=uploaded, classification_metrics=inputs.outputs["evaluation"],
-                                display_name="mnist-test-split").set_display_name("import-evaluation")
+        imported = ModelImportEvaluationOp(model=uploaded, classification_metrics=inputs.outputs["evaluation"],
+                                           display_name="mnist-test-split").set_display_name("import-evaluation")
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
             # The endpoint given, else the one named like the model (created once, reused by later runs).
             target = endpoint_op(resource_name=endpoint_name, display_name=display_name, project=project,
@@ -270,8 +274,10 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
                                      dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
                                      ).set_display_name("deploy-model")
             # The new version has all the traffic; the versions deployed before would keep their machines.
-            undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"], project=project, location=region
-                        ).set_display_name("undeploy-earlier-versions").after(deployed)
+            undeployed = undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"], project=project,
+                                     location=region).set_display_name("undeploy-earlier-versions").after(deployed)
+    for task in (gate, version, first, imported, target, deployed, undeployed):
+        task.set_caching_options(False)
 
 
 def _custom_job(train_op, hardware: Hardware):

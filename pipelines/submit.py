@@ -49,8 +49,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Service account the run acts as (NAME@PROJECT.iam.gserviceaccount.com).")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="Override a pipeline parameter, e.g. --param train_epochs=5 (repeatable).")
-    p.add_argument("--caching", choices=("on", "off"),
-                   help="Reuse results of identical earlier steps; default: the template's per-step setting.")
+    p.add_argument("--caching", choices=("on", "off"), default="on",
+                   help="on: steps may reuse the results of identical earlier steps, except those that read or "
+                        "change the Model Registry or an endpoint, which the template never caches; off: no step "
+                        "does (default %(default)s).")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="Run label (repeatable).")
     p.add_argument("--display_name", help="Run name in the console (default: the pipeline's name).")
     p.add_argument("--wait", action="store_true", help="Wait for the run to end; exit 1 unless it succeeded.")
@@ -215,7 +217,8 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
     job = aiplatform.PipelineJob(
         display_name=args.display_name or PIPELINE_NAME, template_path=args.template,
         pipeline_root=args.pipeline_root, parameter_values=values, labels=labels or None,
-        enable_caching=None if args.caching is None else args.caching == "on")
+        # aiplatform's enable_caching=True would set every step's option, the Registry's and endpoint's too.
+        enable_caching=False if args.caching == "off" else None)
     job.submit(service_account=args.service_account, experiment=args.experiment)
     print(f"submitted {job.resource_name}")
     if args.wait:

@@ -89,6 +89,29 @@ def test_submission_carries_the_spec_parameters_and_service_account(endpoint, te
     assert f"submitted projects/{PROJECT}/locations/{REGION}/pipelineJobs/" in capsys.readouterr().out
 
 
+def test_caching_on_leaves_the_registry_and_endpoint_steps_uncached(endpoint, template):
+    """aiplatform's enable_caching=True sets every task's option: a rerun would have reused the last run's
+    baseline lookup and endpoint, and skipped the upload and the deployment."""
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url, "--caching", "on")) == 0
+    (create,) = _job_requests(recorded)
+    tasks = {}
+
+    def walk(node):
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            if key == "tasks":
+                tasks.update({name: task.get("cachingOptions", {}) for name, task in value.items()
+                              if "componentRef" in task and not name.startswith("condition")})
+            if isinstance(value, (dict, list)):
+                walk(value)
+
+    walk(json.loads(create["body"])["pipelineSpec"])
+    uncached = sorted(name for name, options in tasks.items() if not options.get("enableCache"))
+    assert uncached == ["check-baseline", "deployment-endpoint", "model-deploy", "model-evaluation-import",
+                        "model-upload", "model-upload-2", "undeploy-earlier-versions"]
+    assert all(tasks[name] == {"enableCache": True} for name in ("download-data", "train-model", "evaluate-model"))
+
+
 def test_wait_polls_until_the_run_ends(endpoint, template, capsys):
     url, recorded, _ = endpoint
     assert submit.main(_args(template, url, "--wait")) == 0
