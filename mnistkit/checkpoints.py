@@ -64,6 +64,13 @@ def save(manager: tf.train.CheckpointManager) -> str:
     except OSError:
         # TF writes into `ckpt-N_temp` and renames it when complete; the last good checkpoint stays listed.
         remove_unfinished(directory)
+        # A full disk can also stop it after the data files are renamed out, with an empty `ckpt-N.index`: a
+        # checkpoint the state file does not list is this save's, and a rerun would stop at it.
+        listed = {os.path.basename(p) for p in newest_first(directory)}
+        for entry in os.listdir(directory):
+            name = re.fullmatch(r"(.+-\d+)(\.index|\.data-\d+-of-\d+)", entry)
+            if name and name[1] not in listed:
+                files.remove(os.path.join(directory, entry))
         raise
 
 

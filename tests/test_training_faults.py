@@ -216,6 +216,28 @@ def test_a_full_disk_ends_with_one_line_and_a_later_run_with_room_resumes(
     assert leftovers(model_dir) == []
 
 
+def test_a_disk_that_fills_at_the_checkpoints_index_leaves_nothing_that_stops_the_rerun(tmpfs):
+    """TensorFlow had renamed the data file out and created an empty index when the disk filled: the rerun
+    with room then refused to start, "found only unreadable ones: ckpt-1"."""
+    mount_point = tmpfs[0]("16m")
+    weights = tf.train.Checkpoint(v=tf.Variable(tf.zeros([1_000_000])))
+    size_of = tf.train.CheckpointManager(weights, str(mount_point / "measure"), max_to_keep=2)
+    data_bytes = os.path.getsize(size_of.save() + ".data-00000-of-00001")
+    shutil.rmtree(mount_point / "measure")
+    free = os.statvfs(mount_point).f_bavail * os.statvfs(mount_point).f_frsize
+    room = -(-data_bytes // 4096) * 4096 + 4096  # The data file and one page more: not its index as well.
+    (mount_point / "filler").write_bytes(b"\0" * (free - room))
+    directory = str(mount_point / "checkpoints")
+    with pytest.raises(OSError) as e:
+        checkpoints.save(tf.train.CheckpointManager(tf.train.Checkpoint(v=weights.v), directory, max_to_keep=2))
+    assert (e.value.errno, e.value.filename) == (28, directory)
+    assert os.listdir(directory) == []
+
+    (mount_point / "filler").unlink()
+    checkpoints.repair_state(directory)
+    assert checkpoints.restore_newest(tf.train.Checkpoint(v=weights.v), directory, "model") is None  # Starts over.
+
+
 def test_a_disk_full_before_the_first_json_is_an_oserror_naming_that_file(tmpfs, synthetic_data):
     setup, _ = tmpfs
     mount_point = setup("1m")
