@@ -73,9 +73,9 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
         # Before the sweep: a half-moved version is known as such only while its dead writer's scratch is there.
         _remove_unfinished_moves(export_dir)
         files.sweep_leftovers(export_dir)
-        stamp = int(time.time())
-        while os.path.exists(os.path.join(export_dir, str(stamp))):
-            stamp += 1
+        # Newer than every version there, even with this host's clock behind the one that wrote them: TF Serving
+        # and every "newest version" reader take the highest number.
+        stamp = max([int(time.time())] + [int(e) + 1 for e in os.listdir(export_dir) if e.isdigit()])
         # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
         partial = files.scratch_path(export_dir, str(stamp))
         try:

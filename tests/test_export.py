@@ -125,6 +125,17 @@ def test_exporting_twice_gives_two_versions(model_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(second)])
 
 
+def test_an_export_is_the_newest_version_even_when_the_clock_is_behind_the_versions_there(model_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A host whose clock runs behind (or a version from one running ahead) gave the new export a lower
+    number, and TF Serving went on serving the older model."""
+    ahead = exporting.export(model_dir, str(tmp_path))
+    monkeypatch.setattr(exporting.time, "time", lambda: 1_000_000_000.0)  # 2001.
+    (tmp_path / "notes").mkdir()  # Not a version: not counted.
+    behind = exporting.export(model_dir, str(tmp_path))
+    assert int(os.path.basename(behind)) == int(os.path.basename(ahead)) + 1
+
+
 def test_a_gpu_trained_mixed_precision_model_exports_for_cpu(tmp_path, test_images):
     # What a GPU run writes: channels_first, mixed_bfloat16. The export must serve on a CPU.
     trained = model.create_model("channels_first", "mixed_bfloat16")
