@@ -47,7 +47,8 @@ def atomic_path(path: str):
         yield scratch
         os.replace(scratch, path)
     except OSError as e:
-        if e.filename == scratch and e.errno is not None:  # Name the file the user asked for, not the scratch.
+        # Name the file the user asked for, not the scratch; a write or close (a full disk) names no file at all.
+        if e.filename in (scratch, None) and e.errno is not None:
             raise OSError(e.errno, e.strerror, path) from e
         raise
     finally:
@@ -63,6 +64,9 @@ def check_dir_path(path: str, what: str) -> None:
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise ValueError(f"{what}: expected a directory, or a path where one can be made, found a symlink to a "
+                         f"missing target: {existing} -> {os.readlink(existing)}")
     if not os.path.isdir(existing):
         raise ValueError(f"{what}: expected a directory, or a path where one can be made, found a file: {existing}")
 
@@ -94,10 +98,17 @@ def made_dir(path: str):
 
 def atomic_write_text(path: str, text: str) -> None:
     """Writes `text` to `path` atomically (see `atomic_path`), creating its directory when missing."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_path(path) as scratch:
-        with open(scratch, "w") as f:
-            f.write(text)
+    atomic_write_texts({path: text})
+
+
+def atomic_write_texts(texts: dict[str, str]) -> None:
+    """Writes each text to its path; all are written before any replaces its file, so a full disk leaves every
+    path as it was (a new metrics.json beside the old model's report would misdescribe both)."""
+    with contextlib.ExitStack() as renames:
+        for path, text in texts.items():
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(renames.enter_context(atomic_path(path)), "w") as f:
+                f.write(text)
 
 
 def _writer(entry: str) -> int | None:

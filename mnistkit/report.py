@@ -60,15 +60,18 @@ def class_counts(data_dir: str) -> dict[str, list[int]]:
 def write_report(path: str, model_dir: str, data_dir: str, result: dict) -> str:
     """Writes the report of `result` (what evaluation.evaluate returned) to `path`; returns `path`.
 
-    The history comes from `model_dir`, the class counts and the pictures of
-    the misclassified digits from `data_dir`. The file is replaced whole, so a
-    reader never sees half a report.
+    The file is replaced whole, so a reader never sees half a report.
     """
-    test_images, _ = idx.load_split(data_dir, idx.TEST)
-    page = render(result, load_history(model_dir), class_counts(data_dir), test_images,
-                  source=f"model {os.path.abspath(model_dir)}, data {os.path.abspath(data_dir)}")
-    files.atomic_write_text(path, page)
+    files.atomic_write_text(path, page_of(model_dir, data_dir, result))
     return path
+
+
+def page_of(model_dir: str, data_dir: str, result: dict) -> str:
+    """The report of `result`: the history from `model_dir`, the class counts and the pictures of the
+    misclassified digits from `data_dir`."""
+    test_images, _ = idx.load_split(data_dir, idx.TEST)
+    return render(result, load_history(model_dir), class_counts(data_dir), test_images,
+                  source=f"model {os.path.abspath(model_dir)}, data {os.path.abspath(data_dir)}")
 
 
 def render(result: dict, history: list[dict], counts: dict[str, list[int]], test_images: np.ndarray,

@@ -91,6 +91,5 @@ def to_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, json_path: str | None = None, markdown_path: str | None = None) -> None:
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (markdown_path, to_markdown(report))):
-        if path:
-            files.atomic_write_text(path, text)
+    texts = ((json_path, json.dumps(report, indent=2) + "\n"), (markdown_path, to_markdown(report)))
+    files.atomic_write_texts({path: text for path, text in texts if path})  # Both or neither.

@@ -127,3 +127,13 @@ def test_commands_that_load_tensorflow_apply_the_settings_before_main(command, f
             "'tensorflow' in sys.modules)\n"
             "c.run()\n")
     assert _child(code, env) == "in main: 1 False"
+
+
+def test_a_dangling_symlink_where_a_directory_goes_is_named_as_one(tmp_path):
+    """It was called "a file"."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError) as e:
+        files.check_dir_path(str(link / "sub"), "--report_dir")
+    assert str(e.value) == (f"--report_dir: expected a directory, or a path where one can be made, found a symlink "
+                            f"to a missing target: {link} -> {tmp_path / 'gone'}")

@@ -238,6 +238,28 @@ def test_a_disk_that_fills_at_the_checkpoints_index_leaves_nothing_that_stops_th
     assert checkpoints.restore_newest(tf.train.Checkpoint(v=weights.v), directory, "model") is None  # Starts over.
 
 
+def test_outputs_written_together_on_a_full_disk_are_left_as_they_were_and_the_error_names_the_file(tmpfs):
+    """mnist-evaluate wrote the new metrics.json, then failed on report.html: the old model's report stayed
+    beside the new model's metrics. The error named no file ("No space left on device")."""
+    from mnistkit import files
+
+    mount_point = tmpfs[0]("64k")
+    metrics, page = mount_point / "metrics.json", mount_point / "report" / "report.html"
+    files.atomic_write_texts({str(metrics): "old metrics", str(page): "old report"})
+    fd = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:  # Until ENOSPC, and then a page more is freed: room for the small file, not the large one.
+            os.write(fd, b"\0" * 4096)
+    os.ftruncate(fd, os.fstat(fd).st_size - 4096)
+    os.close(fd)
+    with pytest.raises(OSError) as e:
+        files.atomic_write_texts({str(metrics): "new metrics", str(page): "new report " * 2000})
+    assert (e.value.errno, e.value.filename) == (28, str(page))  # ENOSPC
+    assert (metrics.read_text(), page.read_text()) == ("old metrics", "old report")
+    assert sorted(os.listdir(mount_point)) == ["filler", "metrics.json", "report"]
+    assert os.listdir(page.parent) == ["report.html"]
+
+
 def test_a_disk_full_before_the_first_json_is_an_oserror_naming_that_file(tmpfs, synthetic_data):
     setup, _ = tmpfs
     mount_point = setup("1m")

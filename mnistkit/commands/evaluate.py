@@ -39,14 +39,16 @@ def main(argv):
     from mnistkit import evaluation
 
     metrics = evaluation.evaluate(MODEL_DIR.value, DATA_DIR.value)
-    files.atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
-    logging.info("accuracy %.4f, loss %.4f -> %s", metrics["accuracy"], metrics["loss"], output)
+    texts = {output: json.dumps(metrics, indent=2) + "\n"}
     if REPORT_DIR.value:
         from mnistkit import report
 
-        path = report.write_report(os.path.join(REPORT_DIR.value, report.REPORT_FILE), model_dir, DATA_DIR.value,
-                                   metrics)
-        print(f"report: {os.path.abspath(path)}")
+        page = os.path.join(REPORT_DIR.value, report.REPORT_FILE)
+        texts[page] = report.page_of(model_dir, DATA_DIR.value, metrics)
+    files.atomic_write_texts(texts)  # Both or neither: never the new metrics beside the old model's report.
+    logging.info("accuracy %.4f, loss %.4f -> %s", metrics["accuracy"], metrics["loss"], output)
+    if REPORT_DIR.value:
+        cli.say(f"report: {os.path.abspath(page)}")
 
 
 def run():
