@@ -66,7 +66,8 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
             raise PermissionError(f"{export_dir}: expected a writable export directory, found that it cannot be "
                                   f"created ({e.strerror})") from e
         if not os.access(export_dir, os.W_OK):
-            raise PermissionError(f"{export_dir}: expected a writable export directory, found it read-only")
+            raise PermissionError(f"{export_dir}: expected a writable export directory, found that this user may not "
+                                  "write there (its permissions, or a read-only file system)")
         if sole_writer:
             for entry in os.listdir(export_dir):
                 files.remove(os.path.join(export_dir, entry))

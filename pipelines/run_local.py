@@ -42,10 +42,11 @@ class StepLog:
 
     def __init__(self, stream):
         self._stream, self._pending, self._task = stream, "", None
+        self._reader_gone = False
         self.errors: dict[str, str] = {}
 
     def write(self, text: str) -> int:
-        self._stream.write(text)
+        self._forward(self._stream.write, text)
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
@@ -67,7 +68,18 @@ class StepLog:
                                        if found.group("type") and found.group("message") else line)
 
     def flush(self) -> None:
-        self._stream.flush()
+        self._forward(self._stream.flush)
+
+    def _forward(self, call, *args) -> None:
+        """Passes output on while someone reads it. When the reader went away (`| head`), the run goes on
+        quietly: stdout then points at /dev/null, rather than kfp's logging failing in every step."""
+        if self._reader_gone:
+            return
+        try:
+            call(*args)
+        except BrokenPipeError:
+            self._reader_gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
 
     def __getattr__(self, name):  # encoding, isatty, fileno...: the real stream's.
         return getattr(self._stream, name)
@@ -266,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = run(args.pipeline_root, arguments, args.runner, args.registry, args.tag)
             except RuntimeError as e:
                 raise RuntimeError(steps.reason(e)) from e
+        # kfp names the evaluate step's HTML artifact `report`; a browser shows a file
+        # without the .html suffix as text, so the page is copied next to the steps, whole or not at all.
+        report = os.path.join(result["run_dir"], "report.html")
+        with open(os.path.join(result["run_dir"], "evaluate-model", "report")) as page:
+            files.atomic_write_text(report, page.read())
     except (ValueError, RuntimeError) as e:
         print(f"run_local.py: error: {e}", file=sys.stderr)
         if _STOPPING["sigterm"]:
@@ -280,11 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                         for k, v in sorted(result["metrics"].items()))
     print(f"\nrun: {result['run_dir']}\nmetrics: {metrics}\ngate: {result['verdict']}")
     print(f"SavedModel: {result['saved_model']}" if result["saved_model"] else "SavedModel: none (not exported)")
-    # kfp names the evaluate step's HTML artifact `report`; a browser shows a file
-    # without the .html suffix as text, so the page is copied next to the steps.
-    report = os.path.join(result["run_dir"], "report.html")
-    with open(os.path.join(result["run_dir"], "evaluate-model", "report")) as page, open(report, "w") as copy:
-        copy.write(page.read())
     print(f"report: {report}")
     return 0
 

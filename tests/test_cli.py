@@ -194,6 +194,36 @@ def test_export_and_the_seeds_saved_model_cli_line(trained, synthetic_data, tmp_
     assert "Result for output key probabilities:" in result.stdout
 
 
+def test_an_export_whose_reader_went_away_still_succeeds_once(trained, tmp_path):
+    """`mnist-export ... | head -0`: the SavedModel was written, then the print of its path failed and the
+    command exited 1, so a script that retried wrote a second version."""
+    export_dir = tmp_path / "export"
+    read, write = os.pipe()
+    os.close(read)  # No reader: the print meets a broken pipe.
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.export", "--model_dir", trained,
+                             "--export_dir", str(export_dir)], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                            text=True, timeout=300)
+    os.close(write)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Broken pipe" not in result.stderr and len(os.listdir(export_dir)) == 1
+
+
+def test_running_out_of_memory_is_one_line(synthetic_data, tmp_path):
+    """Under an address-space limit (ulimit -v, a container's memory) numpy's allocation failed in a traceback.
+
+    The limit is real; the allocation past it is put in place of the statistics, since how far a real run gets
+    under a given limit varies from machine to machine."""
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from mnistkit import validation; validation.pixel_statistics = lambda *a, **k: bytearray(1 << 31); "
+            "from mnistkit.commands import validate; validate.run()")
+    result = subprocess.run([sys.executable, "-c", code, "--data_dir", synthetic_data, "--report_dir",
+                             str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert re.fullmatch(r"\S+: error: out of memory \(.*\); free memory or raise the process's limit "
+                        r"\(ulimit -v, the container's memory\) and run again", _error_line(result)), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
 def test_train_rejects_a_bad_threshold_in_one_line(synthetic_data, tmp_path):
     result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", "--stop_threshold=2")
     assert result.returncode == 1

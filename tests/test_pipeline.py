@@ -403,6 +403,23 @@ def test_the_docker_runner_without_an_engine_is_one_line_before_anything_runs(tm
     assert not os.path.exists(tmp_path / "root")
 
 
+def test_a_local_run_whose_reader_went_away_runs_to_the_end(mirror, tmp_path):
+    """`run_local.py | head -1`: kfp's logging failed at the first step's output and the run stopped there,
+    with a 60-line traceback."""
+    read, write = os.pipe()
+    os.close(read)  # No reader.
+    done = subprocess.run([sys.executable, os.path.join(REPO, "pipelines", "run_local.py"), "--source", mirror,
+                           "--pipeline_root", str(tmp_path), *[f"--param={k}={v}" for k, v in TINY.items()],
+                           "--param", "min_accuracy=0"], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    os.close(write)
+    assert done.returncode == 0 and "Broken pipe" not in done.stderr, done.stderr[-3000:]
+    (run_dir,) = [os.path.join(tmp_path, r) for r in _run_ids(tmp_path)]
+    with open(os.path.join(run_dir, "evaluate-model", "report")) as page:
+        assert open(os.path.join(run_dir, "report.html")).read() == page.read()
+    assert os.listdir(os.path.join(run_dir, "export-model", "saved_model"))
+
+
 def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes(mirror, tmp_path):
     """SIGTERM ended run_local.py alone: its training step ran on with no parent, and a rerun raced with it."""
     root, checkpoints = tmp_path / "root", tmp_path / "checkpoints"

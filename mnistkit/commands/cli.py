@@ -32,6 +32,18 @@ _HINTS = {
 }
 
 
+def say(text: str) -> None:
+    """Prints a finished step's result (the path it wrote) on stdout; a reader that went away does not matter.
+
+    The work is done: `mnist-export | head -0` failing at the print made a script that retries write a
+    second version. Stdout then points at /dev/null, so that the interpreter's last flush stays quiet too.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def describe_os_error(error: OSError) -> str:
     """'PATH: cause; what to do' for an error of the machine, or the error's own message when it has no cause."""
     if error.strerror is None:
@@ -77,6 +89,10 @@ def run(main) -> None:
             sys.exit(1)
         except OSError as e:
             print(f"{prog_name()}: error: {describe_os_error(e)}", file=sys.stderr)
+            sys.exit(1)
+        except MemoryError as e:  # An allocation past the address-space limit (ulimit -v, a container's memory).
+            print(f"{prog_name()}: error: out of memory ({str(e) or 'MemoryError'}); free memory or raise the "
+                  "process's limit (ulimit -v, the container's memory) and run again", file=sys.stderr)
             sys.exit(1)
 
     app.run(guarded)

@@ -17,7 +17,7 @@ def main(argv):
 
     path = exporting.export(MODEL_DIR.value, EXPORT_DIR.value)
     logging.info("exported %s", path)
-    print(path)
+    cli.say(path)
 
 
 def run():
