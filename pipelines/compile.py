@@ -11,7 +11,7 @@ import os
 import sys
 
 from components import images
-from mnistkit import files
+from mnistkit import files, recipes
 from pipelines import hardware
 
 # The checkout's root: `make venv` installs this package editable, so the file stays where it was written.
@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         (f", topology {hw.tpu_topology} ({hw.tpu_hosts} host(s))" if hw.tpu_topology else "") + \
         (", Spot VMs" if hw.spot else "") + (f", TensorBoard {hw.tensorboard}" if hw.tensorboard else "")
     print(f"wrote {path} (training on {where}; images {images.image_uri(hw.image_kind, args.registry, args.tag)})")
+    unfit = [f"{name}'s {r['batch_size']}" for name, r in recipes.RECIPES.items() if r["batch_size"] % hw.replicas]
+    if unfit:  # Submitting refuses such a batch; said here, where the hardware is chosen.
+        print(f"note: training runs as at least {hw.replicas} replicas, and the global batch must be a multiple "
+              f"of that: not the recipe {' or '.join(unfit)}; submit with --param batch_size=N", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ names the flag, what it got and what the machine takes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from pipelines import vertex_machines as table
@@ -83,11 +84,51 @@ class Hardware:
         return table.boot_disk_type(self.machine_type)
 
     @property
+    def replicas(self) -> int:
+        """The fewest replicas training can run as here, of which the global batch must be a multiple."""
+        return replicas_of(self.replica_count, self.accelerator_count, self.tpu_topology)
+
+    @property
     def tpu_hosts(self) -> int:
         """The TPU VMs of the slice (1 unless a multi-host topology); 0 when not a TPU."""
         if self.kind != "tpu":
             return 0
         return table.TPU_MACHINES[self.machine_type].topologies.get(self.tpu_topology, 1)
+
+
+def replicas_of(machines: int, accelerators: int, tpu_topology: str = "") -> int:
+    """The fewest replicas of `machines` with `accelerators` each (GPUs, or a TPU host's chips).
+
+    One per GPU (MirroredStrategy and MultiWorkerMirroredStrategy take every GPU of every machine); a TPU slice
+    has at least one per chip (its topology's product; a v2 or v3 chip is two).
+    """
+    if tpu_topology:
+        return math.prod(int(n) for n in tpu_topology.split("x"))
+    return machines * max(accelerators, 1)
+
+
+def replicas_in(template: dict) -> int:
+    """The fewest replicas a compiled template's training step runs as: its custom job's worker pools, or the
+    GPUs of its task (see replicas_of)."""
+    container = template.get("deploymentSpec", {}).get("executors", {}).get("exec-train-model", {}).get(
+        "container", {})
+    pools = [p for spec in _values_of(template, "worker_pool_specs") if isinstance(spec, dict)
+             for p in spec.get("defaultValue") or []]
+    if pools:
+        return sum(replicas_of(int(p.get("replica_count", 1)), int(p["machine_spec"].get("accelerator_count", 0)),
+                               p["machine_spec"].get("tpu_topology", "")) for p in pools)
+    return replicas_of(1, int(container.get("resources", {}).get("accelerator", {}).get("count", 0)))
+
+
+def _values_of(node, key: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from _values_of(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _values_of(v, key)
 
 
 def _refuse(flag: str, expected: str, found) -> None:

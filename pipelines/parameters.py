@@ -108,12 +108,13 @@ def _check_range(name: str, value) -> None:
         raise ParameterError(f"parameter {name}: expected {expected}, found {value!r}")
 
 
-def parse_overrides(overrides: list[str], parameters: dict[str, dict]) -> dict:
+def parse_overrides(overrides: list[str], parameters: dict[str, dict], replicas: int = 1) -> dict:
     """Turns ['NAME=VALUE', ...] into typed values the pipeline accepts.
 
     Args:
       overrides: each 'NAME=VALUE'; VALUE is read as the parameter's type.
       parameters: template_parameters() of the pipeline.
+      replicas: the fewest replicas its training runs as (hardware.replicas_in).
 
     Raises:
       ParameterError: a malformed item, an unknown name, a repeated name, a
@@ -130,11 +131,11 @@ def parse_overrides(overrides: list[str], parameters: dict[str, dict]) -> dict:
         if name in values:
             raise ParameterError(f"parameter {name}: given more than once")
         values[name] = _convert(name, text, parameters[name]["parameterType"])
-    check_values(values, parameters)
+    check_values(values, parameters, replicas)
     return values
 
 
-def check_values(values: dict, parameters: dict[str, dict]) -> None:
+def check_values(values: dict, parameters: dict[str, dict], replicas: int = 1) -> None:
     """Checks already-typed values (names, types, ranges); raises ParameterError."""
     for name, value in values.items():
         if name not in parameters:
@@ -152,6 +153,6 @@ def check_values(values: dict, parameters: dict[str, dict]) -> None:
         raise ParameterError(f"parameters {', '.join(missing)}: required by the pipeline, not given")
     defaults = {n: p["defaultValue"] for n, p in parameters.items() if "defaultValue" in p}
     try:
-        check_combination({**defaults, **values})
+        check_combination({**defaults, **values}, replicas)
     except ValueError as e:
         raise ParameterError(str(e)) from None

@@ -72,12 +72,26 @@ PARAMETER_PATTERNS = {
 }
 
 
-def check_combination(values: dict) -> None:
-    """Checks what no single parameter's rule can: `values` are the run's, defaults included.
+def check_combination(values: dict, replicas: int = 1) -> None:
+    """Checks what no single parameter's rule can: `values` are the run's, defaults included; `replicas` the
+    fewest the template's training runs as (hardware.replicas_in).
 
     Raises:
       ValueError: naming the parameter, what was expected and what was found.
     """
+    recipe = recipes.RECIPES.get(values.get("recipe", ""))
+    if recipe:  # Refused now, not in the train step after the data steps (on Vertex AI, after machines start).
+        batch = values.get("batch_size") or recipe["batch_size"]
+        given = "" if values.get("batch_size") else f" (recipe {values['recipe']}'s; set batch_size)"
+        if batch % replicas:
+            raise ValueError(f"parameter batch_size: expected a multiple of the {replicas} replicas this template "
+                             f"trains on, found {batch}{given}")
+        limit = values.get("max_train_examples") or 0
+        epoch = max(1, round(recipe["epoch_fraction"] * limit)) if limit else batch
+        if batch > epoch:
+            raise ValueError(f"parameter batch_size: expected at most the {epoch} training examples of an epoch "
+                             f"(recipe {values['recipe']}'s epoch_fraction {recipe['epoch_fraction']:g} of "
+                             f"max_train_examples {limit}), found {batch}{given}")
     if values.get("deploy") and not values.get("register"):
         raise ValueError("parameter deploy: expected together with register=true (only a registered version is "
                          "deployed), found deploy=true with register=false")

@@ -14,7 +14,9 @@ import os
 import re
 import sys
 
-from pipelines import parameters
+import yaml
+
+from pipelines import hardware, parameters
 from pipelines.compile import DEFAULT_OUTPUT as DEFAULT_TEMPLATE
 from pipelines.pipeline import PARAMETER_PATTERNS, PIPELINE_NAME
 from pipelines.vertex_machines import check_region
@@ -106,8 +108,6 @@ def _unpullable(image: str) -> bool:
 
 def check_images(template_path: str) -> None:
     """Refuses a template naming an image Vertex AI cannot pull; raises ValueError naming the first one."""
-    import yaml
-
     with open(template_path) as f:
         template = yaml.safe_load(f)
     for image, where in _images(template):
@@ -145,7 +145,9 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError(f"--experiment: expected 1-128 of [a-z0-9-] starting with a letter or digit, "
                          f"found {args.experiment!r}")
     template_parameters = parameters.template_parameters(args.template)
-    values = parameters.parse_overrides(args.param, template_parameters)
+    with open(args.template) as f:
+        replicas = hardware.replicas_in(yaml.safe_load(f))  # The global batch must be a multiple of it.
+    values = parameters.parse_overrides(args.param, template_parameters, replicas)
     if not args.allow_unpullable_images:
         check_images(args.template)
     # What the template's steps need to know of the run and cannot read from it: the account custom jobs run
@@ -154,7 +156,7 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
                         ("region", args.region)):
         if name in template_parameters and name not in values:
             values[name] = value
-    parameters.check_values(values, template_parameters)  # Again, with the run's own values filled in.
+    parameters.check_values(values, template_parameters, replicas)  # Again, with the run's own values filled in.
     _check_tensorboard(args.template, args.region, values.get("service_account", args.service_account))
     return values, _labels(args.label)
 

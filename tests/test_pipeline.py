@@ -348,6 +348,39 @@ def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_batch_larger_than_an_epoch_of_max_train_examples_is_refused_before_running(tmp_path, capsys):
+    """It failed in the train step, after the data steps had run."""
+    code = run_local.main(["--source", "/nowhere", "--pipeline_root", str(tmp_path), "--param",
+                           "max_train_examples=100"])
+    assert code == 1
+    assert ("run_local.py: error: parameter batch_size: expected at most the 60 training examples of an epoch "
+            "(recipe fast's epoch_fraction 0.6 of max_train_examples 100), found 160 (recipe fast's; set "
+            "batch_size)") in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    # The same at the edge of the rule: 60 examples make one step of batch 60.
+    pipeline.check_combination({"recipe": "fast", "max_train_examples": 100, "batch_size": 60})
+
+
+@pytest.mark.parametrize("argv, replicas", [
+    (["--hardware", "multiworker", "--replica_count", "3"], 3),
+    (["--hardware", "gpu", "--accelerator_type", "NVIDIA_TESLA_T4", "--accelerator_count", "4"], 4),
+    (["--hardware", "multiworker", "--machine_type", "g2-standard-24", "--replica_count", "3"], 6),
+    (["--hardware", "tpu", "--tpu_topology", "4x4"], 16),
+    (["--hardware", "tpu", "--machine_type", "cloud-tpu", "--accelerator_type", "TPU_V3"], 8),
+    ([], 1),
+])
+def test_the_templates_replicas_are_what_its_batch_must_divide_by(tmp_path, capsys, argv, replicas):
+    """A template whose training could never take the recipe's batch compiled, submitted, and failed in the
+    train step once its machines were up: `batch_size: expected a multiple of the 3 replicas, found 160`."""
+    output = tmp_path / "p.yaml"
+    assert compile_module.main(["--output", str(output), *argv]) == 0
+    with open(output) as f:
+        assert hardware.replicas_in(yaml.safe_load(f)) == replicas
+    unfit = [f"{name}'s {r['batch_size']}" for name, r in recipes.RECIPES.items() if r["batch_size"] % replicas]
+    err = capsys.readouterr().err
+    assert (f"note: training runs as at least {replicas} replicas" in err) == bool(unfit), err
+
+
 @pytest.mark.parametrize("root, message", [
     ("checkpoints", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute path, found "
                     "'checkpoints'"),

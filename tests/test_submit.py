@@ -112,6 +112,23 @@ def test_caching_on_leaves_the_registry_and_endpoint_steps_uncached(endpoint, te
     assert all(tasks[name] == {"enableCache": True} for name in ("download-data", "train-model", "evaluate-model"))
 
 
+def test_a_batch_the_templates_replicas_cannot_split_is_refused_before_anything_is_sent(endpoint, tmp_path,
+                                                                                         capsys):
+    url, recorded, _ = endpoint
+    three = compile_module.compile_pipeline(str(tmp_path / "mw3.yaml"), hardware.resolve("multiworker",
+                                                                                         replica_count=3),
+                                            registry=REGISTRY)
+    assert submit.main(_args(three, url)) == 1
+    assert capsys.readouterr().err.strip() == (
+        "submit.py: error: parameter batch_size: expected a multiple of the 3 replicas this template trains on, "
+        "found 160 (recipe fast's; set batch_size)")
+    assert submit.main(_args(three, url, "--param", "recipe=seed", "--param", "batch_size=100")) == 1
+    assert "found 100\n" in capsys.readouterr().err
+    assert not _job_requests(recorded)
+    assert submit.main(_args(three, url, "--param", "batch_size=159")) == 0
+    assert json.loads(_job_requests(recorded)[0]["body"])["runtimeConfig"]["parameterValues"]["batch_size"] == 159
+
+
 def test_wait_polls_until_the_run_ends(endpoint, template, capsys):
     url, recorded, _ = endpoint
     assert submit.main(_args(template, url, "--wait")) == 0
