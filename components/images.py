@@ -60,14 +60,17 @@ def image_uri(kind: str, registry: str | None = None, tag: str | None = None) ->
     for what, value in (("registry", registry), ("tag", tag)):
         if value is not None and not value.strip():
             raise ValueError(f"image {what}: expected a value, or none at all for the default, found {value!r}")
+    # An error names the variable a value came from: no flag of the command gave it.
+    registry_from = "image registry" if registry or not os.environ.get(REGISTRY_ENV) else f"${REGISTRY_ENV}"
+    tag_from = "image tag" if tag or not os.environ.get(TAG_ENV) else f"${TAG_ENV}"
     registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
     tag = tag or os.environ.get(TAG_ENV) or default_tag()
     if not _valid_registry(registry):
-        raise ValueError(f"image registry: expected a host[:port][/path] such as us-central1-docker.pkg.dev/PROJECT/"
+        raise ValueError(f"{registry_from}: expected a host[:port][/path] such as us-central1-docker.pkg.dev/PROJECT/"
                          f"REPO, the path lowercase letters and digits joined by '.', '_' or '-' (Docker's image "
                          f"names), found {registry!r}")
     if not _TAG.fullmatch(tag):
-        raise ValueError(f"image tag: expected 1-128 of [A-Za-z0-9_.-] not starting with '.' or '-', found {tag!r}")
+        raise ValueError(f"{tag_from}: expected 1-128 of [A-Za-z0-9_.-] not starting with '.' or '-', found {tag!r}")
     return f"{registry}/mnistkit-{kind}:{tag}"
 
 

@@ -12,7 +12,7 @@ def train_model(data: Input[Dataset], model: Output[Model], recipe: str, overrid
       model: model.keras, history.json, TensorBoard logs and, unless they go elsewhere, checkpoints.
       recipe: 'fast' (per-epoch cosine schedule) or 'seed' (constant rate, float32).
       overrides: The pipeline's training parameters (mnistkit/train_config.py declares them): name -> value,
-        where 0 or empty stands for "the recipe's".
+        as each parameter's description says (0 for batch_size, train_epochs, learning_rate: the recipe's).
       tpu: 'local' on a TPU VM; empty elsewhere.
       checkpoint_dir: gs:// or path where checkpoints outlive this task, so a retried task or a resubmitted
         run with the same settings resumes; empty: $AIP_CHECKPOINT_DIR on Vertex AI, else inside `model`.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import math
 import logging
 import os
 import socket
@@ -274,6 +275,9 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
     """
     if config.attempts < 1:
         raise ValueError(f"attempts: expected at least 1, found {config.attempts}")
+    if not 0 < config.timeout_seconds < math.inf:  # NaN too: absl's lower bound lets it through.
+        raise ValueError(f"timeout_seconds: expected a finite number of seconds above 0, found "
+                         f"{config.timeout_seconds}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
     mirrors = [(source, sources.source_copier(source, config.progress_seconds, config.timeout_seconds))

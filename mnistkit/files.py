@@ -4,6 +4,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -59,8 +60,8 @@ def atomic_path(path: str):
 def check_dir_path(path: str, what: str) -> None:
     """Raises ValueError unless `path` is a directory or one can be made there (its nearest existing parent is a
     directory): said before any work, instead of an OSError "File exists" at the end of it."""
-    if not path:
-        raise ValueError(f"{what}: expected a directory, found an empty path")
+    if not path.strip():  # A path of spaces would make a directory named " " in the working directory.
+        raise ValueError(f"{what}: expected a directory, found {'an empty path' if not path else repr(path)}")
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
@@ -231,6 +232,9 @@ def local_path(uri: str, what: str) -> str:
     """
     if not uri.startswith("gs://"):
         return uri
+    if not re.match(r"gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/|$)", uri):
+        # gs:///x would join to /x, outside the mount: the outputs would stay on the container's disk.
+        raise ValueError(f"{what}: expected gs://BUCKET[/PATH], found {uri!r}")
     if not os.path.isdir(GCS_FUSE_MOUNT):
         raise ValueError(f"{what}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted at "
                          f"{GCS_FUSE_MOUNT} (as on Vertex AI), found {uri} and no {GCS_FUSE_MOUNT}")

@@ -160,8 +160,10 @@ def source_copier(source: str, progress_seconds: float = 5.0,
       timeout_seconds: How long to wait to connect, and for each read.
     """
     if source.startswith("gs://"):
-        if not source[len("gs://") :].split("/")[0]:
-            raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], found no bucket name")
+        bucket = source[len("gs://") :].split("/")[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*[a-z0-9]", bucket):  # Refused now, not after four attempts.
+            raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], found "
+                             f"{'no bucket name' if not bucket else f'{bucket!r}, not a bucket name'}")
         clients = []  # Made on first use: finding credentials is not free, and a list may never reach this source.
 
         def copy_gcs(name, dest):

@@ -66,7 +66,7 @@ PARAMETER_PATTERNS = {
     # Relative to nothing the steps share: a relative path would land in a container's working directory.
     "checkpoint_root": (r"(gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/\S*)?|/\S.*)?",
                         "empty, gs://BUCKET[/PATH] or an absolute path"),
-    # What registry.serving_tensorflow_version reads: the registration step checks the export against it.
+    # Its form; check_combination also wants a CPU image of a TensorFlow the export is known to load in.
     "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
                       f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),
 }
@@ -92,6 +92,15 @@ def check_combination(values: dict, replicas: int = 1) -> None:
             raise ValueError(f"parameter batch_size: expected at most the {epoch} training examples of an epoch "
                              f"(recipe {values['recipe']}'s epoch_fraction {recipe['epoch_fraction']:g} of "
                              f"max_train_examples {limit}), found {batch}{given}")
+    image = values.get("serving_image")
+    if image:
+        tested = registry.serving_tensorflow_version(DEFAULT_SERVING_IMAGE)
+        found = registry.serving_tensorflow_version(image)
+        if "/tf2-cpu." not in image or tuple(map(int, found.split("."))) < tuple(map(int, tested.split("."))):
+            # The endpoint has no accelerator; tests/test_serving_image.py loads the export in the default's version.
+            raise ValueError(f"parameter serving_image: expected a tf2-cpu prediction image of TensorFlow {tested} or "
+                             f"newer (the endpoint has no accelerator; the export is tested in {tested}), found "
+                             f"{image}")
     if values.get("deploy") and not values.get("register"):
         raise ValueError("parameter deploy: expected together with register=true (only a registered version is "
                          "deployed), found deploy=true with register=false")
@@ -320,4 +329,10 @@ def _custom_job(train_op, hardware: Hardware):
     return job
 
 
-mnist_training = build()
+def __getattr__(name: str):
+    """`mnist_training`: the CPU pipeline with the default images, built when asked for. Building reads
+    $MNISTKIT_IMAGE_REGISTRY and $MNISTKIT_IMAGE_TAG: importing this module (submit.py does, to check a
+    compiled template) must not fail on them, and compile.py's --registry and --tag must win over them."""
+    if name == "mnist_training":
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

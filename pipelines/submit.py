@@ -119,6 +119,23 @@ def check_images(template_path: str) -> None:
                 "(or build both with Cloud Build: cloudbuild.yaml), or pass --allow_unpullable_images")
 
 
+def _check_sources(source: str) -> None:
+    """Refuses a `source` parameter the download step on Vertex AI could not read: what run_local.py refuses,
+    and a directory of this machine."""
+    from mnistkit import files, sources
+
+    try:
+        for one in sources.split_sources(source):
+            if one.startswith(("gs://", "http://", "https://")):
+                sources.source_copier(one)  # Its form only: nothing is reached.
+            elif not one.startswith(files.GCS_FUSE_MOUNT + "/"):
+                raise ValueError(f"parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path "
+                                 f"under {files.GCS_FUSE_MOUNT}/ (Cloud Storage FUSE, what the step on Vertex AI "
+                                 f"can read), found {one!r}")
+    except ValueError as e:  # Said of --source, the download command's flag: here it is a parameter.
+        raise ValueError(str(e).replace("--source", "parameter source", 1)) from None
+
+
 def check(args: argparse.Namespace) -> tuple[dict, dict]:
     """Checks every argument; returns (parameter values, labels). Raises ValueError."""
     if not args.project or not _PROJECT.fullmatch(args.project):
@@ -141,6 +158,8 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError("--upload_only: expected together with --upload_to, found no --upload_to")
     if args.upload_tag and not args.upload_to:
         raise ValueError("--upload_tag: expected together with --upload_to, found no --upload_to")
+    if args.display_name is not None and not 1 <= len(args.display_name) <= 128:
+        raise ValueError(f"--display_name: expected 1-128 characters, found {len(args.display_name)}")
     if args.experiment is not None and not _EXPERIMENT.fullmatch(args.experiment):
         raise ValueError(f"--experiment: expected 1-128 of [a-z0-9-] starting with a letter or digit, "
                          f"found {args.experiment!r}")
@@ -157,6 +176,7 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         if name in template_parameters and name not in values:
             values[name] = value
     parameters.check_values(values, template_parameters, replicas)  # Again, with the run's own values filled in.
+    _check_sources(values.get("source", template_parameters.get("source", {}).get("defaultValue", "")))
     _check_tensorboard(args.template, args.region, values.get("service_account", args.service_account))
     return values, _labels(args.label)
 

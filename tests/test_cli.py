@@ -77,6 +77,21 @@ def test_download_bad_source_and_missing_flag(tmp_path):
     assert "--data_dir must have a value other than None" in result.stderr
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf"])
+def test_download_refuses_a_timeout_that_is_no_number_of_seconds(tmp_path, timeout):
+    """absl's lower bound let NaN through; every file then failed after four attempts."""
+    result = _run("download", "--data_dir", tmp_path / "d", "--source", tmp_path, "--timeout_seconds", timeout)
+    assert result.returncode == 1
+    assert _error_line(result) == (f"mnist-download: error: timeout_seconds: expected a finite number of seconds "
+                                   f"above 0, found {float(timeout)}")
+
+
+def test_train_help_shows_every_default_a_flag_has():
+    """--seed's default of 0 went unsaid (0 == False)."""
+    result = _run("train", "--helpfull")
+    assert re.search(r"--seed: Seed [^\n]*\(default: 0\)", " ".join(result.stdout.split())), result.stdout[-3000:]
+
+
 def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
     release = threading.Event()
 

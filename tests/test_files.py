@@ -137,3 +137,21 @@ def test_a_dangling_symlink_where_a_directory_goes_is_named_as_one(tmp_path):
         files.check_dir_path(str(link / "sub"), "--report_dir")
     assert str(e.value) == (f"--report_dir: expected a directory, or a path where one can be made, found a symlink "
                             f"to a missing target: {link} -> {tmp_path / 'gone'}")
+
+
+@pytest.mark.parametrize("uri", ["gs:///tmp/elsewhere", "gs://", "gs:////x", "gs://-bucket/x", "gs://Bucket/x"])
+def test_a_gs_uri_without_a_bucket_name_is_refused_not_mapped_outside_the_mount(tmp_path, monkeypatch, uri):
+    """gs:///tmp/x joined to /tmp/x: on Vertex AI the outputs stayed on the container's disk, exit 0."""
+    monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(tmp_path))
+    with pytest.raises(ValueError) as e:
+        files.local_path(uri, "--model_dir")
+    assert str(e.value) == f"--model_dir: expected gs://BUCKET[/PATH], found {uri!r}"
+    assert files.local_path("gs://my-bucket.x_1/runs", "--model_dir") == os.path.join(str(tmp_path), "my-bucket.x_1/runs")
+
+
+@pytest.mark.parametrize("path, found", [(" ", "' '"), ("\t\n", "'\\t\\n'"), ("", "an empty path")])
+def test_a_path_of_spaces_where_a_directory_goes_is_refused(path, found):
+    """`--model_dir ' '` trained into a directory named ' ' in the working directory."""
+    with pytest.raises(ValueError) as e:
+        files.check_dir_path(path, "--model_dir")
+    assert str(e.value) == f"--model_dir: expected a directory, found {found}"

@@ -84,6 +84,21 @@ def test_run_local_refuses_a_bad_image_tag_in_one_line(capsys):
                    "found 'bad/tag'"]
 
 
+def test_a_bad_image_variable_is_named_and_does_not_stop_submit_or_an_explicit_tag(tmp_path, capsys, monkeypatch):
+    """Importing the pipeline built it with $MNISTKIT_IMAGE_TAG: submit.py, run_local.py and compile.py ended in a
+    traceback on a bad value, even with --tag given."""
+    monkeypatch.setenv("MNISTKIT_IMAGE_TAG", "bad tag")
+    output = tmp_path / "p.yaml"
+    code = subprocess.run([sys.executable, "pipelines/compile.py", "--output", str(output), "--tag", "ok"], cwd=REPO,
+                          env={**os.environ}, capture_output=True, text=True, timeout=300)
+    assert code.returncode == 0, code.stderr[-2000:]
+    assert "mnistkit-cpu:ok" in output.read_text()
+    assert run_local.main(["--source", "/nowhere", "--pipeline_root", str(tmp_path / "root")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "run_local.py: error: $MNISTKIT_IMAGE_TAG: expected 1-128 of [A-Za-z0-9_.-] not starting with '.' or '-', "
+        "found 'bad tag'"]
+
+
 def _cloud_build_steps() -> tuple[dict, dict[str, dict]]:
     with open(os.path.join(REPO, "cloudbuild.yaml")) as f:
         build = yaml.safe_load(f)

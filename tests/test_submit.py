@@ -129,6 +129,32 @@ def test_a_batch_the_templates_replicas_cannot_split_is_refused_before_anything_
     assert json.loads(_job_requests(recorded)[0]["body"])["runtimeConfig"]["parameterValues"]["batch_size"] == 159
 
 
+def test_a_display_name_vertex_would_refuse_is_one_line_before_anything_is_sent(endpoint, template, capsys):
+    """129 characters: a traceback from the client, after --upload_to had uploaded the template."""
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url, "--display_name", "x" * 129, "--upload_to",
+                             f"{url}/kfp/{PROJECT}/pipelines")) == 1
+    assert capsys.readouterr().err.strip() == "submit.py: error: --display_name: expected 1-128 characters, found 129"
+    assert not recorded
+
+
+@pytest.mark.parametrize("source, says", [
+    ("", "parameter source '': expected one source or several separated by commas, found an empty one"),
+    ("gs://", "parameter source 'gs://': expected gs://BUCKET[/PREFIX], found no bucket name"),
+    ("gs://bkt,ftp://x/y", "parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path under /gcs/ "
+                         "(Cloud Storage FUSE, what the step on Vertex AI can read), found 'ftp://x/y'"),
+    ("/home/me/mnist", "parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path under /gcs/ "
+                       "(Cloud Storage FUSE, what the step on Vertex AI can read), found '/home/me/mnist'"),
+])
+def test_a_source_the_download_step_could_not_read_is_refused_before_anything_is_sent(endpoint, template, capsys,
+                                                                                      source, says):
+    """run_local.py refused these; submit.py sent them, and the download step failed on Vertex AI."""
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url, "--param", f"source={source}")) == 1
+    assert capsys.readouterr().err.strip() == f"submit.py: error: {says}"
+    assert not _job_requests(recorded)
+
+
 def test_wait_polls_until_the_run_ends(endpoint, template, capsys):
     url, recorded, _ = endpoint
     assert submit.main(_args(template, url, "--wait")) == 0
@@ -179,6 +205,14 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "model_display_name="], "parameter model_display_name: expected 1-128 characters"),
     (["--param", "serving_image=nginx"], "parameter serving_image: expected a Vertex AI prebuilt TensorFlow 2 "
      "prediction image such as us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, found 'nginx'"),
+    # The endpoint has no accelerator, and the export is known to load in the default image's TensorFlow.
+    (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer (the endpoint has no "
+     "accelerator; the export is tested in 2.15), found us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"),
+    (["--param", "serving_image=europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.1-15"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
+    (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-1"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
     (["--param", "endpoint_machine_type=n1 standard"], "parameter endpoint_machine_type: expected a machine type "
      "such as n1-standard-2, found 'n1 standard'"),
     (["--param", "project=Not_A_Project"], "parameter project: expected empty or a project ID"),

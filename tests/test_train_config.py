@@ -26,7 +26,7 @@ def test_a_declared_field_becomes_a_checked_flag():
     names = train_command.define_flags(WithWeightDecay, values)
     assert names[-1] == "weight_decay" and "weight_decay" in values
     values(["mnist-train", "--data_dir=/d", "--model_dir=/m", "--weight_decay=0.25"])
-    assert values["weight_decay"].help == "Decoupled weight decay."
+    assert values["weight_decay"].help == "Decoupled weight decay. (default: 0.0)"  # A default of 0 is said too.
     config = WithWeightDecay.from_recipe("seed", **{name: values[name].value for name in names})
     assert (config.weight_decay, config.batch_size, config.learning_rate) == (0.25, 100, 1e-4)
     config.weight_decay = 1.5

@@ -20,7 +20,7 @@ def define_flags(config_class=train_config.TrainConfig, flag_values=flags.FLAGS)
         help = field.help
         if field.name in RECIPES["fast"]:  # None: the recipe decides.
             help += " (recipe: " + ", ".join(f"{r} {v[field.name]}" for r, v in RECIPES.items()) + ")"
-        elif field.default not in (None, dataclasses.MISSING, False):
+        elif field.default is not None and field.default is not dataclasses.MISSING and field.default is not False:
             help += f" (default: {field.default})"
         required = field.default is dataclasses.MISSING
         # Every flag defaults to None (a boolean no recipe sets: to its default), so that from_recipe() keeps the
