@@ -235,6 +235,8 @@ def _typed(name: str, raw, kind: type, where: str = "overrides: "):
                 if raw.strip().lower() not in ("true", "false"):
                     raise ValueError
                 return raw.strip().lower() == "true"
+            if kind is int and raw.strip().lstrip("+-").isdigit():
+                return int(raw)  # Exactly: through float, 9007199254740993 came back as ...992.
             value = float(raw)  # The backend writes an integer parameter as "100.0".
         if kind is int:
             if isinstance(value, bool) or float(value) != int(value):

@@ -177,6 +177,10 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
             values[name] = value
     parameters.check_values(values, template_parameters, replicas)  # Again, with the run's own values filled in.
     _check_sources(values.get("source", template_parameters.get("source", {}).get("defaultValue", "")))
+    root = values.get("checkpoint_root", "")
+    if root and not root.startswith(("gs://", "/gcs/")):
+        raise ValueError(f"parameter checkpoint_root: expected gs://BUCKET[/PATH] or a path under /gcs/ on Vertex "
+                         f"AI (a machine's own disk is gone when a resubmitted run would resume), found {root!r}")
     _check_tensorboard(args.template, args.region, values.get("service_account", args.service_account))
     return values, _labels(args.label)
 

@@ -205,6 +205,8 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "model_display_name="], "parameter model_display_name: expected 1-128 characters"),
     (["--param", "serving_image=nginx"], "parameter serving_image: expected a Vertex AI prebuilt TensorFlow 2 "
      "prediction image such as us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, found 'nginx'"),
+    (["--param", "checkpoint_root=/tmp/ck"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or a path "
+     "under /gcs/ on Vertex AI (a machine's own disk is gone when a resubmitted run would resume), found '/tmp/ck'"),
     # The endpoint has no accelerator, and the export is known to load in the default image's TensorFlow.
     (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"], "parameter "
      "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer (the endpoint has no "

@@ -94,6 +94,10 @@ def test_pipeline_text_is_converted_by_field_type_and_unset_means_the_recipes():
     typed = train_config.from_pipeline("fast", {"batch_size": 32, "learning_rate": 1e-3, "max_train_examples": 0},
                                        data_dir="/d", model_dir="/m")
     assert (typed.batch_size, typed.learning_rate, typed.max_train_examples) == (32, 1e-3, None)
+    # An integer's text is read exactly: through a float, 2**53 + 1 came back as 2**53.
+    exact = train_config.from_pipeline("fast", {"max_train_examples": "9007199254740993"}, data_dir="/d",
+                                       model_dir="/m")
+    assert exact.max_train_examples == 2**53 + 1
 
 
 @pytest.mark.parametrize("overrides, message", [
