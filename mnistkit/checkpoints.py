@@ -12,7 +12,7 @@ import shutil
 
 import tensorflow as tf
 
-from mnistkit import files
+from mnistkit import files, idx
 from mnistkit.failures import PEER_ERRORS, disk_errors, first_line
 from mnistkit.train_config import TrainConfig
 
@@ -47,30 +47,48 @@ def checkpoint_dir(config: TrainConfig) -> str:
 
 
 def trajectory_key(config: TrainConfig) -> str:
-    """'run-' and 12 hex digits that change with any setting of TRAJECTORY_FIELDS, and with train_epochs
-    under the 'cosine' schedule, whose decay spans all epochs."""
+    """'run-' and 12 hex digits that change with any setting of TRAJECTORY_FIELDS, with the data's contents
+    (wherever they are read from), and with train_epochs under the 'cosine' schedule, whose decay spans all
+    epochs."""
     fields = {f: getattr(config, f) for f in TRAJECTORY_FIELDS}
+    # Without it, a run over other data (another mirror, a subset, corrected labels) sharing a checkpoint root
+    # resumed the first run's finished checkpoint, trained nothing, and exported the first run's model.
+    fields["data"] = data_fingerprint(config.data_dir)
     if config.schedule == "cosine":
         fields["train_epochs"] = config.train_epochs
     return "run-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def data_fingerprint(data_dir: str) -> str:
+    """The SHA-256 of the four MNIST files' contents together; a missing file counts as missing (training then
+    refuses the data anyway)."""
+    digest = hashlib.sha256()
+    for name in idx.FILES:
+        try:
+            with open(os.path.join(data_dir, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            digest.update(f"{name} unreadable".encode())
+    return digest.hexdigest()
+
+
 def save(manager: tf.train.CheckpointManager) -> str:
     """Saves a checkpoint; a failure to write it is an OSError naming the directory, with no leftovers."""
     directory = manager.directory
+    before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
     try:
         with disk_errors(directory):
             return manager.save()
     except OSError:
-        # TF writes into `ckpt-N_temp` and renames it when complete; the last good checkpoint stays listed.
-        remove_unfinished(directory)
-        # A full disk can also stop it after the data files are renamed out, with an empty `ckpt-N.index`: a
-        # checkpoint the state file does not list is this save's, and a rerun would stop at it.
-        listed = {os.path.basename(p) for p in newest_first(directory)}
-        for entry in os.listdir(directory):
-            name = re.fullmatch(r"(.+-\d+)(\.index|\.data-\d+-of-\d+)", entry)
-            if name and name[1] not in listed:
-                files.remove(os.path.join(directory, entry))
+        with contextlib.suppress(OSError):  # Cleaning up never hides why the save failed.
+            # TF writes into `ckpt-N_temp` and renames it when complete; the last good checkpoint stays listed.
+            remove_unfinished(directory)
+            # A full disk can also stop it after the data files are renamed out, with an empty `ckpt-N.index`
+            # that a rerun would stop at: the checkpoint files this save made go too, and only those.
+            for entry in set(os.listdir(directory)) - before:
+                if re.fullmatch(r".+-\d+(\.index|\.data-\d+-of-\d+)", entry):
+                    files.remove(os.path.join(directory, entry))
         raise
 
 

@@ -238,6 +238,28 @@ def test_a_disk_that_fills_at_the_checkpoints_index_leaves_nothing_that_stops_th
     assert checkpoints.restore_newest(tf.train.Checkpoint(v=weights.v), directory, "model") is None  # Starts over.
 
 
+def test_a_save_cut_short_by_a_full_disk_keeps_the_checkpoints_before_it_even_with_the_state_unreadable(tmpfs):
+    """The cleanup once went by the state file; unreadable at that moment (TF then reads it as absent), every
+    checkpoint would have gone. It removes only what the failed save made."""
+    mount_point = tmpfs[0]("24m")
+    directory = mount_point / "checkpoints"
+    weights = tf.train.Checkpoint(v=tf.Variable(tf.zeros([1_000_000])))
+    manager = tf.train.CheckpointManager(weights, str(directory), max_to_keep=2)
+    first = checkpoints.save(manager)
+    good = sorted(os.listdir(directory))
+    (directory / "checkpoint").write_text("not a state file {")
+    free = os.statvfs(mount_point).f_bavail * os.statvfs(mount_point).f_frsize
+    data_bytes = os.path.getsize(first + ".data-00000-of-00001")
+    (mount_point / "filler").write_bytes(b"\0" * (free - (-(-data_bytes // 4096) * 4096 + 4096)))
+    with pytest.raises(OSError) as e:
+        checkpoints.save(manager)
+    assert e.value.errno == 28
+    assert sorted(os.listdir(directory)) == good
+    (mount_point / "filler").unlink()
+    checkpoints.repair_state(str(directory))
+    assert checkpoints.restore_newest(tf.train.Checkpoint(v=weights.v), str(directory), "model") == first
+
+
 def test_outputs_written_together_on_a_full_disk_are_left_as_they_were_and_the_error_names_the_file(tmpfs):
     """mnist-evaluate wrote the new metrics.json, then failed on report.html: the old model's report stayed
     beside the new model's metrics. The error named no file ("No space left on device")."""
