@@ -48,8 +48,7 @@ def atomic_path(path: str):
         yield scratch
         os.replace(scratch, path)
     except OSError as e:
-        # Name the file the user asked for, not the scratch; a write or close (a full disk) names no file at all.
-        if e.filename in (scratch, None) and e.errno is not None:
+        if e.filename == scratch and e.errno is not None:  # Name the file the user asked for, not the scratch.
             raise OSError(e.errno, e.strerror, path) from e
         raise
     finally:
@@ -108,8 +107,13 @@ def atomic_write_texts(texts: dict[str, str]) -> None:
     with contextlib.ExitStack() as renames:
         for path, text in texts.items():
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(renames.enter_context(atomic_path(path)), "w") as f:
-                f.write(text)
+            try:
+                with open(renames.enter_context(atomic_path(path)), "w") as f:
+                    f.write(text)
+            except OSError as e:
+                if e.filename is None and e.errno is not None:  # A write or close (a full disk) names no file.
+                    raise OSError(e.errno, e.strerror, path) from e
+                raise
 
 
 def _writer(entry: str) -> int | None:

@@ -155,3 +155,15 @@ def test_a_path_of_spaces_where_a_directory_goes_is_refused(path, found):
     with pytest.raises(ValueError) as e:
         files.check_dir_path(path, "--model_dir")
     assert str(e.value) == f"--model_dir: expected a directory, found {found}"
+
+
+def test_an_error_in_an_atomic_path_block_that_names_no_file_is_passed_on_as_it_is(tmp_path):
+    """A network error while a download wrote its file (ssl.SSLError, errno 1) once became a PermissionError
+    naming the data file, and the download stopped retrying it."""
+    import ssl
+
+    with pytest.raises(ssl.SSLError):
+        with files.atomic_path(str(tmp_path / "train-labels-idx1-ubyte.gz")) as scratch:
+            open(scratch, "w").close()
+            raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC]")
+    assert os.listdir(tmp_path) == []
