@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import time
 
@@ -76,7 +77,7 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
         files.sweep_leftovers(export_dir)
         # Newer than every version there, even with this host's clock behind the one that wrote them: TF Serving
         # and every "newest version" reader take the highest number.
-        stamp = max([int(time.time())] + [int(e) + 1 for e in os.listdir(export_dir) if e.isdigit()])
+        stamp = max([int(time.time())] + [int(e) + 1 for e in os.listdir(export_dir) if re.fullmatch("[0-9]+", e)])
         # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
         partial = files.scratch_path(export_dir, str(stamp))
         try:

@@ -169,17 +169,24 @@ def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
     model, _, version = model_name.partition("@")
     if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/models/[^/@]+", model) or not version:
         raise ValueError(f"model: expected projects/PROJECT/locations/REGION/models/ID@VERSION, found {model_name!r}")
+
+    def region_and_id(name: str) -> str:  # A project may be named by ID or number, a model with its @version.
+        return name.partition("@")[0].partition("/locations/")[2]
+
+    def version_of(deployed) -> str:
+        return deployed.model_version_id or deployed.model.partition("@")[2]
+
     endpoint = aiplatform.Endpoint(endpoint_name)
     traffic = dict(endpoint.traffic_split)
-    deployed = [d for d in endpoint.list_models() if d.model == model]
-    if not any(d.model_version_id == version and traffic.get(d.id, 0) > 0 for d in deployed):
-        found = ", ".join(f"version {d.model_version_id} at {traffic.get(d.id, 0)}%" for d in deployed)
+    deployed = [d for d in endpoint.list_models() if region_and_id(d.model) == region_and_id(model)]
+    if not any(version_of(d) == version and traffic.get(d.id, 0) > 0 for d in deployed):
+        found = ", ".join(f"version {version_of(d)} at {traffic.get(d.id, 0)}%" for d in deployed)
         raise ValueError(f"endpoint {endpoint_name}: expected {model_name} deployed there with traffic, found "
                          f"{found or 'no version of it'}")
     idle = [d for d in deployed if not traffic.get(d.id, 0)]
     for d in idle:
         endpoint.undeploy(d.id)
-    return [f"{d.model}@{d.model_version_id} (deployed model {d.id})" for d in idle]
+    return [f"{model}@{version_of(d)} (deployed model {d.id})" for d in idle]
 
 
 def accuracy_of(confusion_matrix: dict) -> float | None:

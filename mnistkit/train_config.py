@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 
 from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
@@ -235,7 +236,7 @@ def _typed(name: str, raw, kind: type, where: str = "overrides: "):
                 if raw.strip().lower() not in ("true", "false"):
                     raise ValueError
                 return raw.strip().lower() == "true"
-            if kind is int and raw.strip().lstrip("+-").isdigit():
+            if kind is int and re.fullmatch(r"\s*[+-]?[0-9]+\s*", raw):
                 return int(raw)  # Exactly: through float, 9007199254740993 came back as ...992.
             value = float(raw)  # The backend writes an integer parameter as "100.0".
         if kind is int:

@@ -88,8 +88,12 @@ class Trainer:
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
         # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
         # bound of its own (a peer stuck reading its data left the others waiting for good): bounded here.
-        with distribution.replicas_set_up_within(self.strategy, config.collective_timeout_seconds):
-            train_images, train_labels = self._build(config, data)
+        try:
+            with distribution.replicas_set_up_within(self.strategy, config.collective_timeout_seconds):
+                train_images, train_labels = self._build(config, data)
+        except BaseException:  # A Trainer that never trains must not keep SIGTERM.
+            self._stop.uninstall()
+            raise
         # Bookkeeping, not model state: plain variables outside the scope, so
         # under MultiWorkerMirroredStrategy they are not MirroredVariables
         # (which `int()` cannot read); every worker counts the same anyway.

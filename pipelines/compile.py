@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         (f", topology {hw.tpu_topology} ({hw.tpu_hosts} host(s))" if hw.tpu_topology else "") + \
         (", Spot VMs" if hw.spot else "") + (f", TensorBoard {hw.tensorboard}" if hw.tensorboard else "")
     print(f"wrote {path} (training on {where}; images {images.image_uri(hw.image_kind, args.registry, args.tag)})")
+    if args.registry and not args.tag and not os.environ.get(images.TAG_ENV):
+        # Vertex AI's cache key holds the image's name, not its contents: a rebuilt image pushed under the same
+        # tag gives the old key, and a rerun would be served the old code's results.
+        print(f"note: the images are tagged with the package version ({images.default_tag()}), which a rebuild of "
+              "changed code pushes again: Vertex AI's cache would serve the old code's results; give --tag (a "
+              "commit, as cloudbuild.yaml does) or submit with --caching off", file=sys.stderr)
     unfit = [f"{name}'s {r['batch_size']}" for name, r in recipes.RECIPES.items() if r["batch_size"] % hw.replicas]
     if unfit:  # Submitting refuses such a batch; said here, where the hardware is chosen.
         print(f"note: training runs as at least {hw.replicas} replicas, and the global batch must be a multiple "

@@ -79,7 +79,9 @@ class StepLog:
             call(*args)
         except BrokenPipeError:
             self._reader_gone = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
 
     def __getattr__(self, name):  # encoding, isatty, fileno...: the real stream's.
         return getattr(self._stream, name)
@@ -232,9 +234,8 @@ def _step_processes() -> list[int]:
 
 
 # Set by the SIGTERM handler: the run stops once the step in progress has ended.
-_STOPPING = {"sigterm": False}
-_STOPPED_LINE = ("run_local.py: stopped by SIGTERM; the step in progress was told to save and stop: rerun the same "
-                 "command to resume")
+_STOPPING = {"sigterm": False, "resumes": False}  # resumes: checkpoint_root given, which a rerun reads.
+_STOPPED_LINE = "run_local.py: stopped by SIGTERM; the step in progress was told to save and stop: "
 
 
 def _stop_steps_on_sigterm() -> None:
@@ -262,7 +263,10 @@ def _stop_steps_on_sigterm() -> None:
 
 
 def _stop() -> None:
-    print(_STOPPED_LINE, file=sys.stderr)
+    # Without checkpoint_root the checkpoints stay in this run's directory, and a rerun makes a new one.
+    print(_STOPPED_LINE + ("rerun the same command to resume" if _STOPPING["resumes"] else
+                           "a rerun starts over (its checkpoints are in this run's directory); give "
+                           "--param checkpoint_root=DIR to runs that should resume"), file=sys.stderr)
     raise SystemExit(128 + signal.SIGTERM)
 
 
@@ -273,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("parameter source: give it as --source, not --param")
         params = pipeline_parameters(args.registry, args.tag)
         arguments = {"source": args.source, **parameters.parse_overrides(args.param, params)}
+        _STOPPING["resumes"] = bool(arguments.get("checkpoint_root"))
         with capture_step_errors() as steps:
             try:
                 result = run(args.pipeline_root, arguments, args.runner, args.registry, args.tag)

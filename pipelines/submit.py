@@ -128,7 +128,7 @@ def _check_sources(source: str) -> None:
         for one in sources.split_sources(source):
             if one.startswith(("gs://", "http://", "https://")):
                 sources.source_copier(one)  # Its form only: nothing is reached.
-            elif not one.startswith(files.GCS_FUSE_MOUNT + "/"):
+            elif not one.removeprefix("file://").startswith(files.GCS_FUSE_MOUNT + "/"):
                 raise ValueError(f"parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path "
                                  f"under {files.GCS_FUSE_MOUNT}/ (Cloud Storage FUSE, what the step on Vertex AI "
                                  f"can read), found {one!r}")

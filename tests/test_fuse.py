@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mnistkit import checkpoints, exporting, files, training
+from tests import synthetic
 
 SAVED_MODEL = "saved_model.pb"
 
@@ -237,6 +238,15 @@ def test_every_setting_is_either_in_the_trajectory_key_or_named_as_not_shaping_i
     base = training.TrainConfig(data_dir="/a", model_dir="/b")
     assert checkpoints.trajectory_key(base) != checkpoints.trajectory_key(
         dataclasses.replace(base, nesterov=not base.nesterov))
+
+
+def test_the_trajectory_key_follows_the_datas_contents_not_where_they_are(tmp_path):
+    """A run over other data sharing a checkpoint root resumed the first run's finished checkpoint, trained
+    nothing, and exported the first run's model (exit 0)."""
+    first, copy, other = (synthetic.write_dataset(tmp_path / name, n_train=50, n_test=20, seed=seed)
+                          for name, seed in (("first", 0), ("copy", 0), ("other", 7)))
+    key = lambda data_dir: checkpoints.trajectory_key(training.TrainConfig(data_dir=data_dir, model_dir="/m"))  # noqa
+    assert key(first) == key(copy) != key(other)
 
 
 def test_the_trajectory_key_ignores_what_does_not_change_the_training():

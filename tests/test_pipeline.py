@@ -348,6 +348,17 @@ def test_local_run_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_compiling_for_a_registry_under_the_version_tag_warns_of_the_cache(tmp_path, capsys, monkeypatch):
+    """Two commits' templates were byte for byte the same: Vertex AI's cache would serve the old code's results."""
+    monkeypatch.delenv("MNISTKIT_IMAGE_TAG", raising=False)
+    output = str(tmp_path / "p.yaml")
+    assert compile_module.main(["--output", output, "--registry", "us-docker.pkg.dev/p/r"]) == 0
+    assert "note: the images are tagged with the package version" in capsys.readouterr().err
+    assert compile_module.main(["--output", output, "--registry", "us-docker.pkg.dev/p/r", "--tag", "abc123"]) == 0
+    assert compile_module.main(["--output", output]) == 0  # localhost: built here, not pushed.
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_a_batch_larger_than_an_epoch_of_max_train_examples_is_refused_before_running(tmp_path, capsys):
     """It failed in the train step, after the data steps had run."""
     code = run_local.main(["--source", "/nowhere", "--pipeline_root", str(tmp_path), "--param",
@@ -451,6 +462,20 @@ def test_a_local_run_whose_reader_went_away_runs_to_the_end(mirror, tmp_path):
     with open(os.path.join(run_dir, "evaluate-model", "report")) as page:
         assert open(os.path.join(run_dir, "report.html")).read() == page.read()
     assert os.listdir(os.path.join(run_dir, "export-model", "saved_model"))
+
+
+@pytest.mark.parametrize("resumes, says", [
+    (True, "rerun the same command to resume"),
+    (False, "a rerun starts over (its checkpoints are in this run's directory); give --param checkpoint_root=DIR "
+            "to runs that should resume")])
+def test_a_stopped_local_run_says_whether_a_rerun_resumes(monkeypatch, capsys, resumes, says):
+    """It said "rerun the same command to resume" without checkpoint_root too, and the rerun started over."""
+    monkeypatch.setitem(run_local._STOPPING, "resumes", resumes)
+    with pytest.raises(SystemExit) as stopped:
+        run_local._stop()
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.strip() == ("run_local.py: stopped by SIGTERM; the step in progress was told to "
+                                               f"save and stop: {says}")
 
 
 def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes(mirror, tmp_path):

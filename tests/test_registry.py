@@ -144,11 +144,13 @@ def test_without_an_endpoint_the_one_named_like_the_model_is_created_once_then_r
 
 def test_of_several_endpoints_named_like_the_model_the_newest_is_used_and_named(vertex, capfd):
     _, handler = vertex
-    handler.endpoints[:] = [deployed_endpoint("1", NAME, []), deployed_endpoint("2", "other", []),
-                            deployed_endpoint("3", NAME, [])]
+    handler.endpoints[:] = [deployed_endpoint("1", NAME, [], "2026-01-01T00:00:00Z"),
+                            deployed_endpoint("3", NAME, [], "2026-01-03T00:00:00Z"),
+                            deployed_endpoint("2", NAME, [], "2026-01-02T00:00:00Z"),
+                            deployed_endpoint("4", "other", [], "2026-01-04T00:00:00Z")]
     assert _endpoint_for().metadata["resourceName"] == f"{PARENT}/endpoints/3"
-    assert f"{PARENT}/endpoints/3, the newest of 2 endpoints of that name" in capfd.readouterr().out
-    assert len(handler.endpoints) == 3
+    assert f"{PARENT}/endpoints/3, the newest of 3 endpoints of that name" in capfd.readouterr().out
+    assert len(handler.endpoints) == 4
 
 
 def _undeploy(endpoint_id, model_name):
@@ -171,8 +173,10 @@ def _undeploy(endpoint_id, model_name):
 def test_after_a_deployment_the_models_earlier_versions_are_undeployed_and_other_models_kept(vertex, capfd):
     """The new version takes all the traffic; the earlier ones kept their machines at 0% until undeployed."""
     recorded, handler = vertex
+    # Vertex AI may name a deployed model with its version, or its project by number: the same model.
     handler.endpoints[:] = [deployed_endpoint("5", NAME, [
-        ("101", "7", "1", 0), ("102", "8", "1", 0), ("103", "7", "2", 0), ("104", "7", "3", 100)])]
+        ("101", "7", "1", 0), ("102", "8", "1", 0),
+        ("103", f"projects/123456789/locations/{REGION}/models/7@2", "2", 0), ("104", "7", "3", 100)])]
     _undeploy("5", f"{PARENT}/models/7@3")
     assert [(d["id"], d["modelVersionId"]) for d in handler.endpoints[0]["deployedModels"]] == [("102", "1"),
                                                                                                 ("104", "3")]

@@ -36,10 +36,12 @@ def registered_model(model_id: str, display_name: str, version_id: str, confusio
     return model
 
 
-def deployed_endpoint(endpoint_id: str, display_name: str, deployed: list[tuple[str, str, str, int]]) -> dict:
-    """An endpoint serving `deployed`: (deployed model id, model id, version id, traffic percent) each."""
-    return {"name": f"{PARENT}/endpoints/{endpoint_id}", "displayName": display_name,
-            "deployedModels": [{"id": d, "model": f"{PARENT}/models/{m}", "modelVersionId": v}
+def deployed_endpoint(endpoint_id: str, display_name: str, deployed: list[tuple[str, str, str, int]],
+                      created: str = "2026-01-01T00:00:00Z") -> dict:
+    """An endpoint serving `deployed`: (deployed model id, model, version id, traffic percent) each; a model
+    is an ID in this project and region, or a whole resource name."""
+    return {"name": f"{PARENT}/endpoints/{endpoint_id}", "displayName": display_name, "createTime": created,
+            "deployedModels": [{"id": d, "model": m if "/" in m else f"{PARENT}/models/{m}", "modelVersionId": v}
                                for d, m, v, _ in deployed],
             "trafficSplit": {d: t for d, _, _, t in deployed if t}}
 
@@ -119,11 +121,13 @@ class Recorder(BaseHTTPRequestHandler):
         # Endpoints: listed by display name, created and undeployed from at once (operations already done).
         if name == f"{PARENT}/endpoints" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
-            found = [e for e in reversed(self.endpoints) if wanted in ("", f'display_name="{e["displayName"]}"')]
+            # In the order kept, oldest first: the client sorts them (by createTime) where it is asked to.
+            found = [e for e in self.endpoints if wanted in ("", f'display_name="{e["displayName"]}"')]
             return self._reply(200, {"endpoints": found} if found else {})
         if name == f"{PARENT}/endpoints" and self.command == "POST":
             created = {**json.loads(body), "name": f"{PARENT}/endpoints/{9000 + len(self.endpoints)}",
-                       "deployedModels": [], "trafficSplit": {}}
+                       "createTime": f"2026-02-{1 + len(self.endpoints):02d}T00:00:00Z", "deployedModels": [],
+                       "trafficSplit": {}}
             self.endpoints.append(created)
             return self._done(created, "Endpoint")
         for e in self.endpoints:
