@@ -14,7 +14,7 @@ from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Outp
 
 def check_baseline(accuracy: float, display_name: str, baseline_margin: float, verdict: Output[Markdown],
                    parent_model: Output[artifact_types.VertexModel], project: str = "",
-                   location: str = "") -> str:
+                   location: str = "", saved_model: Input[Model] = None) -> str:
     """The registration gate: a new version must not be worse than the default version by more than a margin.
 
     Args:
@@ -26,6 +26,8 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
       project: The Registry's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT. (Not the run's project
         placeholder: kfp.local fails on it, even in this docstring, which is part of the step's command.)
       location: The Registry's region; empty: $GOOGLE_CLOUD_REGION.
+      saved_model: The export to register (metadata `export_uri`); a baseline that is this very SavedModel
+        (a rerun served from the cache) is kept.
 
     Returns:
       'new-model' (no model of that name), 'new-version' or 'keep-baseline'.
@@ -35,7 +37,8 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
     project, location = registry.resolve_project_and_location(project, location)
     registry.init_vertex(project, location)
     baseline = registry.find_baseline(display_name)
-    decision, text = registry.decide(accuracy, display_name, baseline, baseline_margin)
+    export_uri = saved_model.metadata.get("export_uri", "") if saved_model is not None else ""
+    decision, text = registry.decide(accuracy, display_name, baseline, baseline_margin, export_uri)
     if baseline is not None:
         # What GCPC's upload reads (metadata resourceName) and what Vertex AI shows for a model artifact.
         parent_model.uri = f"https://{location}-aiplatform.googleapis.com/v1/{baseline.resource_name}"

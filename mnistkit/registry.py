@@ -87,6 +87,7 @@ class Baseline:
     accuracy: float | None  # None: the version carries no evaluation with a confusion matrix.
     evaluation: str = ""  # The evaluation's resource name, when there is one.
     models_of_that_name: int = 1
+    artifact_uri: str = ""  # Where its SavedModel is.
 
 
 def resolve_project_and_location(project: str, location: str) -> tuple[str, str]:
@@ -221,7 +222,7 @@ def find_baseline(display_name: str) -> Baseline | None:
                 evaluation = candidate.resource_name
                 break
     return Baseline(resource_name=model.resource_name, version_id=str(model.version_id), accuracy=accuracy,
-                    evaluation=evaluation, models_of_that_name=len(models))
+                    evaluation=evaluation, models_of_that_name=len(models), artifact_uri=model.uri or "")
 
 
 def _plain(value):
@@ -233,12 +234,15 @@ def _plain(value):
     return value
 
 
-def decide(accuracy: float, display_name: str, baseline: Baseline | None, margin: float) -> tuple[str, str]:
+def decide(accuracy: float, display_name: str, baseline: Baseline | None, margin: float,
+           export_uri: str = "") -> tuple[str, str]:
     """The baseline gate: (decision, Markdown verdict).
 
     A first model has no baseline and is registered (it already passed the
-    absolute min_accuracy gate). Otherwise the new version is registered
-    unless its accuracy is below the default version's by more than `margin`.
+    absolute min_accuracy gate). A baseline that is this very SavedModel
+    (`export_uri`: a rerun served from the cache up to the export) is kept.
+    Otherwise the new version is registered unless its accuracy is below the
+    default version's by more than `margin`.
     """
     if baseline is None:
         return NEW_MODEL, (f"**Registered as a new model** `{display_name}`: no model of that name exists, so there "
@@ -246,6 +250,10 @@ def decide(accuracy: float, display_name: str, baseline: Baseline | None, margin
     named = f"`{baseline.resource_name}` version {baseline.version_id} (the default version)"
     if baseline.models_of_that_name > 1:
         named += f", the newest of {baseline.models_of_that_name} models named `{display_name}`"
+    if export_uri and baseline.artifact_uri.rstrip("/") == export_uri.rstrip("/"):
+        # Registering it again would add a version of the same files and redeploy them, run after run.
+        return KEEP_BASELINE, (f"**Not registered**: the baseline {named} is this very SavedModel ({export_uri}), "
+                               "from a run whose steps up to the export were served from the cache.\n")
     if baseline.accuracy is None:
         return NEW_VERSION, (f"**Registered as a new version** of {named}: the baseline carries no evaluation with a "
                              f"confusion matrix, so test accuracy {accuracy:.4f} passed on min_accuracy alone.\n")

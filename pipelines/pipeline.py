@@ -270,7 +270,8 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
     Registry is not, and a cached upload or deployment does nothing.
     """
     gate = baseline_op(accuracy=evaluate.outputs["Output"], display_name=display_name,
-                       baseline_margin=baseline_margin, project=project, location=region)
+                       baseline_margin=baseline_margin, project=project, location=region,
+                       saved_model=export.outputs["saved_model"])
     gate.set_display_name("check-baseline")
     inputs = registration_op(saved_model=export.outputs["saved_model"], metrics=evaluate.outputs["metrics"],
                              confusion_matrix=evaluate.outputs["confusion_matrix"], serving_image=serving_image)

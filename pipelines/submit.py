@@ -13,6 +13,8 @@ import argparse
 import os
 import re
 import sys
+import time
+import uuid
 
 import yaml
 
@@ -240,8 +242,10 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
         if args.upload_only:
             return None
     aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
+    # aiplatform's own ID is the name and the second: two submits in one second (a sweep) collided.
+    job_id = f"{PIPELINE_NAME}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     job = aiplatform.PipelineJob(
-        display_name=args.display_name or PIPELINE_NAME, template_path=args.template,
+        display_name=args.display_name or PIPELINE_NAME, template_path=args.template, job_id=job_id,
         pipeline_root=args.pipeline_root, parameter_values=values, labels=labels or None,
         # aiplatform's enable_caching=True would set every step's option, the Registry's and endpoint's too.
         enable_caching=False if args.caching == "off" else None)

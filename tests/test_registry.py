@@ -17,6 +17,7 @@ import pytest
 import yaml
 from google_cloud_pipeline_components.types import artifact_types
 from kfp import local
+from kfp.dsl import Model
 
 from components import component
 from components.registry import check_baseline
@@ -99,6 +100,31 @@ def test_within_the_margin_is_registered_and_a_baseline_without_evaluation_passe
     assert decision == registry.NEW_VERSION
     assert "the baseline carries no evaluation with a confusion matrix" in verdict and "models/7` version 1" in verdict
     assert parent.metadata["resourceName"] == f"{PARENT}/models/7"
+
+
+def test_a_rerun_whose_export_came_from_the_cache_does_not_register_the_same_savedmodel_again(vertex):
+    """Equal accuracy passes the margin: every rerun served from the cache up to the export added a version of
+    the same files, deployed it and undeployed the identical one before it."""
+    from kfp import dsl
+
+    _, handler = vertex
+    same = "gs://bucket/root/run-1/export-model/saved_model/1796000000"
+    handler.models[:] = [registered_model("7", NAME, "4", PERFECT_99_OF_100, artifact_uri=same)]
+
+    @dsl.pipeline
+    def gate(export_uri: str) -> str:
+        export = dsl.importer(artifact_uri="gs://bucket/root/export-model/saved_model", artifact_class=Model,
+                              metadata={"export_uri": export_uri})
+        return component(check_baseline)(accuracy=0.99, display_name=NAME, baseline_margin=0.002,
+                                         saved_model=export.output).outputs["Output"]
+
+    assert gate(export_uri=same).output == registry.KEEP_BASELINE
+    assert gate(export_uri=same.replace("run-1", "run-2")).output == registry.NEW_VERSION
+    decision, verdict = registry.decide(0.99, NAME, registry.Baseline(f"{PARENT}/models/7", "4", 0.99,
+                                                                      artifact_uri=same), 0.002, same + "/")
+    assert (decision, verdict) == (registry.KEEP_BASELINE, (
+        f"**Not registered**: the baseline `{PARENT}/models/7` version 4 (the default version) is this very "
+        f"SavedModel ({same}/), from a run whose steps up to the export were served from the cache.\n"))
 
 
 def _endpoint_for(resource_name="", display_name=NAME):

@@ -9,6 +9,7 @@ of an Experiment). Nothing reaches the internet.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,6 +154,14 @@ def test_a_source_the_download_step_could_not_read_is_refused_before_anything_is
     assert submit.main(_args(template, url, "--param", f"source={source}")) == 1
     assert capsys.readouterr().err.strip() == f"submit.py: error: {says}"
     assert not _job_requests(recorded)
+
+
+def test_two_submits_in_the_same_second_get_job_ids_of_their_own(endpoint, template):
+    """aiplatform's job ID is the pipeline's name and the second: the second of two submits was refused."""
+    url, recorded, _ = endpoint
+    assert submit.main(_args(template, url)) == submit.main(_args(template, url)) == 0
+    first, second = (r["query"]["pipelineJobId"][0] for r in _job_requests(recorded))
+    assert first != second and all(re.fullmatch(r"mnist-training-\d{14}-[0-9a-f]{6}", i) for i in (first, second))
 
 
 def test_wait_polls_until_the_run_ends(endpoint, template, capsys):

@@ -21,9 +21,11 @@ PARENT = f"projects/{PROJECT}/locations/{REGION}"
 STORE = f"{PARENT}/metadataStores/default"
 
 
-def registered_model(model_id: str, display_name: str, version_id: str, confusion_rows=None) -> dict:
+def registered_model(model_id: str, display_name: str, version_id: str, confusion_rows=None,
+                     artifact_uri: str = "gs://bucket/exports/1") -> dict:
     """A model the stand-in Registry holds at its default version, with an evaluation when rows are given."""
     model = {"name": f"{PARENT}/models/{model_id}", "displayName": display_name, "versionId": version_id,
+             "artifactUri": artifact_uri,
              "versionAliases": ["default"], "createTime": "2026-01-01T00:00:00Z",
              "updateTime": "2026-01-02T00:00:00Z", "evaluations": []}
     if confusion_rows is not None:
