@@ -12,7 +12,7 @@ import shutil
 
 import tensorflow as tf
 
-from mnistkit import files, idx
+from mnistkit import fetch, files, idx
 from mnistkit.failures import PEER_ERRORS, disk_errors, first_line
 from mnistkit.train_config import TrainConfig
 
@@ -62,15 +62,13 @@ def trajectory_key(config: TrainConfig) -> str:
 def data_fingerprint(data_dir: str) -> str:
     """The SHA-256 of the four MNIST files' contents together; a missing file counts as missing (training then
     refuses the data anyway)."""
-    digest = hashlib.sha256()
+    digests = []
     for name in idx.FILES:
         try:
-            with open(os.path.join(data_dir, name), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            digests.append(fetch.sha256_of(os.path.join(data_dir, name)))
         except OSError:
-            digest.update(f"{name} unreadable".encode())
-    return digest.hexdigest()
+            digests.append(f"{name} unreadable")
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 def save(manager: tf.train.CheckpointManager) -> str:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import math
 import logging
+import math
 import os
 import socket
 import time
