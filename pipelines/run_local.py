@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import uuid
 import warnings
 
 from mnistkit import files, sources
@@ -23,6 +24,8 @@ from pipelines import parameters
 from pipelines.pipeline import DEFAULT_SOURCE
 
 RUNNERS = ("subprocess", "docker")
+# Under --runner docker, every step's container carries this label, valued by run: how SIGTERM finds them.
+CONTAINER_LABEL = "mnistkit.run_local"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A step's own last word: a command's one-line error, or the last line of a Python traceback.
 _ERROR_LINE = re.compile(r"^(mnist-[\w-]+: error: .*"
@@ -179,8 +182,11 @@ def run(pipeline_root: str, arguments: dict, runner: str = "subprocess", registr
     # The images run as a non-root user that cannot write into a pipeline root
     # this user created; running the containers as this user can, and leaves
     # the artifacts owned by them.
+    if runner == "docker":
+        _STOPPING["run_label"] = uuid.uuid4().hex
     local.init(runner=local.SubprocessRunner(use_venv=False) if runner == "subprocess"
-               else local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}"),
+               else local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}",
+                                       labels={CONTAINER_LABEL: _STOPPING["run_label"]}),
                pipeline_root=pipeline_root)
     task = mnist_training(**arguments)
     verdict = task.outputs["verdict"]
@@ -234,7 +240,8 @@ def _step_processes() -> list[int]:
 
 
 # Set by the SIGTERM handler: the run stops once the step in progress has ended.
-_STOPPING = {"sigterm": False, "resumes": False}  # resumes: checkpoint_root given, which a rerun reads.
+# resumes: checkpoint_root given, which a rerun reads; run_label: this run's CONTAINER_LABEL (--runner docker).
+_STOPPING = {"sigterm": False, "resumes": False, "run_label": ""}
 _STOPPED_LINE = "run_local.py: stopped by SIGTERM; the step in progress was told to save and stop: "
 
 
@@ -253,13 +260,31 @@ def _stop_steps_on_sigterm() -> None:
         for pid in steps:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        if not steps:
-            # Between steps, or --runner docker, whose steps run in containers of their own, not as children.
-            print("run_local.py: stopped by SIGTERM; no step process of this run to pass it on to (with --runner "
-                  "docker a step's container runs on: see docker ps)", file=sys.stderr)
+        if not steps and not (_STOPPING["run_label"] and _signal_step_containers(_STOPPING["run_label"])):
+            print("run_local.py: stopped by SIGTERM; no step of this run was running", file=sys.stderr)
             raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handle)
+
+
+def _signal_step_containers(run_label: str) -> int:
+    """Passes SIGTERM to the step in each running container of this run (--runner docker); returns how many.
+
+    A container's first process is kfp's `sh -ec` wrapper, and the step is its child. As the container's init,
+    that shell ignores SIGTERM (so `docker stop` would wait, then kill the step with nothing saved): the signal
+    is sent from inside the container to every process there but the first.
+    """
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        running = client.containers.list(filters={"label": f"{CONTAINER_LABEL}={run_label}"})
+    except docker.errors.DockerException:  # The engine went away: its containers went with it.
+        return 0
+    for container in running:
+        with contextlib.suppress(docker.errors.DockerException):  # It ended meanwhile.
+            container.exec_run(["sh", "-c", "kill -TERM -1"])
+    return len(running)
 
 
 def _stop() -> None:

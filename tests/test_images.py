@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -354,6 +355,36 @@ def test_whole_pipeline_runs_in_the_image_with_kfp_docker_runner(cpu_image, tmp_
     assert os.path.exists(os.path.join(result["saved_model"], "saved_model.pb"))
     # The artifacts belong to the caller, not to the image's user.
     assert os.stat(result["saved_model"]).st_uid == os.getuid()
+
+
+@pytest.mark.docker
+def test_sigterm_to_a_docker_run_stops_the_step_in_its_container_which_saves(cpu_image, tmp_path):
+    """SIGTERM ended run_local.py alone: the step's container trained on unseen, and a rerun raced with it."""
+    root = tmp_path / "root"
+    mirror = synthetic.write_dataset(root / "mirror")
+    checkpoints = root / "checkpoints"  # Inside the pipeline root: the only host directory DockerRunner mounts.
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        run = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "pipelines", "run_local.py"), "--runner", "docker",
+             "--source", mirror, "--pipeline_root", str(root), "--param", "verify_checksums=false",
+             "--param", "batch_size=20", "--param", "train_epochs=30", "--param", "epochs_between_evals=30",
+             "--param", "min_accuracy=0", "--param", f"checkpoint_root={checkpoints}"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300  # Until the train step's container has checkpointed its first epoch.
+    while not list(checkpoints.glob("run-*/ckpt-1.index")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert run.poll() is None, log_path.read_text()[-3000:]
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=150) == 143, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    # The step in the container was told, saved at its step, and the run stopped with it: nothing runs on.
+    assert re.search(r"run_local.py: error: step train-model failed: Interrupted: SIGTERM (at epoch \d+, step \d+: "
+                     r"saved \S+ckpt-\d+|before epoch \d+: nothing lost since the last checkpoint); rerun to resume",
+                     text), text[-3000:]
+    assert text.strip().splitlines()[-1] == ("run_local.py: stopped by SIGTERM; the step in progress was told to "
+                                             "save and stop: rerun the same command to resume")
+    assert _docker("ps", "--quiet", "--filter", f"ancestor={cpu_image}").stdout.strip() == ""
 
 
 # --- The TPU image's start-up hook (mnistkit/tpu_env.py), without an engine. ---
