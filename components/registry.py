@@ -1,20 +1,22 @@
-"""The registration steps GCPC has no component for: the baseline gate, the upload's inputs, the endpoint, undeploying.
+"""The registration steps GCPC has no component for: the baseline gate, the upload's inputs, the default
+version, the endpoint, undeploying.
 
 The upload, the evaluation import and the deployment themselves are Google
 Cloud Pipeline Components (ModelUploadOp, ModelImportEvaluationOp,
 ModelDeployOp), wired in pipelines/pipeline.py; they run only on Vertex AI.
 These are lightweight components in the project's image that call the
-aiplatform client (the gate's baseline, the endpoint, undeploying), so they
-also run locally against a stand-in endpoint.
+aiplatform client (the gate's baseline, the default alias, the endpoint,
+undeploying), so they also run locally against a stand-in endpoint.
 """
 
 from google_cloud_pipeline_components.types import artifact_types
-from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Output, OutputPath
 
 
 def check_baseline(accuracy: float, display_name: str, baseline_margin: float, verdict: Output[Markdown],
-                   parent_model: Output[artifact_types.VertexModel], project: str = "",
-                   location: str = "", saved_model: Input[Model] = None) -> str:
+                   parent_model: Output[artifact_types.VertexModel], registry_project: OutputPath(str),
+                   registry_location: OutputPath(str), project: str = "", location: str = "",
+                   saved_model: Input[Model] = None) -> str:
     """The registration gate: a new version must not be worse than the default version by more than a margin.
 
     Args:
@@ -23,9 +25,13 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
       baseline_margin: How far below the baseline's test accuracy the new version may be (0 to 1).
       verdict: Says what was decided, naming the baseline (resource name, version, accuracy).
       parent_model: The model to add a version to (resourceName in its metadata); unused for a first model.
-      project: The Registry's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT. (Not the run's project
-        placeholder: kfp.local fails on it, even in this docstring, which is part of the step's command.)
-      location: The Registry's region; empty: $GOOGLE_CLOUD_REGION.
+      registry_project: `project`, or the one found in the environment: what every later Registry step uses
+        (GCPC's upload has no fallback of its own and would call https://-aiplatform.googleapis.com).
+      registry_location: `location`, or the one found in the environment, likewise.
+      project: The Registry's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT, else $CLOUD_ML_PROJECT_ID.
+        (Not the run's project placeholder: kfp.local fails on it, even in this docstring, which is part of
+        the step's command.)
+      location: The Registry's region; empty: $GOOGLE_CLOUD_REGION, else $CLOUD_ML_REGION.
       saved_model: The export to register (metadata `export_uri`); a baseline that is this very SavedModel
         (a rerun served from the cache) is kept.
 
@@ -37,6 +43,9 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
     project, location = registry.resolve_project_and_location(project, location)
     registry.init_vertex(project, location)
     baseline = registry.find_baseline(display_name)
+    for path, value in ((registry_project, project), (registry_location, location)):
+        with open(path, "w") as f:
+            f.write(value)
     export_uri = saved_model.metadata.get("export_uri", "") if saved_model is not None else ""
     decision, text = registry.decide(accuracy, display_name, baseline, baseline_margin, export_uri)
     if baseline is not None:
@@ -80,7 +89,7 @@ def registration_inputs(saved_model: Input[Model], metrics: Input[Metrics],
 
 
 def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[artifact_types.VertexEndpoint],
-                        project: str = "", location: str = ""):
+                        project: str, location: str):
     """The Vertex AI endpoint GCPC's ModelDeployOp deploys to: the one given, else the one named like the model.
 
     Args:
@@ -88,12 +97,11 @@ def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[
         `display_name` (the newest if several), created when there is none.
       display_name: The model's display name, which the endpoint takes.
       endpoint: The endpoint, resourceName in its metadata.
-      project: The endpoint's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT.
-      location: Its region; empty: $GOOGLE_CLOUD_REGION.
+      project: The endpoint's Google Cloud project (check_baseline's registry_project).
+      location: Its region (check_baseline's registry_location).
     """
     from mnistkit import registry
 
-    project, location = registry.resolve_project_and_location(project, location)
     registry.init_vertex(project, location)
     name, said = registry.deployment_endpoint(resource_name, display_name, location)
     endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{name}"
@@ -102,19 +110,31 @@ def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[
 
 
 def undeploy_earlier_versions(model: Input[artifact_types.VertexModel],
-                              endpoint: Input[artifact_types.VertexEndpoint], project: str = "",
-                              location: str = ""):
+                              endpoint: Input[artifact_types.VertexEndpoint], project: str, location: str):
     """After the deployment: undeploys the versions of the model deployed there before, which get no traffic.
 
     Args:
       model: The version just deployed (GCPC's upload output: resourceName MODEL@VERSION in its metadata).
       endpoint: The endpoint it was deployed to.
-      project: The endpoint's Google Cloud project; empty: $GOOGLE_CLOUD_PROJECT.
-      location: Its region; empty: $GOOGLE_CLOUD_REGION.
+      project: The endpoint's Google Cloud project (check_baseline's registry_project).
+      location: Its region (check_baseline's registry_location).
     """
     from mnistkit import registry
 
-    project, location = registry.resolve_project_and_location(project, location)
     registry.init_vertex(project, location)
     undeployed = registry.undeploy_earlier_versions(endpoint.metadata["resourceName"], model.metadata["resourceName"])
     print(f"undeployed {', '.join(undeployed)}" if undeployed else "no earlier version was deployed there")
+
+
+def make_default_version(model: Input[artifact_types.VertexModel], project: str, location: str):
+    """Once its evaluation is attached, makes the uploaded version the default: the next run's baseline.
+
+    Args:
+      model: The version uploaded (GCPC's upload output: resourceName MODEL@VERSION in its metadata).
+      project: The Registry's Google Cloud project (check_baseline's registry_project).
+      location: Its region (check_baseline's registry_location).
+    """
+    from mnistkit import registry
+
+    registry.init_vertex(project, location)
+    print(registry.make_default(model.metadata["resourceName"]))

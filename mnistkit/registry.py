@@ -24,6 +24,9 @@ KEEP_BASELINE = "keep-baseline"
 API_ENDPOINT_ENV = "MNISTKIT_VERTEX_API_ENDPOINT"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 LOCATION_ENV = "GOOGLE_CLOUD_REGION"
+# Where the pinned aiplatform client looks next (google/cloud/aiplatform/initializer.py): what Vertex AI sets.
+VERTEX_PROJECT_ENV = "CLOUD_ML_PROJECT_ID"
+VERTEX_LOCATION_ENV = "CLOUD_ML_REGION"
 
 
 def _prediction_constants():
@@ -91,20 +94,23 @@ class Baseline:
 
 
 def resolve_project_and_location(project: str, location: str) -> tuple[str, str]:
-    """`project` and `location`, or where empty $GOOGLE_CLOUD_PROJECT and $GOOGLE_CLOUD_REGION.
+    """`project` and `location`; where empty, $GOOGLE_CLOUD_PROJECT or $CLOUD_ML_PROJECT_ID, and
+    $GOOGLE_CLOUD_REGION or $CLOUD_ML_REGION.
 
     Raises:
       ValueError: neither given nor in the environment.
     """
-    def pick(value, env, what):
+    def pick(value, names, what):
         if value:
             return value
-        if os.environ.get(env):
-            return os.environ[env]
-        raise ValueError(f"{what}: expected the pipeline parameter (submit.py sets it from --{what}) or ${env}, "
-                         "found neither")
+        for name in names:
+            if os.environ.get(name):
+                return os.environ[name]
+        raise ValueError(f"{what}: expected the pipeline parameter (submit.py sets it from --{what}) or "
+                         f"{' or '.join('$' + n for n in names)}, found none")
 
-    return pick(project, PROJECT_ENV, "project"), pick(location, LOCATION_ENV, "region")
+    return (pick(project, (PROJECT_ENV, VERTEX_PROJECT_ENV), "project"),
+            pick(location, (LOCATION_ENV, VERTEX_LOCATION_ENV), "region"))
 
 
 def init_vertex(project: str, location: str) -> None:
@@ -147,14 +153,72 @@ def deployment_endpoint(resource_name: str, display_name: str, location: str) ->
         if region != location:
             raise ValueError(f"endpoint: expected one in the run's region {location}, found {resource_name} in "
                              f"{region}")
+        _check_serves_only(resource_name, display_name)
         return resource_name, f"deploying to the endpoint given, {resource_name}"
-    found = aiplatform.Endpoint.list(filter=f'display_name="{display_name}"', order_by="create_time desc")
+    found = _named(aiplatform.Endpoint.list(filter=f'display_name="{display_name}"', order_by="create_time desc"),
+                   display_name)
     if found:
         name = found[0].resource_name
         others = f", the newest of {len(found)} endpoints of that name" if len(found) > 1 else ""
+        _check_serves_only(name, display_name)
         return name, f"deploying to the endpoint named {display_name}, {name}{others}"
     created = aiplatform.Endpoint.create(display_name=display_name)
     return created.resource_name, f"no endpoint named {display_name}: created {created.resource_name}"
+
+
+def _check_serves_only(endpoint_name: str, display_name: str) -> None:
+    """Refuses an endpoint that is missing, or where a model not named `display_name` gets traffic.
+
+    The deployment gives the new version all the endpoint's traffic (GCPC's ModelDeployOp sends a traffic split,
+    which replaces the endpoint's): another model there would serve nothing and keep its machines.
+    """
+    from google.api_core import exceptions
+    from google.cloud import aiplatform
+
+    try:  # The client reads the endpoint when its traffic is first asked for.
+        endpoint = aiplatform.Endpoint(endpoint_name)
+        traffic = dict(endpoint.traffic_split)
+    except exceptions.NotFound:
+        raise ValueError(f"endpoint: expected an existing endpoint, found none at {endpoint_name}") from None
+    ours = {_region_and_id(m.resource_name)
+            for m in _named(aiplatform.Model.list(filter=f'display_name="{display_name}"'), display_name)}
+    others = [f"{d.model} at {traffic[d.id]}%" for d in endpoint.list_models()
+              if traffic.get(d.id, 0) and _region_and_id(d.model) not in ours]
+    if others:
+        raise ValueError(f"endpoint {endpoint_name}: expected one serving only versions of {display_name} (a "
+                         f"deployment takes all of an endpoint's traffic), found {', '.join(others)}; give another "
+                         "endpoint, or none to use the one named like the model")
+
+
+def _region_and_id(name: str) -> str:
+    """locations/L/models/ID of a model's name: a project may be named by ID or number, a version appended."""
+    return name.partition("@")[0].partition("/locations/")[2]
+
+
+def _named(resources: list, display_name: str) -> list:
+    """Those of `resources` named exactly `display_name`: a list filter's match is the server's to define."""
+    return [r for r in resources if r.display_name == display_name]
+
+
+def _versioned(model_name: str) -> tuple[str, str]:
+    """(projects/P/locations/L/models/ID, VERSION) of GCPC's upload output name MODEL@VERSION."""
+    model, _, version = model_name.partition("@")
+    if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/models/[^/@]+", model) or not version:
+        raise ValueError(f"model: expected projects/PROJECT/locations/REGION/models/ID@VERSION, found {model_name!r}")
+    return model, version
+
+
+def make_default(model_name: str) -> str:
+    """Gives the version `model_name` (MODEL@VERSION) the "default" alias: the next run's baseline.
+
+    Called once the version's evaluation is attached, so that a baseline always has one: an upload that took
+    the alias itself made a version the default even when the import after it failed. Call init_vertex first.
+    """
+    from google.cloud import aiplatform
+
+    model, version = _versioned(model_name)
+    aiplatform.models.ModelRegistry(model).add_version_aliases(["default"], version)
+    return f"{model}@{version} is the default version"
 
 
 def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
@@ -167,19 +231,14 @@ def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
     """
     from google.cloud import aiplatform
 
-    model, _, version = model_name.partition("@")
-    if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/models/[^/@]+", model) or not version:
-        raise ValueError(f"model: expected projects/PROJECT/locations/REGION/models/ID@VERSION, found {model_name!r}")
-
-    def region_and_id(name: str) -> str:  # A project may be named by ID or number, a model with its @version.
-        return name.partition("@")[0].partition("/locations/")[2]
+    model, version = _versioned(model_name)
 
     def version_of(deployed) -> str:
         return deployed.model_version_id or deployed.model.partition("@")[2]
 
     endpoint = aiplatform.Endpoint(endpoint_name)
     traffic = dict(endpoint.traffic_split)
-    deployed = [d for d in endpoint.list_models() if region_and_id(d.model) == region_and_id(model)]
+    deployed = [d for d in endpoint.list_models() if _region_and_id(d.model) == _region_and_id(model)]
     if not any(version_of(d) == version and traffic.get(d.id, 0) > 0 for d in deployed):
         found = ", ".join(f"version {version_of(d)} at {traffic.get(d.id, 0)}%" for d in deployed)
         raise ValueError(f"endpoint {endpoint_name}: expected {model_name} deployed there with traffic, found "
@@ -207,7 +266,8 @@ def find_baseline(display_name: str) -> Baseline | None:
     from google.cloud import aiplatform
 
     # Model.list answers with each model at its default version ("default" alias).
-    models = aiplatform.Model.list(filter=f'display_name="{display_name}"', order_by="update_time desc")
+    models = _named(aiplatform.Model.list(filter=f'display_name="{display_name}"', order_by="update_time desc"),
+                    display_name)
     if not models:
         return None
     model = models[0]

@@ -20,7 +20,7 @@ from kfp.dsl import Markdown, Metrics
 from components import component
 from components.data import download_data, validate_data
 from components.model import check_accuracy, evaluate_model, export_model, train_model
-from components.registry import (check_baseline, deployment_endpoint, registration_inputs,
+from components.registry import (check_baseline, deployment_endpoint, make_default_version, registration_inputs,
                                  undeploy_earlier_versions)
 from mnistkit import recipes, registry, train_config
 from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
@@ -129,6 +129,7 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
     registration_op = component(registration_inputs, **cpu)
     endpoint_op = component(deployment_endpoint, **cpu)
     undeploy_op = component(undeploy_earlier_versions, **cpu)
+    default_op = component(make_default_version, **cpu)
     if hardware.custom_job:
         train_op = _custom_job(train_op, hardware)
 
@@ -179,10 +180,13 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
           endpoint: The endpoint to deploy to,
             projects/PROJECT/locations/REGION/endpoints/ID; empty: the one
             named model_display_name, created by the first run that deploys.
+            One where another model gets traffic is refused.
           project: The Google Cloud project of the Model Registry; submit.py
-            sets the run's. Empty: $GOOGLE_CLOUD_PROJECT where the steps run.
+            sets the run's. Empty: $GOOGLE_CLOUD_PROJECT, else
+            $CLOUD_ML_PROJECT_ID, where the Registry steps run.
           region: The region of the Model Registry and endpoint; submit.py
-            sets the run's. Empty: $GOOGLE_CLOUD_REGION where the steps run.
+            sets the run's. Empty: $GOOGLE_CLOUD_REGION, else
+            $CLOUD_ML_REGION, where the Registry steps run.
           service_account: The account the training custom job runs as
             (templates that train as a custom job; submit.py sets the run's
             own); empty: Vertex AI's Custom Code Service Agent.
@@ -218,8 +222,9 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
         with dsl.If(check.outputs["Output"] == True, name="accuracy-gate"):  # noqa: E712 (a KFP condition)
             export = export_op(model=train.outputs["model"]).set_display_name("export-model")
             with dsl.If(register == True, name="register-requested"):  # noqa: E712
-                _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, evaluate, model_display_name,
-                          serving_image, baseline_margin, deploy, endpoint_machine_type, endpoint, project, region)
+                _register(baseline_op, registration_op, default_op, endpoint_op, undeploy_op, export, evaluate,
+                          model_display_name, serving_image, baseline_margin, deploy, endpoint_machine_type, endpoint,
+                          project, region)
         outputs = NamedTuple("Outputs", metrics=Metrics, verdict=Markdown)
         return outputs(metrics=evaluate.outputs["metrics"], verdict=check.outputs["verdict"])
 
@@ -253,17 +258,19 @@ def _with_training_parameters(pipeline_func, config_class=train_config.TrainConf
     return with_training
 
 
-def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, evaluate, display_name, serving_image,
-              baseline_margin, deploy, machine_type, endpoint_name, project, region):
+def _register(baseline_op, registration_op, default_op, endpoint_op, undeploy_op, export, evaluate, display_name,
+              serving_image, baseline_margin, deploy, machine_type, endpoint_name, project, region):
     """The registration branch: baseline gate, then GCPC's upload, evaluation import and (optionally) deployment.
 
     GCPC's ModelUploadOp sends `parent_model` only when the task is given one
     (kubeflow/pipelines#8257, #8881), so a new version and a first model are
-    two tasks under exclusive conditions, joined by dsl.OneOf. A new version
-    takes the "default" alias explicitly: uploads with a parent do not move
-    it (kubeflow/pipelines#8882), and the next run's baseline is the default.
+    two tasks under exclusive conditions, joined by dsl.OneOf. Uploads with a
+    parent do not move the "default" alias (kubeflow/pipelines#8882), and the
+    next run's baseline is the default: a step moves it to the new version
+    once its evaluation is imported, so the default always carries one.
     Project and region are pipeline parameters rather than the run's
-    placeholders, which kfp.local cannot resolve (it fails on them).
+    placeholders, which kfp.local cannot resolve (it fails on them); the gate
+    resolves them (empty: from the environment) for every later step.
 
     No step here that reads or changes the Registry or an endpoint is served
     from Vertex AI's cache: their inputs are the same from run to run, the
@@ -273,6 +280,7 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
                        baseline_margin=baseline_margin, project=project, location=region,
                        saved_model=export.outputs["saved_model"])
     gate.set_display_name("check-baseline")
+    where = dict(project=gate.outputs["registry_project"], location=gate.outputs["registry_location"])
     inputs = registration_op(saved_model=export.outputs["saved_model"], metrics=evaluate.outputs["metrics"],
                              confusion_matrix=evaluate.outputs["confusion_matrix"], serving_image=serving_image)
     inputs.set_display_name("registration-inputs")
@@ -280,27 +288,28 @@ def _register(baseline_op, registration_op, endpoint_op, undeploy_op, export, ev
     with dsl.If(gate.outputs["Output"] != registry.KEEP_BASELINE, name="baseline-gate"):
         with dsl.If(gate.outputs["Output"] == registry.NEW_VERSION, name="new-version"):
             version = ModelUploadOp(display_name=display_name, parent_model=gate.outputs["parent_model"],
-                                    unmanaged_container_model=inputs.outputs["model"], version_aliases=["default"],
-                                    project=project, location=region).set_display_name("upload-version")
+                                    unmanaged_container_model=inputs.outputs["model"],
+                                    **where).set_display_name("upload-version")
         with dsl.Else(name="first-model"):
             first = ModelUploadOp(display_name=display_name, unmanaged_container_model=inputs.outputs["model"],
-                                  project=project, location=region).set_display_name("upload-model")
+                                  **where).set_display_name("upload-model")
         uploaded = dsl.OneOf(version.outputs["model"], first.outputs["model"])
         imported = ModelImportEvaluationOp(model=uploaded, classification_metrics=inputs.outputs["evaluation"],
                                            display_name="mnist-test-split").set_display_name("import-evaluation")
+        default = default_op(model=uploaded, **where).set_display_name("make-default-version").after(imported)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
             # The endpoint given, else the one named like the model (created once, reused by later runs).
-            target = endpoint_op(resource_name=endpoint_name, display_name=display_name, project=project,
-                                 location=region).set_display_name("deployment-endpoint")
+            target = endpoint_op(resource_name=endpoint_name, display_name=display_name,
+                                 **where).set_display_name("deployment-endpoint")
             deployed = ModelDeployOp(model=uploaded, endpoint=target.outputs["endpoint"],
                                      dedicated_resources_machine_type=machine_type,
                                      dedicated_resources_min_replica_count=1,
                                      dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
                                      ).set_display_name("deploy-model")
             # The new version has all the traffic; the versions deployed before would keep their machines.
-            undeployed = undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"], project=project,
-                                     location=region).set_display_name("undeploy-earlier-versions").after(deployed)
-    for task in (gate, version, first, imported, target, deployed, undeployed):
+            undeployed = undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"],
+                                     **where).set_display_name("undeploy-earlier-versions").after(deployed)
+    for task in (gate, version, first, imported, default, target, deployed, undeployed):
         task.set_caching_options(False)
 
 

@@ -410,12 +410,13 @@ def test_a_checkpoint_root_the_train_step_cannot_use_is_refused_before_the_run(t
 def test_registering_with_no_project_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     monkeypatch.delenv("GOOGLE_CLOUD_REGION", raising=False)
+    monkeypatch.delenv("CLOUD_ML_PROJECT_ID", raising=False)
     code = run_local.main(["--source", str(tmp_path), "--pipeline_root", str(tmp_path / "root"),
                            "--param", "register=true"])
     assert code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "run_local.py: error: register=true: project: expected the pipeline parameter (submit.py sets it from "
-        "--project) or $GOOGLE_CLOUD_PROJECT, found neither")
+        "--project) or $GOOGLE_CLOUD_PROJECT or $CLOUD_ML_PROJECT_ID, found none")
     assert not os.path.exists(tmp_path / "root")
 
 

@@ -127,10 +127,75 @@ def test_a_rerun_whose_export_came_from_the_cache_does_not_register_the_same_sav
         f"SavedModel ({same}/), from a run whose steps up to the export were served from the cache.\n"))
 
 
+def test_the_gate_hands_on_the_project_and_region_it_resolved_or_stops_in_one_line(vertex, monkeypatch, capfd):
+    """Empty parameters (a template run from the console, not by submit.py) reached GCPC's upload as they were,
+    and it called https://-aiplatform.googleapis.com/v1/projects//locations//models:upload."""
+    monkeypatch.delenv(registry.PROJECT_ENV)
+    monkeypatch.delenv(registry.LOCATION_ENV)
+    monkeypatch.setenv(registry.VERTEX_PROJECT_ENV, PROJECT)
+    monkeypatch.setenv(registry.VERTEX_LOCATION_ENV, REGION)
+    task = component(check_baseline)(accuracy=0.95, display_name=NAME, baseline_margin=0.002)
+    assert (task.outputs["registry_project"], task.outputs["registry_location"]) == (PROJECT, REGION)
+    monkeypatch.setenv(registry.VERTEX_PROJECT_ENV, "not-this-project")  # The parameters win.
+    monkeypatch.setenv(registry.VERTEX_LOCATION_ENV, "europe-west4")
+    task = component(check_baseline)(accuracy=0.95, display_name=NAME, baseline_margin=0.002, project=PROJECT,
+                                     location=REGION)
+    assert (task.outputs["registry_project"], task.outputs["registry_location"]) == (PROJECT, REGION)
+    monkeypatch.delenv(registry.VERTEX_PROJECT_ENV)
+    with pytest.raises(RuntimeError, match="check-baseline"):
+        component(check_baseline)(accuracy=0.95, display_name=NAME, baseline_margin=0.002)
+    out = capfd.readouterr()
+    assert ("ValueError: project: expected the pipeline parameter (submit.py sets it from --project) or "
+            "$GOOGLE_CLOUD_PROJECT or $CLOUD_ML_PROJECT_ID, found none") in out.out + out.err
+
+
+def test_of_several_models_of_that_name_the_newest_is_the_baseline(vertex):
+    _, handler = vertex
+    handler.models[:] = [registered_model("1", NAME, "5", PERFECT_99_OF_100, updated="2026-01-01T00:00:00Z"),
+                         registered_model("2", NAME, "2", PERFECT_9_OF_10, updated="2026-03-01T00:00:00Z")]
+    decision, verdict, parent = _gate(0.95)
+    assert decision == registry.NEW_VERSION and parent.metadata["resourceName"] == f"{PARENT}/models/2"
+    assert f"`{PARENT}/models/2` version 2 (the default version), the newest of 2 models named `{NAME}`" in verdict
+
+
+def _make_default(model_name):
+    from kfp import dsl
+
+    from components.registry import make_default_version
+
+    @dsl.pipeline
+    def after_import(model_name: str):
+        model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
+                             artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
+        component(make_default_version)(model=model.output, project=PROJECT, location=REGION)
+
+    return after_import(model_name=model_name)
+
+
+def test_a_new_version_becomes_the_default_and_the_next_baseline_once_its_evaluation_is_there(vertex, capfd):
+    recorded, handler = vertex
+    handler.models[:] = [registered_model("42", NAME, "3", PERFECT_9_OF_10, later_versions=("4",))]
+    handler.models[0]["evaluations"].append({**handler.models[0]["evaluations"][0],
+                                             "name": f"{PARENT}/models/42@4/evaluations/2"})
+    handler.models[0]["evaluations"][-1]["metrics"] = registered_model(
+        "42", NAME, "4", PERFECT_99_OF_100)["evaluations"][0]["metrics"]
+    assert _gate(0.95, margin=0.01)[0] == registry.NEW_VERSION  # Against version 3 at 0.90.
+    _make_default(f"{PARENT}/models/42@4")
+    assert f"{PARENT}/models/42@4 is the default version" in capfd.readouterr().out
+    (merge,) = [r for r in recorded if r["path"].endswith(":mergeVersionAliases")]
+    assert merge["path"] == f"/v1/{PARENT}/models/42@4:mergeVersionAliases"
+    assert json.loads(merge["body"]) == {"versionAliases": ["default"]}
+    decision, verdict, _ = _gate(0.95, margin=0.01)  # Now against version 4 and its evaluation, at 0.99.
+    assert decision == registry.KEEP_BASELINE and f"`{PARENT}/models/42` version 4 (the default" in verdict
+    with pytest.raises(RuntimeError, match="make-default-version"):  # A version the Registry does not hold.
+        _make_default(f"{PARENT}/models/42@9")
+
+
 def _endpoint_for(resource_name="", display_name=NAME):
     from components.registry import deployment_endpoint
 
-    return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name).outputs["endpoint"]
+    return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name, project=PROJECT,
+                                          location=REGION).outputs["endpoint"]
 
 
 def _endpoint_calls(recorded):
@@ -138,21 +203,45 @@ def _endpoint_calls(recorded):
 
 
 def test_a_given_endpoint_is_deployed_to_as_it_is(vertex, capfd):
-    recorded, _ = vertex
+    recorded, handler = vertex
     name = f"{PARENT}/endpoints/1234"
+    handler.endpoints[:] = [deployed_endpoint("1234", "serving", [("101", "7", "1", 100)])]
+    handler.models[:] = [registered_model("7", NAME, "1")]
     endpoint = _endpoint_for(name)
     assert endpoint.metadata["resourceName"] == name
     assert endpoint.uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{name}"
-    assert _endpoint_calls(recorded) == []  # Nothing looked up or created.
+    assert set(_endpoint_calls(recorded)) == {("GET", f"/v1/{name}")}  # Read, to see who serves there; not created.
     for given, says in [("my-endpoint", "endpoint: expected projects/PROJECT/locations/REGION/endpoints/NUMBER, "
                                         "found 'my-endpoint'"),
                         (f"projects/{PROJECT}/locations/europe-west4/endpoints/1",
                          f"endpoint: expected one in the run's region {REGION}, found projects/{PROJECT}/locations/"
-                         "europe-west4/endpoints/1 in europe-west4")]:
+                         "europe-west4/endpoints/1 in europe-west4"),
+                        (f"{PARENT}/endpoints/404",
+                         f"endpoint: expected an existing endpoint, found none at {PARENT}/endpoints/404")]:
         with pytest.raises(RuntimeError, match="deployment-endpoint"):
             _endpoint_for(given)
         out = capfd.readouterr()
         assert says in out.out + out.err
+
+
+def test_an_endpoint_where_another_model_gets_traffic_is_refused(vertex, capfd):
+    """GCPC's deployment sends a traffic split, which replaces the endpoint's: the other model would serve
+    nothing and keep its machines."""
+    recorded, handler = vertex
+    handler.models[:] = [registered_model("7", NAME, "2"), registered_model("8", "fraud-model", "1")]
+    shared = [("101", "7", "1", 30), ("201", "8", "1", 70)]
+    handler.endpoints[:] = [deployed_endpoint("1234", "shared", shared), deployed_endpoint("5", NAME, shared)]
+    for given in (f"{PARENT}/endpoints/1234", ""):  # Given, or found by the model's name.
+        with pytest.raises(RuntimeError, match="deployment-endpoint"):
+            _endpoint_for(given)
+        out = capfd.readouterr()
+        assert (f"endpoint {PARENT}/endpoints/{'1234' if given else '5'}: expected one serving only versions of "
+                f"{NAME} (a deployment takes all of an endpoint's traffic), found {PARENT}/models/8 at 70%") \
+            in out.out + out.err
+    # Versions of this model, or other models without traffic, are no obstacle: the new version replaces them.
+    handler.endpoints[0]["trafficSplit"] = {"101": 100}
+    assert _endpoint_for(f"{PARENT}/endpoints/1234").metadata["resourceName"] == f"{PARENT}/endpoints/1234"
+    assert not [r for r in recorded if r["method"] == "POST"]  # Nothing created, nothing undeployed.
 
 
 def test_without_an_endpoint_the_one_named_like_the_model_is_created_once_then_reused(vertex, capfd):
@@ -191,7 +280,8 @@ def _undeploy(endpoint_id, model_name):
                                 metadata={"resourceName": endpoint_name})
         model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
                              artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
-        component(undeploy_earlier_versions)(model=model.output, endpoint=endpoint.output)
+        component(undeploy_earlier_versions)(model=model.output, endpoint=endpoint.output, project=PROJECT,
+                                             location=REGION)
 
     return after_deploy(endpoint_name=f"{PARENT}/endpoints/{endpoint_id}", model_name=model_name)
 
@@ -322,11 +412,11 @@ def test_upload_sends_parent_model_only_for_a_new_version(spec):
             "componentInputArtifact": "pipelinechannel--registration-inputs-model"}
         assert task["inputs"]["parameters"]["display_name"] == {
             "componentInputParameter": "pipelinechannel--model_display_name"}
-        # GCPC's own default is us-central1 whatever the run's region: the pipeline's region is passed.
-        assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
-        assert task["inputs"]["parameters"]["project"] == {"componentInputParameter": "pipelinechannel--project"}
-    # A version uploaded under a parent becomes the default (the next run's baseline) only when asked to.
-    assert version["inputs"]["parameters"]["version_aliases"] == {"runtimeValue": {"constant": ["default"]}}
+        # GCPC's own default is us-central1 whatever the run's region, and it has no fallback for an empty
+        # project or region: the gate's, resolved from the parameters or the environment, are passed.
+        assert _from_gate(task) == ("registry_project", "registry_location")
+    # The upload does not make the version the default: make-default-version does, after its evaluation.
+    assert "version_aliases" not in version["inputs"]["parameters"]
     # The launcher passes the parent only when the task has one, from the artifact's resourceName.
     args = spec["deploymentSpec"]["executors"][version["_executor"]]["container"]["args"]
     assert {"IfPresent": {"InputName": "parent_model", "Then": [
@@ -336,10 +426,24 @@ def test_upload_sends_parent_model_only_for_a_new_version(spec):
         spec["deploymentSpec"]["executors"][version["_executor"]]["container"]["command"]
 
 
-def test_evaluation_is_imported_into_whichever_model_was_uploaded(spec):
+def _from_gate(task) -> tuple[str, str]:
+    """The gate's outputs a task's project and location come from (as channels into its condition group)."""
+    prefix = "pipelinechannel--check-baseline-"
+    found = [task["inputs"]["parameters"][name]["componentInputParameter"] for name in ("project", "location")]
+    assert all(f.startswith(prefix) for f in found), found
+    return tuple(f.removeprefix(prefix) for f in found)
+
+
+def test_evaluation_is_imported_into_whichever_model_was_uploaded_then_it_becomes_the_default(spec):
+    """The upload of a new version took the default alias itself: when the import after it failed, the next
+    run's baseline was a version without an evaluation, so the gate went by min_accuracy alone."""
     tasks = _tasks(spec)
-    imported = tasks["model-evaluation-import"]
+    imported, default = tasks["model-evaluation-import"], tasks["make-default-version"]
     assert imported["_conditions"][-2:] == [REGISTER, f"{GATE} != 'keep-baseline'"]
+    assert default["_conditions"][-2:] == [REGISTER, f"{GATE} != 'keep-baseline'"]
+    assert "model-evaluation-import" in default["dependentTasks"]
+    assert default["inputs"]["artifacts"]["model"] == imported["inputs"]["artifacts"]["model"]
+    assert _from_gate(default) == ("registry_project", "registry_location")
     assert imported["inputs"]["artifacts"]["classification_metrics"] == {
         "componentInputArtifact": "pipelinechannel--registration-inputs-evaluation"}
     producer = _component_of(spec, imported["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"])
@@ -372,8 +476,7 @@ def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed
     for task in (deploy, target, undeploy):
         assert task["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
     for task in (target, undeploy):
-        assert task["inputs"]["parameters"]["location"] == {"componentInputParameter": "pipelinechannel--region"}
-        assert task["inputs"]["parameters"]["project"] == {"componentInputParameter": "pipelinechannel--project"}
+        assert _from_gate(task) == ("registry_project", "registry_location")
     assert target["inputs"]["parameters"]["resource_name"] == {"componentInputParameter": "pipelinechannel--endpoint"}
     params = deploy["inputs"]["parameters"]
     assert params["dedicated_resources_machine_type"] == {

@@ -108,8 +108,8 @@ def test_caching_on_leaves_the_registry_and_endpoint_steps_uncached(endpoint, te
 
     walk(json.loads(create["body"])["pipelineSpec"])
     uncached = sorted(name for name, options in tasks.items() if not options.get("enableCache"))
-    assert uncached == ["check-baseline", "deployment-endpoint", "model-deploy", "model-evaluation-import",
-                        "model-upload", "model-upload-2", "undeploy-earlier-versions"]
+    assert uncached == ["check-baseline", "deployment-endpoint", "make-default-version", "model-deploy",
+                        "model-evaluation-import", "model-upload", "model-upload-2", "undeploy-earlier-versions"]
     assert all(tasks[name] == {"enableCache": True} for name in ("download-data", "train-model", "evaluate-model"))
 
 

@@ -22,12 +22,14 @@ STORE = f"{PARENT}/metadataStores/default"
 
 
 def registered_model(model_id: str, display_name: str, version_id: str, confusion_rows=None,
-                     artifact_uri: str = "gs://bucket/exports/1") -> dict:
-    """A model the stand-in Registry holds at its default version, with an evaluation when rows are given."""
+                     artifact_uri: str = "gs://bucket/exports/1", updated: str = "2026-01-02T00:00:00Z",
+                     later_versions: tuple[str, ...] = ()) -> dict:
+    """A model the stand-in Registry holds at its default version `version_id`, with an evaluation of that version
+    when rows are given; `later_versions` exist too, without the alias (as uploaded with a parent)."""
     model = {"name": f"{PARENT}/models/{model_id}", "displayName": display_name, "versionId": version_id,
              "artifactUri": artifact_uri,
              "versionAliases": ["default"], "createTime": "2026-01-01T00:00:00Z",
-             "updateTime": "2026-01-02T00:00:00Z", "evaluations": []}
+             "updateTime": updated, "evaluations": [], "versions": [version_id, *later_versions]}
     if confusion_rows is not None:
         model["evaluations"].append({
             "name": f"{PARENT}/models/{model_id}@{version_id}/evaluations/1", "createTime": "2026-01-02T00:00:00Z",
@@ -77,6 +79,29 @@ class Recorder(BaseHTTPRequestHandler):
         return self._reply(200, {"name": f"{PARENT}/operations/{len(self.requests)}", "done": True, "response": {
             "@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}})
 
+    @staticmethod
+    def _model(m: dict) -> dict:
+        """A model as the API shows it at its default version (the stand-in's bookkeeping left out)."""
+        return {k: v for k, v in m.items() if k not in ("evaluations", "versions")}
+
+    def _undeploy(self, endpoint: dict, request: dict):
+        """Vertex AI's rules (UndeployModelRequest): a split sent replaces the endpoint's and must add up to 100
+        over the models left; without one the split stays; a model that would keep traffic is not undeployed."""
+        target = request["deployedModelId"]
+        if target not in {d["id"] for d in endpoint["deployedModels"]}:
+            return self._not_found(f"deployed model {target}")
+        split = request.get("trafficSplit") or endpoint["trafficSplit"]
+        left = {d["id"] for d in endpoint["deployedModels"]} - {target}
+        if split.get(target, 0):
+            return self._reply(400, {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message":
+                                               f"deployed model {target} has traffic: {split}"}})
+        if not set(split) <= left | {target} or (split and sum(split.values()) != 100):
+            return self._reply(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                                               f"traffic split {split} for deployed models {sorted(left)}"}})
+        endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != target]
+        endpoint["trafficSplit"] = {k: v for k, v in split.items() if v}
+        return self._done({}, "UndeployModelResponse")
+
     def _handle(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -111,14 +136,30 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(200, "mnist-training/sha256:0123abcd", "text/plain")
         if name == f"{PARENT}/models" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
-            found = [{k: v for k, v in m.items() if k != "evaluations"} for m in self.models
-                     if wanted in ("", f'display_name="{m["displayName"]}"')]
+            found = [self._model(m) for m in self.models if wanted in ("", f'display_name="{m["displayName"]}"')]
+            if query.get("orderBy") == ["update_time desc"]:  # What aiplatform's Model.list asks the server for.
+                found.sort(key=lambda m: m["updateTime"], reverse=True)
+            elif query.get("orderBy"):
+                return self._reply(400, {"error": {"code": 400, "message": f"unexpected orderBy {query['orderBy']}"}})
             return self._reply(200, {"models": found} if found else {})
         if name.startswith(f"{PARENT}/models/") and name.endswith("/evaluations") and self.command == "GET":
             model_name, _, version = name.removesuffix("/evaluations").partition("@")
             for m in self.models:
-                if m["name"] == model_name and version in ("", m["versionId"]):
-                    return self._reply(200, {"modelEvaluations": m["evaluations"]} if m["evaluations"] else {})
+                if m["name"] == model_name and (version or m["versionId"]) in m["versions"]:
+                    # A version's own evaluations; a model's name without a version means its default version.
+                    own = [e for e in m["evaluations"]
+                           if e["name"].startswith(f"{model_name}@{version or m['versionId']}/")]
+                    return self._reply(200, {"modelEvaluations": own} if own else {})
+            return self._not_found(name)
+        if name.startswith(f"{PARENT}/models/") and name.endswith(":mergeVersionAliases") and self.command == "POST":
+            model_name, _, version = name.removesuffix(":mergeVersionAliases").partition("@")
+            for m in self.models:
+                if m["name"] == model_name and version in m["versions"]:
+                    if json.loads(body)["versionAliases"] != ["default"]:
+                        return self._reply(400, {"error": {"code": 400, "message": "unexpected aliases"}})
+                    # This Registry keeps each model at its default version: the alias moves, and the model with it.
+                    m.update(versionId=version, updateTime=f"2026-03-{len(self.requests) % 28 + 1:02d}T00:00:00Z")
+                    return self._reply(200, self._model(m))
             return self._not_found(name)
         # Endpoints: listed by display name, created and undeployed from at once (operations already done).
         if name == f"{PARENT}/endpoints" and self.command == "GET":
@@ -136,10 +177,7 @@ class Recorder(BaseHTTPRequestHandler):
             if name == e["name"] and self.command == "GET":
                 return self._reply(200, e)
             if name == f'{e["name"]}:undeployModel' and self.command == "POST":
-                request = json.loads(body)
-                e["deployedModels"] = [d for d in e["deployedModels"] if d["id"] != request["deployedModelId"]]
-                e["trafficSplit"] = request.get("trafficSplit", {})
-                return self._done({}, "UndeployModelResponse")
+                return self._undeploy(e, json.loads(body))
         # Vertex AI Experiments: an experiment is a Metadata context; a run joins it as a child context.
         if name.startswith(f"{STORE}/contexts/") and ":" not in name and self.command == "GET":
             return self._reply(200, self.contexts[name]) if name in self.contexts else self._not_found(name)
