@@ -58,6 +58,7 @@ class Recorder(BaseHTTPRequestHandler):
     jobs: dict = {}
     models: list = []
     endpoints: list = []  # Oldest first, as created.
+    operations: dict = {}  # Long-running operations by name, done once asked about.
     contexts: dict = {}
 
     def log_message(self, *args):
@@ -74,10 +75,13 @@ class Recorder(BaseHTTPRequestHandler):
     def _not_found(self, what: str):
         return self._reply(404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}})
 
-    def _done(self, response: dict, response_type: str):
-        """A long-running operation that is already done, answering `response`."""
-        return self._reply(200, {"name": f"{PARENT}/operations/{len(self.requests)}", "done": True, "response": {
-            "@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}})
+    def _operation(self, resource: str, response: dict, response_type: str):
+        """A long-running operation on `resource`, not done when first answered (as Vertex AI's seldom are):
+        the client must poll it, and its first GET finds it done with `response`."""
+        name = f"{resource}/operations/{len(self.requests)}"
+        self.operations[name] = {"name": name, "done": True, "response": {
+            "@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}}
+        return self._reply(200, {"name": name, "done": False})
 
     @staticmethod
     def _model(m: dict) -> dict:
@@ -100,7 +104,7 @@ class Recorder(BaseHTTPRequestHandler):
                                                f"traffic split {split} for deployed models {sorted(left)}"}})
         endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != target]
         endpoint["trafficSplit"] = {k: v for k, v in split.items() if v}
-        return self._done({}, "UndeployModelResponse")
+        return self._operation(endpoint["name"], {}, "UndeployModelResponse")
 
     def _handle(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -161,7 +165,10 @@ class Recorder(BaseHTTPRequestHandler):
                     m.update(versionId=version, updateTime=f"2026-03-{len(self.requests) % 28 + 1:02d}T00:00:00Z")
                     return self._reply(200, self._model(m))
             return self._not_found(name)
-        # Endpoints: listed by display name, created and undeployed from at once (operations already done).
+        # The pinned client polls operations through the first of the API's HTTP rules, /ui/{name}.
+        if self.command == "GET" and name.removeprefix("/ui/") in self.operations:
+            return self._reply(200, self.operations[name.removeprefix("/ui/")])
+        # Endpoints: listed by display name, created and undeployed from (operations the client polls).
         if name == f"{PARENT}/endpoints" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
             # In the order kept, oldest first: the client sorts them (by createTime) where it is asked to.
@@ -172,7 +179,7 @@ class Recorder(BaseHTTPRequestHandler):
                        "createTime": f"2026-02-{1 + len(self.endpoints):02d}T00:00:00Z", "deployedModels": [],
                        "trafficSplit": {}}
             self.endpoints.append(created)
-            return self._done(created, "Endpoint")
+            return self._operation(created["name"], created, "Endpoint")
         for e in self.endpoints:
             if name == e["name"] and self.command == "GET":
                 return self._reply(200, e)
@@ -207,7 +214,7 @@ def endpoint(monkeypatch):
 
     recorded = []
     handler = type("Handler", (Recorder,), {"requests": recorded, "jobs": {}, "models": [], "endpoints": [],
-                                            "contexts": {}})
+                                            "operations": {}, "contexts": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
