@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 import warnings
 
@@ -121,8 +122,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline_root", default="local_runs", help="Where artifacts go (default ./%(default)s).")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="Override a pipeline parameter, e.g. --param train_epochs=1 (repeatable).")
-    p.add_argument("--registry", help="Image registry for --runner docker (see components/images.py).")
-    p.add_argument("--tag", help="Image tag for --runner docker (default: the mnistkit version).")
+    p.add_argument("--registry", help="Image registry for --runner docker (default $MNISTKIT_IMAGE_REGISTRY or "
+                   "localhost; see components/images.py).")
+    p.add_argument("--tag", help="Image tag for --runner docker (default $MNISTKIT_IMAGE_TAG or the mnistkit "
+                   "version).")
     return p
 
 
@@ -262,9 +265,26 @@ def _stop_steps_on_sigterm() -> None:
                 os.kill(pid, signal.SIGTERM)
         if not steps and not (_STOPPING["run_label"] and _signal_step_containers(_STOPPING["run_label"])):
             print("run_local.py: stopped by SIGTERM; no step of this run was running", file=sys.stderr)
+            _reap_adopted_steps(seconds=0)
             raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handle)
+    _adopt_orphaned_steps()
+
+
+def _adopt_orphaned_steps() -> None:
+    """Makes this process the parent of its orphaned descendants (Linux's PR_SET_CHILD_SUBREAPER).
+
+    A SIGTERM to the whole process group (what `timeout` and many CI runners send) also reaches the `sh -c`
+    wrapper kfp.local starts each step in. The wrapper dies at once; its step, saving a checkpoint, would be
+    re-parented out of this process's reach, and the run would end at once, saying no step was running, while
+    the step went on unseen. Elsewhere than Linux a signal to this process alone still works.
+    """
+    import ctypes
+
+    pr_set_child_subreaper = 36  # From <linux/prctl.h>.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 def _signal_step_containers(run_label: str) -> int:
@@ -287,11 +307,29 @@ def _signal_step_containers(run_label: str) -> int:
     return len(running)
 
 
+def _reap_adopted_steps(seconds: float) -> None:
+    """Waits up to `seconds` for the step processes this run adopted (_adopt_orphaned_steps) and reaps them.
+
+    Called once kfp.local has waited for its own: any child left is a step whose wrapper died before it.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # None left.
+            return
+        if not pid:  # One is still saving.
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
+
 def _stop() -> None:
     # Without checkpoint_root the checkpoints stay in this run's directory, and a rerun makes a new one.
     print(_STOPPED_LINE + ("rerun the same command to resume" if _STOPPING["resumes"] else
                            "a rerun starts over (its checkpoints are in this run's directory); give "
                            "--param checkpoint_root=DIR to runs that should resume"), file=sys.stderr)
+    _reap_adopted_steps(seconds=60)
     raise SystemExit(128 + signal.SIGTERM)
 
 

@@ -479,8 +479,11 @@ def test_a_stopped_local_run_says_whether_a_rerun_resumes(monkeypatch, capsys, r
                                                f"save and stop: {says}")
 
 
-def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes(mirror, tmp_path):
-    """SIGTERM ended run_local.py alone: its training step ran on with no parent, and a rerun raced with it."""
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-the-process", "to-its-group"])
+def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes(mirror, tmp_path, to_group):
+    """SIGTERM ended run_local.py alone: its training step ran on with no parent, and a rerun raced with it.
+    Sent to the process group (as `timeout` does), it also reached kfp's shell around the step, which died first:
+    run_local.py no longer found the step, said none was running and ended while the step saved on unseen."""
     root, checkpoints = tmp_path / "root", tmp_path / "checkpoints"
     def command(epochs):
         return [sys.executable, os.path.join(REPO, "pipelines", "run_local.py"), "--source", mirror,
@@ -491,16 +494,22 @@ def test_sigterm_to_a_local_run_stops_its_step_which_saves_and_the_rerun_resumes
 
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
-        first = subprocess.Popen(command(30), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(command(30), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 180  # Until the train step has checkpointed its first epoch.
     while not glob.glob(str(checkpoints / "run-*" / "ckpt-1.index")) and first.poll() is None \
             and time.time() < deadline:
         time.sleep(0.1)
     assert first.poll() is None, log_path.read_text()[-3000:]
-    first.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(first.pid, signal.SIGTERM)
+    else:
+        first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=150) == 143, log_path.read_text()[-3000:]
     text = log_path.read_text()
-    saved = r"SIGTERM (at epoch \d+, step \d+: saved \S+ckpt-\d+|before epoch \d+: nothing lost since the last checkpoint)"
+    with pytest.raises(ProcessLookupError):  # Nothing of the run outlives it.
+        os.killpg(first.pid, 0)
+    saved = (r"SIGTERM (at epoch \d+, step \d+: saved \S+ckpt-\d+"
+             r"|before epoch \d+: nothing lost since the last checkpoint)")
     assert re.search(rf"run_local.py: error: step train-model failed: Interrupted: {saved}; rerun to resume",
                      text), text[-3000:]
     assert text.strip().splitlines()[-1] == ("run_local.py: stopped by SIGTERM; the step in progress was told to "
