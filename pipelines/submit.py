@@ -229,6 +229,21 @@ def credentials_help() -> str:
             f"application-default login`, or set {environment_vars.CREDENTIALS} to a service-account key file")
 
 
+def _check_deployment_endpoint(values: dict, template_parameters: dict) -> None:
+    """With deploy=true, the endpoint the run's deployment would refuse (missing, or serving another model) is
+    refused now, not after training. Raises ValueError; prints where the deployment will go."""
+    from mnistkit import registry
+
+    def value(name):
+        return values.get(name, template_parameters.get(name, {}).get("defaultValue"))
+
+    if not value("deploy"):
+        return
+    name, said = registry.find_deployment_endpoint(value("endpoint") or "", value("model_display_name"),
+                                                   value("region"), value("project"))
+    print(said if name else f"{said} yet: the run creates it")
+
+
 def submit(args: argparse.Namespace, values: dict, labels: dict):
     """Uploads the template when asked, then creates the pipeline job; returns it (None with --upload_only)."""
     from google.cloud import aiplatform
@@ -242,6 +257,7 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
         if args.upload_only:
             return None
     aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
+    _check_deployment_endpoint(values, parameters.template_parameters(args.template))
     # aiplatform's own ID is the name and the second: two submits in one second (a sweep) collided.
     job_id = f"{PIPELINE_NAME}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     job = aiplatform.PipelineJob(
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     except auth_exceptions.DefaultCredentialsError:
         print(f"submit.py: error: {credentials_help()}", file=sys.stderr)
         return 1
-    except RuntimeError as e:  # What PipelineJob.wait raises when the run failed or was cancelled.
+    except (RuntimeError, ValueError) as e:  # A failed or cancelled run (PipelineJob.wait); a refused endpoint.
         print(f"submit.py: error: {e}", file=sys.stderr)
         return 1
     except api_exceptions.GoogleAPICallError as e:  # Vertex AI or Cloud Storage refused a request.

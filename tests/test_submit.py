@@ -90,6 +90,27 @@ def test_submission_carries_the_spec_parameters_and_service_account(endpoint, te
     assert f"submitted projects/{PROJECT}/locations/{REGION}/pipelineJobs/" in capsys.readouterr().out
 
 
+def test_an_endpoint_the_deployment_would_refuse_is_refused_before_the_run(endpoint, template, capsys):
+    """The deploy step runs after training: a mistyped endpoint, or one serving another model, cost the
+    whole run's machines before it failed."""
+    from tests.vertex import PARENT, deployed_endpoint, registered_model
+
+    url, recorded, handler = endpoint
+    deploy = ("--param", "register=true", "--param", "deploy=true")
+    handler.models[:] = [registered_model("8", "fraud-model", "1")]
+    handler.endpoints[:] = [deployed_endpoint("77", "shared", [("201", "8", "1", 100)])]
+    for given, says in [("404", f"endpoint: expected an existing endpoint, found none at {PARENT}/endpoints/404"),
+                        ("77", f"endpoint {PARENT}/endpoints/77: expected one serving only versions of mnist-cnn "
+                               f"(a deployment takes all of an endpoint's traffic), found {PARENT}/models/8 at 100%")]:
+        assert submit.main(_args(template, url, *deploy, "--param", f"endpoint={PARENT}/endpoints/{given}")) == 1
+        assert capsys.readouterr().err.startswith(f"submit.py: error: {says}")
+    assert not _job_requests(recorded)
+    # None named like the model yet: the run creates it, and says so now.
+    assert submit.main(_args(template, url, *deploy)) == 0
+    assert "no endpoint named mnist-cnn yet: the run creates it" in capsys.readouterr().out
+    assert len(_job_requests(recorded)) == 1 and len(handler.endpoints) == 1  # Nothing created by the check.
+
+
 def test_caching_on_leaves_the_registry_and_endpoint_steps_uncached(endpoint, template):
     """aiplatform's enable_caching=True sets every task's option: a rerun would have reused the last run's
     baseline lookup and endpoint, and skipped the upload and the deployment."""
@@ -392,9 +413,12 @@ def test_a_bad_experiment_name_never_reaches_the_endpoint(endpoint, template, ca
 
 
 def test_explicit_params_win_over_the_flags_they_default_to(endpoint, template):
-    url, recorded, _ = endpoint
+    from tests.vertex import deployed_endpoint
+
+    url, recorded, handler = endpoint
     other = "trainer@mnist-project.iam.gserviceaccount.com"
     endpoint_name = f"projects/{PROJECT}/locations/europe-west4/endpoints/123"
+    handler.endpoints[:] = [{**deployed_endpoint("123", "serving", []), "name": endpoint_name}]
     assert submit.main(_args(template, url, "--param", f"service_account={other}", "--param", "region=europe-west4",
                              "--param", "register=true", "--param", "deploy=true",
                              "--param", f"endpoint={endpoint_name}")) == 0
