@@ -23,5 +23,18 @@ RECIPES = {
                  beta_2=0.999),
 }
 
+
+
+def check_recipes(recipes: dict) -> None:
+    """Raises ValueError unless every recipe sets the same settings: one left out would take the first's value."""
+    first = next(iter(recipes.values()))
+    for name, recipe in recipes.items():
+        if set(recipe) != set(first):
+            raise ValueError(f"recipe {name}: expected the settings every recipe sets, {', '.join(sorted(first))}; "
+                             f"found {', '.join(sorted(recipe))}")
+
+
+check_recipes(RECIPES)
+
 SCHEDULES = ("constant", "cosine", "epoch_cosine")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")

@@ -11,6 +11,7 @@ from mnistkit.recipes import PRECISIONS, RECIPES, SCHEDULES
 
 
 NOT_IN_PIPELINE = object()  # hyper(pipeline=...) default: the pipeline does not expose the field.
+DEFAULT = object()  # hyper(pipeline=DEFAULT): the pipeline parameter's default is the field's, not a copy of it.
 
 
 def hyper(default, help: str, *, low=None, high=None, above=None, below=None, choices=None,
@@ -23,13 +24,17 @@ def hyper(default, help: str, *, low=None, high=None, above=None, below=None, ch
       low: The least allowed value (inclusive). high: the greatest allowed value (inclusive).
       above: A bound the value must exceed (exclusive). below: a bound it must stay under (exclusive).
       choices: The allowed values of a string.
-      pipeline: The pipeline parameter's default; NOT_IN_PIPELINE keeps the field out of the pipeline.
+      pipeline: The pipeline parameter's default; DEFAULT: `default` itself; NOT_IN_PIPELINE keeps the field
+        out of the pipeline.
       unset: The pipeline value meaning "not given: the recipe's, else the default" (0 or ""), since
-        kfp.local refuses Optional parameters; None when every value of the parameter is a real value.
+        kfp.local refuses Optional parameters; None when every value of the parameter is a real value. A
+        recipe's setting needs one, or every pipeline run would train with the pipeline's default instead.
       unset_means: What `unset` stands for, in the pipeline's docs.
     """
     if below is not None and pipeline is not NOT_IN_PIPELINE:
         raise ValueError("below: pipeline parameters take inclusive upper bounds only (high)")
+    if pipeline is DEFAULT:
+        pipeline = default
     metadata = dict(help=help, low=low, high=high, above=above, below=below, choices=choices, pipeline=pipeline,
                     unset=unset, unset_means=unset_means)
     return dataclasses.field(default=default, metadata=metadata)
@@ -53,7 +58,8 @@ class TrainConfig:
                            "model.keras, history.json, summaries and (by default) checkpoints go here.")
     batch_size: int = hyper(_recipe("batch_size"), "Global batch size.", low=1, pipeline=0, unset=0)
     train_epochs: int = hyper(_recipe("train_epochs"), "Epochs to train at most.", low=1, pipeline=0, unset=0)
-    epochs_between_evals: int = hyper(1, "Evaluate on the test split every this many epochs.", low=1, pipeline=1)
+    epochs_between_evals: int = hyper(1, "Evaluate on the test split every this many epochs.", low=1,
+                                      pipeline=DEFAULT)
     epoch_fraction: float = hyper(_recipe("epoch_fraction"), "An epoch's length as a share of the training split: "
                                   "epochs are cut from an endless stream of shuffled passes over it, and each ends "
                                   "with a checkpoint (and, every epochs_between_evals, an evaluation).", above=0,
@@ -167,6 +173,11 @@ def fields(config_class=TrainConfig) -> list[Field]:
     for f in dataclasses.fields(config_class):
         kind = next(a for a in typing.get_args(hints[f.name]) or (hints[f.name],) if a is not type(None))
         result.append(Field(f.name, kind, default=f.default, **f.metadata))
+        if f.name in RECIPES["fast"] and f.metadata["pipeline"] is not NOT_IN_PIPELINE and \
+                f.metadata["unset"] is None:
+            raise ValueError(f"{config_class.__name__}.{f.name}: a recipe's setting in the pipeline needs "
+                             f"hyper(..., unset=...), the value meaning 'the recipe's'; without it every pipeline "
+                             f"run trains with pipeline={f.metadata['pipeline']!r}, whatever the recipe")
     return result
 
 

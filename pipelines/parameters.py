@@ -127,7 +127,7 @@ def parse_overrides(overrides: list[str], parameters: dict[str, dict], replicas:
         if not sep or not name:
             raise ParameterError(f"override {item!r}: expected NAME=VALUE")
         if name not in parameters:
-            raise ParameterError(f"parameter {name}: unknown; the pipeline takes {', '.join(sorted(parameters))}")
+            raise ParameterError(_unknown(name, parameters))
         if name in values:
             raise ParameterError(f"parameter {name}: given more than once")
         values[name] = _convert(name, text, parameters[name]["parameterType"])
@@ -135,11 +135,25 @@ def parse_overrides(overrides: list[str], parameters: dict[str, dict], replicas:
     return values
 
 
+def _unknown(name: str, parameters: dict) -> str:
+    """The message for a parameter the pipeline does not take: the close matches first, then them all."""
+    import difflib
+
+    from mnistkit import train_config
+
+    close = difflib.get_close_matches(name, parameters, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    if name in {f.name for f in train_config.fields()}:
+        hint = (f"it is an mnist-train setting the pipeline does not expose (hyper(..., pipeline=...) in "
+                f"mnistkit/train_config.py); ")
+    return f"parameter {name}: unknown; {hint}the pipeline takes {', '.join(sorted(parameters))}"
+
+
 def check_values(values: dict, parameters: dict[str, dict], replicas: int = 1) -> None:
     """Checks already-typed values (names, types, ranges); raises ParameterError."""
     for name, value in values.items():
         if name not in parameters:
-            raise ParameterError(f"parameter {name}: unknown; the pipeline takes {', '.join(sorted(parameters))}")
+            raise ParameterError(_unknown(name, parameters))
         kind = parameters[name]["parameterType"]
         ok = {"NUMBER_INTEGER": isinstance(value, int) and not isinstance(value, bool),
               "NUMBER_DOUBLE": isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -30,6 +30,15 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command, flags", [("mnist-download", ["--data_dir", "--source", "--verify_checksums"]),
+                                            ("mnist-train", ["--data_dir", "--batch_size", "--stop_threshold"])])
+def test_each_commands_help_lists_its_own_flags(command, flags):
+    """absl lists the flags of sys.argv[0]'s module, the console script's wrapper: `--help` listed none."""
+    result = subprocess.run([os.path.join(BIN, command), "--help"], capture_output=True, text=True, timeout=120)
+    listed = ["--" + name for name in re.findall(r"^  --(?:\[no\])?(\w+):", result.stdout, re.MULTILINE)]
+    assert set(flags) <= set(listed), result.stdout[:2000]
+
+
 # --- mnist-download. ---------------------------------------------------------------
 
 

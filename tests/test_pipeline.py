@@ -15,7 +15,7 @@ import yaml
 
 from mnistkit import recipes
 from pipelines import compile as compile_module
-from pipelines import hardware, pipeline, run_local
+from pipelines import hardware, parameters, pipeline, run_local
 from tests import browser
 from tests.conftest import REPO, free_port, serve_directory
 
@@ -107,6 +107,24 @@ def test_pipeline_defaults_leave_the_recipe_in_charge():
     # 0 stands for "the recipe's" (kfp.local refuses Optional parameters): the recipe chooses all three.
     assert (defaults["batch_size"], defaults["train_epochs"], defaults["learning_rate"]) == (0, 0, 0.0)
     assert defaults["recipe"] == "fast" and 0 < defaults["min_accuracy"] <= defaults["stop_threshold"] <= 1
+
+
+def test_the_readme_names_every_pipeline_parameter_with_its_default():
+    """The README's parameter list is written by hand: a parameter added, renamed or given another default in
+    the code left it stale, and nothing noticed."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    start = readme.index("**Parameters** (defaults):")
+    listed = " ".join(readme[start:readme.index("\n\n", start)].split())
+    for name, spec in parameters.pipeline_parameters(pipeline.build()).items():
+        assert f"`{name}`" in listed, name
+        default = spec.get("defaultValue")
+        if isinstance(default, bool):
+            assert f"`{name}` {str(default).lower()}" in listed, name
+        elif isinstance(default, (int, float)):
+            assert re.search(rf"`{name}` {default:g}\b", listed), name
+        elif default and name not in ("source", "serving_image"):  # Those two are described, not spelled out.
+            assert f"`{name}` {default}" in listed, name
 
 
 def test_registry_and_tag_reach_every_image(tmp_path, monkeypatch):

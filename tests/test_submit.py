@@ -221,7 +221,10 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     (["--param", "learning_rate=fast"], "parameter learning_rate: expected a number, found 'fast'"),
     (["--param", "register=yes"], "parameter register: expected true or false, found 'yes'"),
     (["--param", "recipe=slow"], "parameter recipe: expected one of fast, seed, found 'slow'"),
-    (["--param", "epochs=3"], "parameter epochs: unknown; the pipeline takes baseline_margin, batch_size, "),
+    (["--param", "epochs=3"], "parameter epochs: unknown; did you mean train_epochs? the pipeline takes "
+     "baseline_margin, batch_size, "),
+    (["--param", "label_smoothing=0"], "parameter label_smoothing: unknown; it is an mnist-train setting the "
+     "pipeline does not expose (hyper(..., pipeline=...) in mnistkit/train_config.py); the pipeline takes "),
     (["--param", "train_epochs"], "override 'train_epochs': expected NAME=VALUE"),
     (["--label", "Team=x"], "--label 'Team=x': expected KEY=VALUE"),
     # The Registry and deployment values are used only after training: each is refused before the run.

@@ -4,7 +4,7 @@ import errno
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 
 
 class UserError(Exception):
@@ -97,4 +97,7 @@ def run(main) -> None:
                   "process's limit (ulimit -v, the container's memory) and run again", file=sys.stderr)
             sys.exit(1)
 
+    # absl's --help lists the flags of sys.argv[0]'s module: a console script's wrapper, which declares none.
+    for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[main.__module__]):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(guarded)
