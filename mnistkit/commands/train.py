@@ -41,9 +41,10 @@ _FLAGS = define_flags()
 
 def main(argv):
     del argv
-    from mnistkit import training  # TensorFlow loads here, after flags are parsed.
+    config = train_config.TrainConfig.from_recipe(RECIPE.value, **{f: flags.FLAGS[f].value for f in _FLAGS})
+    config.check()  # A value out of range is one line before TensorFlow loads (seconds), not after.
+    from mnistkit import training  # TensorFlow loads here.
 
-    config = training.TrainConfig.from_recipe(RECIPE.value, **{f: flags.FLAGS[f].value for f in _FLAGS})
     try:
         result = training.train(config)
     except training.Interrupted as e:
