@@ -204,7 +204,7 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
     with open(template, "rb") as f:
         assert f.read() in upload["body"]
     assert b"v1,latest" in upload["body"]
-    assert "as mnist-training sha256:0123abcd" in capsys.readouterr().out
+    assert f"as {submit.PIPELINE_NAME} sha256:0123abcd" in capsys.readouterr().out
     assert len(_job_requests(recorded)) == 1
 
 

@@ -10,6 +10,7 @@ internet. Tests use the `endpoint` fixture (import it into the test module).
 """
 
 import json
+import re
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,8 +137,10 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(200, job)
         if self.command == "GET" and name in self.jobs:
             return self._reply(200, {**self.jobs[name], "state": "PIPELINE_STATE_SUCCEEDED"})
-        if path.startswith("/kfp/") and self.command == "POST":
-            return self._reply(200, "mnist-training/sha256:0123abcd", "text/plain")
+        if path.startswith("/kfp/") and self.command == "POST":  # The package is named by the template's pipeline.
+            info = body[body.index(b"\npipelineInfo:"):]
+            package = re.search(rb"\n  name: ([\w-]+)", info)[1].decode()
+            return self._reply(200, f"{package}/sha256:0123abcd", "text/plain")
         if name == f"{PARENT}/models" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
             found = [self._model(m) for m in self.models if wanted in ("", f'display_name="{m["displayName"]}"')]
