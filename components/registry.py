@@ -88,14 +88,15 @@ def registration_inputs(saved_model: Input[Model], metrics: Input[Metrics],
     evaluation.metadata["accuracy"] = registry.accuracy_of({"rows": rows})
 
 
-def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[artifact_types.VertexEndpoint],
-                        project: str, location: str):
+def deployment_endpoint(resource_name: str, display_name: str, model: Input[artifact_types.VertexModel],
+                        endpoint: Output[artifact_types.VertexEndpoint], project: str, location: str):
     """The Vertex AI endpoint GCPC's ModelDeployOp deploys to: the one given, else the one named like the model.
 
     Args:
       resource_name: projects/PROJECT/locations/REGION/endpoints/ID, or empty: the endpoint named
         `display_name` (the newest if several), created when there is none.
       display_name: The model's display name, which the endpoint takes.
+      model: The version to deploy (GCPC's upload output): no other model may get traffic on the endpoint.
       endpoint: The endpoint, resourceName in its metadata.
       project: The endpoint's Google Cloud project (check_baseline's registry_project).
       location: Its region (check_baseline's registry_location).
@@ -103,7 +104,7 @@ def deployment_endpoint(resource_name: str, display_name: str, endpoint: Output[
     from mnistkit import registry
 
     registry.init_vertex(project, location)
-    name, said = registry.deployment_endpoint(resource_name, display_name, location)
+    name, said = registry.deployment_endpoint(resource_name, display_name, location, model.metadata["resourceName"])
     endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{name}"
     endpoint.metadata["resourceName"] = name
     print(said)

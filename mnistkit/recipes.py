@@ -24,7 +24,6 @@ RECIPES = {
 }
 
 
-
 def check_recipes(recipes: dict) -> None:
     """Raises ValueError unless every recipe sets the same settings: one left out would take the first's value."""
     first = next(iter(recipes.values()))

@@ -139,14 +139,15 @@ def endpoint_location(resource_name: str) -> str:
     return match[1]
 
 
-def find_deployment_endpoint(resource_name: str, display_name: str, location: str,
-                             project: str | None = None) -> tuple[str, str]:
+def find_deployment_endpoint(resource_name: str, display_name: str, location: str, project: str | None = None,
+                             model_name: str = "") -> tuple[str, str]:
     """The endpoint a deployment goes to, checked, without creating one: (resource name, one line for the log).
 
     A given `resource_name` must be in `location`. Otherwise the endpoint named `display_name` is used, the
-    newest if several carry the name; with none, the name is "". Either must exist and serve no other model
-    (_check_serves_only). `project` (default: aiplatform.init's) is where models and endpoints are listed.
-    Call init_vertex first.
+    newest if several carry the name; with none, the name is "". Either must exist and give traffic to no model
+    but the one deployed: `model_name` (MODEL@VERSION, the upload's), else the model a new version of
+    `display_name` joins (see _check_serves_only). `project` (default: aiplatform.init's) is where models and
+    endpoints are listed. Call init_vertex first.
     """
     from google.cloud import aiplatform
 
@@ -155,7 +156,7 @@ def find_deployment_endpoint(resource_name: str, display_name: str, location: st
         if region != location:
             raise ValueError(f"endpoint: expected one in the run's region {location}, found {resource_name} in "
                              f"{region}")
-        _check_serves_only(resource_name, display_name, location, project)
+        _check_serves_only(resource_name, display_name, location, project, model_name)
         return resource_name, f"deploying to the endpoint given, {resource_name}"
     found = _named(aiplatform.Endpoint.list(filter=f'display_name="{display_name}"', order_by="create_time desc",
                                             project=project, location=location), display_name)
@@ -163,30 +164,34 @@ def find_deployment_endpoint(resource_name: str, display_name: str, location: st
         return "", f"no endpoint named {display_name}"
     name = found[0].resource_name
     others = f", the newest of {len(found)} endpoints of that name" if len(found) > 1 else ""
-    _check_serves_only(name, display_name, location, project)
+    _check_serves_only(name, display_name, location, project, model_name)
     return name, f"deploying to the endpoint named {display_name}, {name}{others}"
 
 
-def deployment_endpoint(resource_name: str, display_name: str, location: str) -> tuple[str, str]:
-    """The endpoint to deploy to and what was done to find it: (resource name, one line for the log).
+def deployment_endpoint(resource_name: str, display_name: str, location: str, model_name: str) -> tuple[str, str]:
+    """The endpoint to deploy `model_name` (MODEL@VERSION) to and what was done to find it: (resource name, one
+    line for the log).
 
     find_deployment_endpoint's, created when none is named like the model: every rerun creating one left
     another endpoint behind, with a machine for each model deployed there. Call init_vertex first.
     """
     from google.cloud import aiplatform
 
-    name, said = find_deployment_endpoint(resource_name, display_name, location)
+    name, said = find_deployment_endpoint(resource_name, display_name, location, model_name=model_name)
     if name:
         return name, said
     created = aiplatform.Endpoint.create(display_name=display_name)
     return created.resource_name, f"{said}: created {created.resource_name}"
 
 
-def _check_serves_only(endpoint_name: str, display_name: str, location: str, project: str | None) -> None:
-    """Refuses an endpoint that is missing, or where a model not named `display_name` gets traffic.
+def _check_serves_only(endpoint_name: str, display_name: str, location: str, project: str | None,
+                       model_name: str) -> None:
+    """Refuses an endpoint that is missing, or where another model than the one deployed gets traffic.
 
     The deployment gives the new version all the endpoint's traffic (GCPC's ModelDeployOp sends a traffic split,
-    which replaces the endpoint's): another model there would serve nothing and keep its machines.
+    which replaces the endpoint's), and then only that model's earlier versions are undeployed: another model
+    there would serve nothing and keep its machines. The model deployed is `model_name`'s; without one (before
+    the run), the newest model named `display_name`, which a new version joins (find_baseline's).
     """
     from google.api_core import exceptions
     from google.cloud import aiplatform
@@ -199,10 +204,13 @@ def _check_serves_only(endpoint_name: str, display_name: str, location: str, pro
     serving = [d for d in endpoint.list_models() if traffic.get(d.id, 0)]
     if not serving:
         return
-    ours = {_region_and_id(m.resource_name)
-            for m in _named(aiplatform.Model.list(filter=f'display_name="{display_name}"', project=project,
-                                                  location=location), display_name)}
-    others = [f"{d.model} at {traffic[d.id]}%" for d in serving if _region_and_id(d.model) not in ours]
+    if model_name:
+        ours = _region_and_id(_versioned(model_name)[0])
+    else:
+        named = _named(aiplatform.Model.list(filter=f'display_name="{display_name}"', order_by="update_time desc",
+                                             project=project, location=location), display_name)
+        ours = _region_and_id(named[0].resource_name) if named else None
+    others = [f"{d.model} at {traffic[d.id]}%" for d in serving if _region_and_id(d.model) != ours]
     if others:
         raise ValueError(f"endpoint {endpoint_name}: expected one serving only versions of {display_name} (a "
                          f"deployment takes all of an endpoint's traffic), found {', '.join(others)}; give another "

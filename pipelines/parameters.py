@@ -144,8 +144,8 @@ def _unknown(name: str, parameters: dict) -> str:
     close = difflib.get_close_matches(name, parameters, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     if name in {f.name for f in train_config.fields()}:
-        hint = (f"it is an mnist-train setting the pipeline does not expose (hyper(..., pipeline=...) in "
-                f"mnistkit/train_config.py); ")
+        hint = ("it is an mnist-train setting the pipeline does not expose (hyper(..., pipeline=...) in "
+                "mnistkit/train_config.py); ")
     return f"parameter {name}: unknown; {hint}the pipeline takes {', '.join(sorted(parameters))}"
 
 

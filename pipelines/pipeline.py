@@ -299,8 +299,9 @@ def _register(baseline_op, registration_op, default_op, endpoint_op, undeploy_op
         default = default_op(model=uploaded, **where).set_display_name("make-default-version").after(imported)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
             # The endpoint given, else the one named like the model (created once, reused by later runs).
-            target = endpoint_op(resource_name=endpoint_name, display_name=display_name,
-                                 **where).set_display_name("deployment-endpoint")
+            # Only a version that carries its evaluation and is the default serves.
+            target = endpoint_op(resource_name=endpoint_name, display_name=display_name, model=uploaded,
+                                 **where).set_display_name("deployment-endpoint").after(default)
             deployed = ModelDeployOp(model=uploaded, endpoint=target.outputs["endpoint"],
                                      dedicated_resources_machine_type=machine_type,
                                      dedicated_resources_min_replica_count=1,

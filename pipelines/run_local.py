@@ -243,8 +243,9 @@ def _step_processes() -> list[int]:
 
 
 # Set by the SIGTERM handler: the run stops once the step in progress has ended.
-# resumes: checkpoint_root given, which a rerun reads; run_label: this run's CONTAINER_LABEL (--runner docker).
-_STOPPING = {"sigterm": False, "resumes": False, "run_label": ""}
+# resumes: checkpoint_root given, which a rerun reads; run_label: this run's CONTAINER_LABEL (--runner docker);
+# steps: the step processes SIGTERM was passed on to, which this process may have adopted.
+_STOPPING = {"sigterm": False, "resumes": False, "run_label": "", "steps": []}
 _STOPPED_LINE = "run_local.py: stopped by SIGTERM; the step in progress was told to save and stop: "
 
 
@@ -260,12 +261,12 @@ def _stop_steps_on_sigterm() -> None:
     def handle(signum, frame):
         _STOPPING["sigterm"] = True
         steps = _step_processes()
+        _STOPPING["steps"] += steps
         for pid in steps:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         if not steps and not (_STOPPING["run_label"] and _signal_step_containers(_STOPPING["run_label"])):
             print("run_local.py: stopped by SIGTERM; no step of this run was running", file=sys.stderr)
-            _reap_adopted_steps(seconds=0)
             raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handle)
@@ -283,7 +284,7 @@ def _adopt_orphaned_steps() -> None:
     import ctypes
 
     pr_set_child_subreaper = 36  # From <linux/prctl.h>.
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError):  # No libc prctl: not Linux.
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
@@ -308,20 +309,19 @@ def _signal_step_containers(run_label: str) -> int:
 
 
 def _reap_adopted_steps(seconds: float) -> None:
-    """Waits up to `seconds` for the step processes this run adopted (_adopt_orphaned_steps) and reaps them.
-
-    Called once kfp.local has waited for its own: any child left is a step whose wrapper died before it.
-    """
+    """Waits up to `seconds` for the step processes SIGTERM was passed on to that this process adopted
+    (_adopt_orphaned_steps: their wrapper died before them), and reaps them. Called once kfp.local has waited
+    for the wrappers; a step that is not this process's child (its wrapper waited for it) is left alone."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:  # None left.
-            return
-        if not pid:  # One is still saving.
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.05)
+    for pid in _STOPPING["steps"]:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # Not a child of this process, or already reaped.
+                break
+            if done or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)  # Still saving.
 
 
 def _stop() -> None:

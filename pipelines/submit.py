@@ -248,6 +248,9 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
     """Uploads the template when asked, then creates the pipeline job; returns it (None with --upload_only)."""
     from google.cloud import aiplatform
 
+    if not args.upload_only:  # Before the upload too: a refused submission publishes nothing.
+        aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
+        _check_deployment_endpoint(values, parameters.template_parameters(args.template))
     if args.upload_to:
         from kfp.registry import RegistryClient
 
@@ -256,8 +259,6 @@ def submit(args: argparse.Namespace, values: dict, labels: dict):
         print(f"uploaded {args.template} to {args.upload_to} as {package} {version}")
         if args.upload_only:
             return None
-    aiplatform.init(project=args.project, location=args.region, api_endpoint=args.api_endpoint)
-    _check_deployment_endpoint(values, parameters.template_parameters(args.template))
     # aiplatform's own ID is the name and the second: two submits in one second (a sweep) collided.
     job_id = f"{PIPELINE_NAME}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     job = aiplatform.PipelineJob(

@@ -158,6 +158,15 @@ def test_of_several_models_of_that_name_the_newest_is_the_baseline(vertex):
     assert f"`{PARENT}/models/2` version 2 (the default version), the newest of 2 models named `{NAME}`" in verdict
 
 
+def test_a_display_name_is_matched_whole_not_as_a_list_filters_pattern(vertex):
+    """A `*` in model_display_name (the pipeline allows it) is a wildcard in a list filter: another model's
+    versions would have been the baseline, and its endpoint deployed to."""
+    _, handler = vertex
+    handler.models[:] = [registered_model("42", "mnist-cnn-old", "3", PERFECT_99_OF_100)]
+    task = component(check_baseline)(accuracy=0.95, display_name="mnist-cnn*", baseline_margin=0.002)
+    assert task.outputs["Output"] == registry.NEW_MODEL
+
+
 def _make_default(model_name):
     from kfp import dsl
 
@@ -191,11 +200,20 @@ def test_a_new_version_becomes_the_default_and_the_next_baseline_once_its_evalua
         _make_default(f"{PARENT}/models/42@9")
 
 
-def _endpoint_for(resource_name="", display_name=NAME):
+def _endpoint_for(resource_name="", display_name=NAME, model_name=f"{PARENT}/models/7@2"):
+    """The deployment-endpoint step's endpoint, for deploying `model_name` (as GCPC's upload names it)."""
+    from kfp import dsl
+
     from components.registry import deployment_endpoint
 
-    return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name, project=PROJECT,
-                                          location=REGION).outputs["endpoint"]
+    @dsl.pipeline
+    def before_deploy(resource_name: str, display_name: str, model_name: str) -> artifact_types.VertexEndpoint:
+        model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
+                             artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
+        return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name,
+                                              model=model.output, project=PROJECT, location=REGION).output
+
+    return before_deploy(resource_name=resource_name, display_name=display_name, model_name=model_name).output
 
 
 def _endpoint_calls(recorded):
@@ -242,6 +260,14 @@ def test_an_endpoint_where_another_model_gets_traffic_is_refused(vertex, capfd):
     handler.endpoints[0]["trafficSplit"] = {"101": 100}
     assert _endpoint_for(f"{PARENT}/endpoints/1234").metadata["resourceName"] == f"{PARENT}/endpoints/1234"
     assert not [r for r in recorded if r["method"] == "POST"]  # Nothing created, nothing undeployed.
+    # Another model of the same name is another model: only the deployed model's earlier versions are undeployed.
+    handler.models.append(registered_model("9", NAME, "1"))
+    handler.endpoints[0]["deployedModels"].append({"id": "301", "model": f"{PARENT}/models/9", "modelVersionId": "1"})
+    handler.endpoints[0]["trafficSplit"] = {"101": 50, "301": 50}
+    with pytest.raises(RuntimeError, match="deployment-endpoint"):
+        _endpoint_for(f"{PARENT}/endpoints/1234")
+    out = capfd.readouterr()
+    assert f"found {PARENT}/models/9 at 50%" in out.out + out.err
 
 
 def test_without_an_endpoint_the_one_named_like_the_model_is_created_once_then_reused(vertex, capfd):
@@ -467,6 +493,11 @@ def _component_of(spec, task_name) -> str:
     return walk(spec["root"]["dag"])
 
 
+def _dags(spec) -> list[dict]:
+    """The root DAG and every group's."""
+    return [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+
+
 DEPLOY = "inputs.parameter_values['pipelinechannel--deploy'] == true"
 
 
@@ -487,6 +518,13 @@ def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed
             "taskOutputArtifact": {"outputArtifactKey": "endpoint", "producerTask": "deployment-endpoint"}}
         assert "oneof" in task["inputs"]["artifacts"]["model"]["componentInputArtifact"]
     assert "model-deploy" in undeploy["dependentTasks"]  # Only once the new version has the traffic.
+    # Only a version that carries its evaluation and is the default is deployed: the deploy-requested group
+    # (the compiler puts the step's dependency on the group holding it) waits for make-default-version.
+    (holder,) = [task for dag in _dags(spec) for task in dag["tasks"].values()
+                 if "deployment-endpoint" in spec["components"][task["componentRef"]["name"]].get("dag", {})
+                 .get("tasks", {})]
+    assert "make-default-version" in holder["dependentTasks"]
+    assert "oneof" in target["inputs"]["artifacts"]["model"]["componentInputArtifact"]
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["deploy"]["defaultValue"] is False and defaults["register"]["defaultValue"] is False
     assert "baseline_margin" in pipeline.PARAMETER_RULES  # Checked in [0, 1] before a run starts.

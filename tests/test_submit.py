@@ -102,9 +102,11 @@ def test_an_endpoint_the_deployment_would_refuse_is_refused_before_the_run(endpo
     for given, says in [("404", f"endpoint: expected an existing endpoint, found none at {PARENT}/endpoints/404"),
                         ("77", f"endpoint {PARENT}/endpoints/77: expected one serving only versions of mnist-cnn "
                                f"(a deployment takes all of an endpoint's traffic), found {PARENT}/models/8 at 100%")]:
-        assert submit.main(_args(template, url, *deploy, "--param", f"endpoint={PARENT}/endpoints/{given}")) == 1
+        assert submit.main(_args(template, url, *deploy, "--param", f"endpoint={PARENT}/endpoints/{given}",
+                                 "--upload_to", f"{url}/kfp/{PROJECT}/pipelines")) == 1
         assert capsys.readouterr().err.startswith(f"submit.py: error: {says}")
     assert not _job_requests(recorded)
+    assert not [r for r in recorded if r["path"].startswith("/kfp/")]  # Nor is the template published.
     # None named like the model yet: the run creates it, and says so now.
     assert submit.main(_args(template, url, *deploy)) == 0
     assert "no endpoint named mnist-cnn yet: the run creates it" in capsys.readouterr().out

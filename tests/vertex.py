@@ -85,6 +85,14 @@ class Recorder(BaseHTTPRequestHandler):
         return self._reply(200, {"name": name, "done": False})
 
     @staticmethod
+    def _matches(wanted: str, display_name: str) -> bool:
+        """A list filter `display_name="..."`, where `*` matches any text (list filters' wildcard, AIP-160)."""
+        if not wanted:
+            return True
+        value = re.fullmatch(r'display_name="(.*)"', wanted)[1]
+        return re.fullmatch(".*".join(map(re.escape, value.split("*"))), display_name) is not None
+
+    @staticmethod
     def _model(m: dict) -> dict:
         """A model as the API shows it at its default version (the stand-in's bookkeeping left out)."""
         return {k: v for k, v in m.items() if k not in ("evaluations", "versions")}
@@ -143,7 +151,7 @@ class Recorder(BaseHTTPRequestHandler):
             return self._reply(200, f"{package}/sha256:0123abcd", "text/plain")
         if name == f"{PARENT}/models" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
-            found = [self._model(m) for m in self.models if wanted in ("", f'display_name="{m["displayName"]}"')]
+            found = [self._model(m) for m in self.models if self._matches(wanted, m["displayName"])]
             if query.get("orderBy") == ["update_time desc"]:  # What aiplatform's Model.list asks the server for.
                 found.sort(key=lambda m: m["updateTime"], reverse=True)
             elif query.get("orderBy"):
@@ -165,7 +173,7 @@ class Recorder(BaseHTTPRequestHandler):
                     if json.loads(body)["versionAliases"] != ["default"]:
                         return self._reply(400, {"error": {"code": 400, "message": "unexpected aliases"}})
                     # This Registry keeps each model at its default version: the alias moves, and the model with it.
-                    m.update(versionId=version, updateTime=f"2026-03-{len(self.requests) % 28 + 1:02d}T00:00:00Z")
+                    m.update(versionId=version, updateTime=f"2026-03-01T00:00:00.{len(self.requests):06d}Z")
                     return self._reply(200, self._model(m))
             return self._not_found(name)
         # The pinned client polls operations through the first of the API's HTTP rules, /ui/{name}.
@@ -175,7 +183,7 @@ class Recorder(BaseHTTPRequestHandler):
         if name == f"{PARENT}/endpoints" and self.command == "GET":
             wanted = urllib.parse.unquote(query.get("filter", [""])[0])
             # In the order kept, oldest first: the client sorts them (by createTime) where it is asked to.
-            found = [e for e in self.endpoints if wanted in ("", f'display_name="{e["displayName"]}"')]
+            found = [e for e in self.endpoints if self._matches(wanted, e["displayName"])]
             return self._reply(200, {"endpoints": found} if found else {})
         if name == f"{PARENT}/endpoints" and self.command == "POST":
             created = {**json.loads(body), "name": f"{PARENT}/endpoints/{9000 + len(self.endpoints)}",
