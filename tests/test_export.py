@@ -118,6 +118,18 @@ def test_exported_model_classifies_like_the_trained_one(exported, model_dir, tes
     assert empty["probabilities"].shape == (0, 10) and empty["probabilities"].dtype == tf.float32
 
 
+def test_the_export_holds_each_weight_once(exported):
+    """Its variables are the model's float32 weights once: an export is copied to Cloud Storage, the Model
+    Registry and every serving replica, so a second copy of the 13 MB would double all of that."""
+    reader = tf.train.load_checkpoint(os.path.join(exported[1], "variables", "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    shapes = [shape for key, shape in reader.get_variable_to_shape_map().items() if dtypes[key] == tf.float32]
+    assert sum(int(np.prod(shape)) for shape in shapes) == model.NUM_PARAMETERS  # The dropout's seed aside.
+    data = sum(os.path.getsize(os.path.join(exported[1], "variables", f))
+               for f in os.listdir(os.path.join(exported[1], "variables")) if ".data-" in f)
+    assert 4 * model.NUM_PARAMETERS <= data < 4 * model.NUM_PARAMETERS + 100_000
+
+
 def test_exporting_twice_gives_two_versions(model_dir, tmp_path):
     first = exporting.export(model_dir, str(tmp_path))
     second = exporting.export(model_dir, str(tmp_path))
