@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import logging
 import math
@@ -77,9 +78,12 @@ def _machine_error(error: BaseException, data_dir: str) -> OSError | None:
 
 
 def _is_permanent(error: Exception) -> bool:
-    """Whether another attempt cannot help: the mirror said the object is missing or refused (4xx but 408/429)."""
+    """Whether another attempt cannot help: the mirror said the object is missing or refused (4xx but 408/429),
+    or what it holds cannot be the file."""
     if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
         return True  # A local source without the file.
+    if any(isinstance(e, sources.Unacceptable) for e in sources.causes(error)):
+        return True
     # urllib's HTTPError and google.api_core's errors both carry the HTTP status as `code`.
     code = getattr(error, "code", None)
     return isinstance(code, int) and 400 <= code < 500 and code not in (408, 429)
@@ -103,6 +107,16 @@ class DownloadConfig:
     # No one else writes data_dir (a pipeline step's own output): every scratch file in it is a killed attempt's,
     # whatever host wrote it. Otherwise only those of dead writers on this host are removed.
     sole_writer: bool = False
+
+
+# The most bytes a file may have when its checksum is not verified: 1 GiB of gzip holds millions of 28x28
+# images, far more than any data set in MNIST's format, and stops a mirror that never stops sending.
+MAX_UNVERIFIED_BYTES = 1 << 30
+
+
+def max_bytes(name: str, verify_checksums: bool = True) -> int:
+    """The most bytes file `name` may have on a mirror: its own size when it is checked against its checksum."""
+    return idx.SIZES.get(name, MAX_UNVERIFIED_BYTES) if verify_checksums else MAX_UNVERIFIED_BYTES
 
 
 def _check(path: str, name: str, verify_checksums: bool) -> None:
@@ -280,7 +294,8 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
                          f"{config.timeout_seconds}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
-    mirrors = [(source, sources.source_copier(source, config.progress_seconds, config.timeout_seconds))
+    limit_of = functools.partial(max_bytes, verify_checksums=config.verify_checksums)
+    mirrors = [(source, sources.source_copier(source, config.progress_seconds, config.timeout_seconds, limit_of))
                for source in sources.split_sources(config.source)]
     os.makedirs(config.data_dir, exist_ok=True)
     files.sweep_leftovers(config.data_dir, every_writer=config.sole_writer)  # What killed downloads left.

@@ -32,18 +32,33 @@ class Refused(Exception):
         self.code = code
 
 
+class Unacceptable(Exception):
+    """What a mirror holds under the name cannot be the file: larger than the file can be, or not a regular file.
+
+    Another attempt at the same mirror would get the same, so the next mirror is tried. Without such a bound a
+    mirror that sends an endless body, or a local source whose file is a link to /dev/zero, wrote until the disk
+    was full, and the error then blamed the disk.
+    """
+
+
 # --- Progress of a large download. -------------------------------------------------
 
 
 class ProgressWriter:
     """A file-like sink that counts what it writes and logs bytes and rate every `interval` seconds."""
 
-    def __init__(self, out, name: str, total: int | None = None, interval: float = 5.0):
+    def __init__(self, out, name: str, total: int | None = None, interval: float = 5.0, where: str = "",
+                 limit: int | None = None):
+        """`limit`: the most bytes `name` may have (raises Unacceptable past it); `where`: its source, for that."""
         self._out, self._name, self.total, self._interval = out, name, total, interval
+        self._where, self._limit = where or name, limit
         self.written = 0
         self.started = self._last = time.monotonic()
 
     def write(self, data) -> int:
+        if self._limit is not None and self.written + len(data) > self._limit:
+            raise Unacceptable(f"{self._where}: size: expected at most {self._limit:,} bytes, found more (at least "
+                               f"{self.written + len(data):,}); not {self._name}")
         count = self._out.write(data)
         self.written += len(data)
         now = time.monotonic()
@@ -70,15 +85,28 @@ class ProgressWriter:
 # --- Copying one object to a local path. ------------------------------------------
 
 
-def _copy_local(base: str, name: str, dest: str) -> None:
-    shutil.copyfile(os.path.join(base, name), dest)
+def _copy_local(base: str, name: str, dest: str, limit: int | None) -> None:
+    from mnistkit.idx import not_regular
+
+    path = os.path.join(base, name)
+    found = not_regular(path)
+    if found and found != "no such file":  # A missing file is a FileNotFoundError below, as the other mirrors' 404.
+        raise Unacceptable(f"{path}: expected a regular file, found {found}")
+    size = os.path.getsize(path) if not found else 0
+    if limit is not None and size > limit:
+        raise Unacceptable(f"{path}: size: expected at most {limit:,} bytes, found {size:,}; not {name}")
+    shutil.copyfile(path, dest)
 
 
-def _copy_http(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float) -> None:
+def _copy_http(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float,
+               limit: int | None) -> None:
     url = urllib.parse.urljoin(base if base.endswith("/") else base + "/", name)
     with urllib.request.urlopen(url, timeout=timeout_seconds) as response, open(dest, "wb") as out:
         expected = response.headers.get("Content-Length")
-        sink = ProgressWriter(out, name, int(expected) if expected else None, progress_seconds)
+        if expected and expected.isdigit() and limit is not None and int(expected) > limit:
+            raise Unacceptable(f"{url}: size: expected at most {limit:,} bytes, found a Content-Length of "
+                               f"{int(expected):,}; not {name}")
+        sink = ProgressWriter(out, name, int(expected) if expected else None, progress_seconds, url, limit)
         # http.client's read(amt) returns a short body without complaint when
         # the server hangs up early (seen on Python 3.11), so count the bytes;
         # the checksum catches what a lying Content-Length would hide.
@@ -123,7 +151,7 @@ def gcs_clients() -> list[tuple[str, object]]:
 
 
 def _copy_gcs(base: str, name: str, dest: str, progress_seconds: float, timeout_seconds: float,
-              clients: list) -> None:
+              clients: list, limit: int | None) -> None:
     from google.auth import exceptions
 
     bucket_name, _, prefix = base[len("gs://") :].partition("/")
@@ -132,7 +160,7 @@ def _copy_gcs(base: str, name: str, dest: str, progress_seconds: float, timeout_
     for description, client in clients:
         try:
             with open(dest, "wb") as out:
-                sink = ProgressWriter(out, name, None, progress_seconds)
+                sink = ProgressWriter(out, name, None, progress_seconds, f"gs://{bucket_name}/{blob_name}", limit)
                 # retry=None: the client's own retry (a 120 s deadline) inside
                 # our attempts would multiply them; only fetch_file retries.
                 client.bucket(bucket_name).blob(blob_name).download_to_file(
@@ -150,14 +178,15 @@ def _copy_gcs(base: str, name: str, dest: str, progress_seconds: float, timeout_
                    "(gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)", 403)
 
 
-def source_copier(source: str, progress_seconds: float = 5.0,
-                  timeout_seconds: float = 60.0) -> Callable[[str, str], None]:
+def source_copier(source: str, progress_seconds: float = 5.0, timeout_seconds: float = 60.0,
+                  limit_of: Callable[[str], int | None] = lambda name: None) -> Callable[[str, str], None]:
     """Returns the function that copies object `name` of one `source` (not a list) to a path.
 
     Args:
       source: gs://BUCKET[/PREFIX], an http(s):// base URL or a local directory.
       progress_seconds: How often a download in progress logs its bytes and rate.
       timeout_seconds: How long to wait to connect, and for each read.
+      limit_of: The most bytes object `name` may have (None: no bound); past it the copy raises Unacceptable.
     """
     if source.startswith("gs://"):
         bucket = source[len("gs://") :].split("/")[0]
@@ -169,17 +198,17 @@ def source_copier(source: str, progress_seconds: float = 5.0,
         def copy_gcs(name, dest):
             if not clients:
                 clients.extend(gcs_clients())
-            _copy_gcs(source, name, dest, progress_seconds, timeout_seconds, clients)
+            _copy_gcs(source, name, dest, progress_seconds, timeout_seconds, clients, limit_of(name))
 
         return copy_gcs
     if source.startswith(("http://", "https://")):
-        return lambda name, dest: _copy_http(source, name, dest, progress_seconds, timeout_seconds)
+        return lambda name, dest: _copy_http(source, name, dest, progress_seconds, timeout_seconds, limit_of(name))
     path = source[len("file://") :] if source.startswith("file://") else source
     if "://" in path:
         raise ValueError(f"--source {source!r}: expected gs://..., http(s)://... or a local directory")
     if not os.path.isdir(path):
         raise ValueError(f"--source {source!r}: expected an existing local directory, found none")
-    return lambda name, dest: _copy_local(path, name, dest)
+    return lambda name, dest: _copy_local(path, name, dest, limit_of(name))
 
 
 def split_sources(source: str) -> list[str]:

@@ -256,6 +256,93 @@ def test_a_truncated_http_body_is_retried_and_never_lands(tmp_path, labels_sourc
     assert _leftovers(data_dir) == []
 
 
+class _Endless(http.server.SimpleHTTPRequestHandler):
+    """Answers every GET with a gzip start and then zeros that never end, announcing `length` bytes if set."""
+
+    length = None
+    requests: list = []
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        self.send_response(200)
+        if self.length is not None:
+            self.send_header("Content-Length", str(self.length))
+        self.end_headers()
+        try:
+            self.wfile.write(b"\x1f\x8b")
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:  # The client hung up.
+            pass
+
+
+@pytest.mark.parametrize("length", [None, 10**12], ids=["no length", "a length of 1 TB"])
+def test_a_mirror_sending_more_than_the_file_is_left_for_the_next(tmp_path, labels_source, length):
+    """A body longer than the file's known size is refused as soon as it passes that size (or announces more), not
+    written until the disk is full; the mirror is not retried, and the next mirror delivers."""
+    name = LABELS[0]
+    handler = type("Endless", (_Endless,), {"length": length, "requests": []})
+    data_dir = tmp_path / "data"
+    with serve_directory(labels_source, handler) as url:
+        sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=f"{url},{labels_source}",
+                                                   files=(name,)), sleep=lambda s: None)
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "alone"), source=url, files=(name,)),
+                           sleep=lambda s: None)
+    assert sums == {name: idx.SHA256[name]}
+    assert _leftovers(data_dir) == [name]
+    assert len(handler.requests) == 2  # Once per download: not retried.
+    found = "found more" if length is None else f"found a Content-Length of {length:,}"
+    assert f"{url}{name}: size: expected at most {idx.SIZES[name]:,} bytes, {found}" in str(e.value)
+    assert "so it was not retried" in str(e.value)
+    assert _leftovers(tmp_path / "alone") == []
+
+
+def test_without_checksums_a_download_still_has_a_bound(tmp_path, labels_source, monkeypatch):
+    monkeypatch.setattr(fetch, "MAX_UNVERIFIED_BYTES", 1 << 20)
+    handler = type("Endless", (_Endless,), {"requests": []})
+    with serve_directory(labels_source, handler) as url:
+        with pytest.raises(fetch.FetchError, match=r"size: expected at most 1,048,576 bytes, found more"):
+            fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "data"), source=url, files=LABELS[:1],
+                                                verify_checksums=False), sleep=lambda s: None)
+    assert _leftovers(tmp_path / "data") == []
+
+
+def test_a_local_mirror_whose_file_is_not_a_regular_file_is_left_for_the_next(tmp_path, labels_source):
+    """A link to /dev/zero in a local source used to be copied until the disk was full."""
+    name = LABELS[0]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.symlink("/dev/zero", odd / name)
+    data_dir = tmp_path / "data"
+    sums = fetch.download(fetch.DownloadConfig(data_dir=str(data_dir), source=f"{odd},{labels_source}",
+                                               files=(name,)), sleep=lambda s: None)
+    assert sums == {name: idx.SHA256[name]}
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "alone"), source=str(odd), files=(name,)))
+    assert f"{odd / name}: expected a regular file, found a character device" in str(e.value)
+    assert _leftovers(tmp_path / "alone") == []
+
+
+def test_a_gcs_object_larger_than_the_file_is_refused(tmp_path, gcs_emulator, labels_source):
+    name = LABELS[0]
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / name).write_bytes(b"\x1f\x8b" + bytes(idx.SIZES[name] + 5000))
+    upload_dir("mnistkit-test-big", "mnist", str(big))
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "data"), source="gs://mnistkit-test-big/mnist",
+                                            files=(name,)), sleep=lambda s: None)
+    assert (f"gs://mnistkit-test-big/mnist/{name}: size: expected at most {idx.SIZES[name]:,} bytes, found more"
+            in str(e.value))
+    assert "so it was not retried" in str(e.value)
+    assert _leftovers(tmp_path / "data") == []
+
+
+def test_the_known_sizes_are_the_real_files(mnist_dir):
+    assert {name: os.path.getsize(os.path.join(mnist_dir, name)) for name in idx.FILES} == idx.SIZES
+
+
 def test_an_interrupted_attempt_leaves_no_partial_file(tmp_path, labels_source):
     name = LABELS[0]
     data_dir = tmp_path / "data"
