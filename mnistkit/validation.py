@@ -67,14 +67,25 @@ def validate(data_dir: str, canonical: bool = True) -> dict:
             raise idx.DataError(images_path, "count", split.size, examples)
         if not examples:
             raise idx.DataError(images_path, "count", "at least 1 example", 0)
+        if std == 0:  # Well-formed files of blank images (or all one grey) pass every structural check.
+            raise idx.DataError(images_path, "pixels", "images that are not all one value",
+                                f"every pixel of all {examples:,} images {round(mean * 255)}")
+        counts = np.bincount(labels, minlength=idx.NUM_CLASSES)
+        if canonical and not counts.all():  # MNIST's splits hold each digit 892 times or more.
+            missing = ", ".join(str(digit) for digit in np.flatnonzero(counts == 0))
+            raise idx.DataError(os.path.join(data_dir, split.labels), "labels", "every digit 0-9 at least once",
+                                f"no {missing}")
         report["splits"][split.name] = {
             "examples": examples,
-            "class_counts": np.bincount(labels, minlength=idx.NUM_CLASSES).tolist(),
+            "class_counts": counts.tolist(),
             "pixel_mean": mean,
             "pixel_std": std,
         }
         for name in (split.images, split.labels):
             report["sha256"][name] = fetch.sha256_of(os.path.join(data_dir, name))
+    # Other bytes can be the same data (gzipped again, say), so a difference is reported, not refused; the
+    # download step refuses it unless told --noverify_checksums.
+    report["original_mnist"] = all(report["sha256"][name] == idx.SHA256[name] for name in idx.FILES)
     return report
 
 
@@ -85,8 +96,9 @@ def to_markdown(report: dict) -> str:
     for name, s in report["splits"].items():
         counts = ", ".join(str(c) for c in s["class_counts"])
         lines.append(f"| {name} | {s['examples']:,} | {s['pixel_mean']:.4f} | {s['pixel_std']:.4f} | {counts} |")
-    lines += ["", "| file | sha256 |", "|---|---|"]
-    lines += [f"| {name} | `{digest}` |" for name, digest in report["sha256"].items()]
+    lines += ["", "| file | sha256 | the original MNIST file's |", "|---|---|---|"]
+    lines += [f"| {name} | `{digest}` | {'yes' if digest == idx.SHA256.get(name) else 'no'} |"
+              for name, digest in report["sha256"].items()]
     return "\n".join(lines) + "\n"
 
 

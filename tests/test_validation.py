@@ -40,9 +40,10 @@ def test_report_of_the_real_data_is_canonical(mnist_dir):
     # The normalisation constants every MNIST tutorial quotes.
     assert report["splits"]["train"]["pixel_mean"] == pytest.approx(0.1307, abs=1e-4)
     assert report["splits"]["train"]["pixel_std"] == pytest.approx(0.3081, abs=1e-4)
-    assert report["sha256"] == idx.SHA256
+    assert report["sha256"] == idx.SHA256 and report["original_mnist"] is True
     markdown = validation.to_markdown(report)
     assert "| train | 60,000 | 0.1307 | 0.3081 |" in markdown and "| test | 10,000 |" in markdown
+    assert all(f"| {name} | `{idx.SHA256[name]}` | yes |" in markdown.splitlines() for name in idx.FILES)
 
 
 def test_json_and_markdown_reports(synthetic_data, tmp_path):
@@ -59,8 +60,33 @@ def test_json_and_markdown_reports(synthetic_data, tmp_path):
             + ", ".join(["60"] * 10) + " |") in lines
     assert any(line.startswith("| test | 200 |") for line in lines)
     for name, digest in report["sha256"].items():
-        assert f"| {name} | `{digest}` |" in lines
+        assert f"| {name} | `{digest}` | no |" in lines  # Synthetic data: not the original MNIST files.
+    assert report["original_mnist"] is False
     assert sorted(os.listdir(tmp_path / "r")) == ["report.json", "report.md"]  # No temporary files left.
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_images_of_one_value_are_refused_in_either_mode(synthetic_data, tmp_path, value):
+    """Well-formed files of blank images passed every structural check, and the report said valid."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(synthetic_data, data_dir)
+    images, _ = synthetic.digits(200, 1)
+    idx.write_idx(data_dir / idx.TEST.images, np.full_like(images, value))
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(data_dir), canonical=False)
+    assert str(e.value) == (f"{data_dir / idx.TEST.images}: pixels: expected images that are not all one value, "
+                            f"found every pixel of all 200 images {value}")
+
+
+def test_canonical_refuses_labels_without_every_digit(tmp_path, mnist_dir):
+    data_dir = tmp_path / "data"
+    shutil.copytree(mnist_dir, data_dir)
+    labels = idx.read_labels(os.path.join(mnist_dir, idx.TRAIN.labels))
+    idx.write_idx(data_dir / idx.TRAIN.labels, np.where(np.isin(labels, (3, 7)), 0, labels).astype(np.uint8))
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(data_dir), canonical=True)
+    assert str(e.value) == f"{data_dir / idx.TRAIN.labels}: labels: expected every digit 0-9 at least once, found no 3, 7"
+    assert validation.validate(str(data_dir), canonical=False)["original_mnist"] is False  # A subset may lack one.
 
 
 def test_canonical_refuses_a_subset(synthetic_data):
