@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -205,8 +206,14 @@ def test_export_and_the_seeds_saved_model_cli_line(trained, synthetic_data, tmp_
     assert os.path.dirname(path) == str(export_dir) and os.path.basename(path).isdigit()
     assert os.listdir(export_dir) == [os.path.basename(path)]
 
+    # The README's line that makes examples.npy, run as it is but for the data directory.
+    with open(os.path.join(REPO, "README.md")) as f:
+        (make,) = [line for line in f if line.startswith('python -c "import numpy as np; from mnistkit import idx')]
+    code = shlex.split(make)[2].replace("'work/data'", repr(str(synthetic_data))).replace("x[:2]", "x[:6]")
+    made = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
     images, labels = idx.load_split(synthetic_data, idx.TEST)
-    np.save(tmp_path / "examples.npy", (images[:6] / 255.0).astype(np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / "examples.npy"), (images[:6] / 255.0).astype(np.float32))
     # The line from the seed's README, verbatim but for the paths.
     result = subprocess.run([os.path.join(BIN, "saved_model_cli"), "run", "--dir", path, "--tag_set", "serve",
                              "--signature_def", "classify", "--inputs", "image=examples.npy"],
