@@ -166,7 +166,13 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """
     chunks = iter_idx(path, magic)
     shape = next(chunks)
-    values = np.empty(math.prod(shape), dtype=np.uint8)
+    try:
+        values = np.empty(math.prod(shape), dtype=np.uint8)
+    except MemoryError:
+        # More than this process may allocate (ulimit -v, a container's limit), though within what the gzip file
+        # could hold. Read what is there instead: a header that lies is then refused by its length, naming the
+        # file, and a file that truly holds that much runs out of memory below, as it must.
+        return np.concatenate(list(chunks)).reshape(shape)
     filled = 0
     for chunk in chunks:
         values[filled:filled + len(chunk)] = chunk

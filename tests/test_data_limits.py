@@ -75,6 +75,23 @@ def test_a_header_declaring_more_than_its_gzip_can_hold(command, dims, tmp_path)
     assert not model_dir.exists()
 
 
+def test_a_header_lying_within_the_bound_is_named_where_memory_is_capped(tmp_path):
+    """A header may declare up to MAX_GZIP_RATIO times its file; where the process may not allocate that much, the
+    file's real length names the lie, where it said "out of memory ... raise the process's limit"."""
+    data_dir = synthetic.write_dataset(tmp_path / "data", n_train=20, n_test=10)
+    path = os.path.join(data_dir, idx.TRAIN.images)
+    noise = np.random.default_rng(0).integers(0, 256, 20 << 20, dtype=np.uint8).tobytes()  # Incompressible.
+    count = 22_000_000  # 17 GB declared: within the 20 MB file's bound, above the train command's cap.
+    write_raw(path, struct.pack(">i3I", idx.IMAGES_MAGIC, count, 28, 28) + noise)
+    assert 16 + count * 784 < idx.MAX_GZIP_RATIO * os.path.getsize(path)
+    assert 16 + count * 784 > MEMORY_LIMIT["train"]
+    result = run_capped("-m", "mnistkit.commands.train", "--data_dir", data_dir, "--model_dir", str(tmp_path / "m"))
+    assert error_line(result, "mnist-train") == (
+        f"mnist-train: error: {path}: length: expected {16 + count * 784} bytes for shape {(count, 28, 28)}, "
+        f"found {16 + len(noise)} bytes")
+    assert not (tmp_path / "m").exists()
+
+
 def test_the_most_compressed_honest_file_is_within_the_bound(tmp_path):
     labels = np.zeros(10_000_000, dtype=np.uint8)
     path = tmp_path / "zeros.gz"
