@@ -127,14 +127,16 @@ def _check(path: str, name: str, verify_checksums: bool) -> None:
             raise FetchError(f"{name}: no known checksum; pass --noverify_checksums for other data")
         found = sha256_of(path)
         if found != expected:
-            raise FetchError(f"{name}: sha256 expected {expected}, found {found}")
+            other = next((other for other, digest in idx.SHA256.items() if digest == found), None)
+            said = f" (the checksum of MNIST's {other}: files swapped or renamed?)" if other else ""
+            raise FetchError(f"{name}: sha256 expected {expected}, found {found}{said}")
     else:
-        # Without checksums, at least the IDX structure must hold.
-        magic = idx.IMAGES_MAGIC if "images" in name else idx.LABELS_MAGIC
+        # Without checksums, at least what every other command checks of one file must hold: the IDX structure,
+        # 28x28 images, labels 0-9. Said of `name`: `path` is a hidden scratch file the user never sees.
         try:
-            idx.read_idx(path, magic)
+            idx.read_images(path) if "images" in name else idx.read_labels(path)
         except idx.DataError as e:
-            raise FetchError(f"{name}: not a valid IDX file ({e})") from e
+            raise FetchError(f"{name}: not a valid IDX file ({e.field}: expected {e.expected}, found {e.found})") from e
 
 
 class _MirrorFailed(Exception):

@@ -8,6 +8,7 @@ unsigned 32-bit integer) followed by the raw values. MNIST ships them gzipped.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import math
 import os
@@ -85,9 +86,19 @@ def not_regular(path: str | os.PathLike) -> str | None:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return "no such file"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        raise
     if stat.S_ISREG(mode):
         return None
     return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a regular file")
+
+
+def not_a_directory(path: str | os.PathLike) -> str:
+    """What is at `path`, which is not a directory: "no such directory", "a file", "a FIFO (named pipe)"..."""
+    found = not_regular(path)
+    return "no such directory" if found == "no such file" else found or "a file"
 
 
 def _open_gzip(path: str | os.PathLike):
@@ -200,7 +211,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 def load_split(data_dir: str | os.PathLike, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """Reads one split's images and labels and checks that their counts agree."""
     if not os.path.isdir(data_dir):
-        raise DataError(data_dir, "data directory", "an existing directory", "no such directory")
+        raise DataError(data_dir, "data directory", "an existing directory", not_a_directory(data_dir))
     images_path = os.path.join(data_dir, split.images)
     images = read_images(images_path)
     labels = read_labels(os.path.join(data_dir, split.labels))

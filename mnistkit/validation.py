@@ -54,7 +54,7 @@ def validate(data_dir: str, canonical: bool = True) -> dict:
       idx.DataError: naming the file, field, expected and found value.
     """
     if not os.path.isdir(data_dir):
-        raise idx.DataError(data_dir, "data directory", "an existing directory", "no such directory")
+        raise idx.DataError(data_dir, "data directory", "an existing directory", idx.not_a_directory(data_dir))
     report = {"data_dir": os.path.abspath(data_dir), "canonical": canonical, "splits": {}, "sha256": {}}
     for split in idx.SPLITS:
         images_path = os.path.join(data_dir, split.images)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mnistkit import fetch, idx
@@ -139,6 +140,50 @@ def test_noverify_checksums_still_rejects_files_that_are_not_idx(tmp_path):
     assert "t10k-labels-idx1-ubyte.gz: not a valid IDX file" in str(e.value)
     assert "format: expected gzip data" in str(e.value)
     assert _leftovers(data_dir) == []
+
+
+@pytest.mark.parametrize("name, bad, said", [
+    (idx.TEST.labels, np.array([3, 10, 1], np.uint8), "label: expected values in 0..9, found 10 at index 1"),
+    (idx.TEST.images, np.zeros((2, 27, 28), np.uint8), "image size: expected 28x28, found 27x28"),
+])
+def test_noverify_checksums_refuses_what_every_other_command_refuses(tmp_path, name, bad, said):
+    """Without checksums a download took labels of 10 and 27x28 images, which validate and train then refused;
+    and its messages named the hidden scratch file the bytes were in, which the user never sees."""
+    source = tmp_path / "mirror"
+    source.mkdir()
+    idx.write_idx(source / name, bad)
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "data"), source=str(source),
+                                            verify_checksums=False, files=(name,)))
+    assert f"error: {name}: not a valid IDX file ({said})" in str(e.value)
+    assert ".tmp-" not in str(e.value)
+    assert _leftovers(tmp_path / "data") == []
+
+
+def test_a_swapped_file_is_named_by_its_checksum(tmp_path, mnist_dir):
+    source = tmp_path / "mirror"
+    source.mkdir()
+    shutil.copyfile(os.path.join(mnist_dir, idx.TEST.labels), source / idx.TRAIN.labels)
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "data"), source=str(source),
+                                            files=(idx.TRAIN.labels,)))
+    assert (f"found {idx.SHA256[idx.TEST.labels]} (the checksum of MNIST's {idx.TEST.labels}: files swapped or "
+            "renamed?)") in str(e.value)
+
+
+def test_a_loop_of_symbolic_links_in_a_local_mirror_is_not_retried(tmp_path, labels_source):
+    name = LABELS[0]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.symlink(odd / "b", odd / "a")
+    os.symlink(odd / "a", odd / "b")
+    os.symlink(odd / "a", odd / name)
+    sleeps = []
+    with pytest.raises(fetch.FetchError) as e:
+        fetch.download(fetch.DownloadConfig(data_dir=str(tmp_path / "data"), source=str(odd), files=(name,)),
+                       sleep=sleeps.append)
+    assert f"{odd / name}: expected a regular file, found a loop of symbolic links" in str(e.value)
+    assert sleeps == []
 
 
 def test_present_and_verified_file_is_not_fetched_again(tmp_path, labels_source):

@@ -89,6 +89,22 @@ def test_canonical_refuses_labels_without_every_digit(tmp_path, mnist_dir):
     assert validation.validate(str(data_dir), canonical=False)["original_mnist"] is False  # A subset may lack one.
 
 
+def test_a_data_dir_that_is_a_file_or_a_link_loop_says_so(tmp_path, mnist_dir):
+    """It said "found no such directory" of a file; a link loop gave the bare OS message."""
+    path = os.path.join(mnist_dir, idx.TRAIN.labels)
+    with pytest.raises(idx.DataError, match=r"data directory: expected an existing directory, found a file$"):
+        validation.validate(path)
+    with pytest.raises(idx.DataError, match=r"data directory: expected an existing directory, found a file$"):
+        idx.load_split(path, idx.TEST)
+    data_dir = tmp_path / "data"
+    shutil.copytree(mnist_dir, data_dir)
+    os.remove(data_dir / idx.TEST.labels)
+    os.symlink(data_dir / idx.TEST.labels, data_dir / idx.TEST.labels)
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(data_dir))
+    assert str(e.value) == f"{data_dir / idx.TEST.labels}: file: expected an existing file, found a loop of symbolic links"
+
+
 def test_canonical_refuses_a_subset(synthetic_data):
     with pytest.raises(idx.DataError) as e:
         validation.validate(synthetic_data, canonical=True)
