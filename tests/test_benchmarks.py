@@ -243,3 +243,13 @@ def test_the_step_profile_names_the_ops_and_adds_up(synthetic_data):
     names = " ".join(r[3] for r in rows)
     # Every layer's work is there: both convolutions' filter gradients, the dense matmuls, the pools.
     assert names.count("Conv2DBackpropFilter") >= 2 and "MatMul" in names and "MaxPool" in names, names
+
+
+def test_a_run_left_to_the_default_does_not_write_over_the_kept_results():
+    """The default was benchmarks/, so any run, even --quick, replaced the curated results.md the README quotes."""
+    from benchmarks import run
+
+    default = run.parser().get_default("output_dir")
+    assert os.path.commonpath([default, os.path.join(REPO, "benchmarks")]) != os.path.join(REPO, "benchmarks")
+    ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(default, "results.md")], cwd=REPO)
+    assert ignored.returncode == 0, f"{default} is not ignored by git"
