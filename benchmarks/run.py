@@ -199,6 +199,8 @@ def to_markdown(report: dict) -> str:
                     f"{x['float32_at_target']} at {c['target']:.1%} where training's evaluation first was)", s,
                     ".4f")
             row("2 recipe", f"{name}: whole run, seconds", x["total_seconds"])
+            if "total_cpu_seconds" in x:  # Runs kept from before it was measured have none.
+                row("2 recipe", f"{name}: whole run, CPU-seconds", x["total_cpu_seconds"])
         if c.get("speedup"):
             # The median of seed-by-seed ratios, over the seeds where both contenders reached the target.
             both = f"seeds where both reached it: {c['speedup']['n']} of {len(c['runs'])}"

@@ -37,6 +37,7 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
                 results["download"]["http_loopback"]["total_s"], results["serving"]["batch1_p50_ms"],
                 results["serving"]["batch1_p99_ms"], results["serving"]["batch1000_examples_per_s"],
                 results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"],
+                results["recipe"]["total_cpu_seconds"], results["recipe"]["plain_keras_fit"]["total_cpu_seconds"],
                 results["recipe"]["plain_keras_fit"]["total_seconds"], results["throughput"]["trainer_gflops"],
                 results["throughput"]["matmul"]["gflops"], results["throughput"]["matmul_fraction"]]
     figures += [results["steps"][step][k] for step in ("download", "validate", "train", "evaluate", "export")
@@ -75,7 +76,8 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
                 "ratio trainer / Keras fit, project's model (per CPU-second)", "test accuracy after epoch 1",
                 "http_loopback: download (verified) + validate", "batch-1 latency p50, ms",
                 "batch-1000 throughput", "trainer GFLOP/s / ", "plain Keras fit (float32, Adam 0.001, batch 128)",
-                "mnist-train (--train_epochs=1 --max_train_examples=512): seconds", "mnist-validate: peak resident MB"):
+                "mnist-train (--train_epochs=1 --max_train_examples=512): seconds", "mnist-validate: peak resident MB",
+                "whole run, CPU-seconds"):
         assert row in table, row
     for line in table.splitlines():
         if line.startswith("| 1 throughput | ratio trainer / plain Keras fit, stock layers (wall)"):
