@@ -133,8 +133,9 @@ def _check(path: str, name: str, verify_checksums: bool) -> None:
     else:
         # Without checksums, at least what every other command checks of one file must hold: the IDX structure,
         # 28x28 images, labels 0-9. Said of `name`: `path` is a hidden scratch file the user never sees.
+        read = idx.read_images if "images" in name else idx.read_labels
         try:
-            idx.read_images(path) if "images" in name else idx.read_labels(path)
+            read(path)
         except idx.DataError as e:
             raise FetchError(f"{name}: not a valid IDX file ({e.field}: expected {e.expected}, found {e.found})") from e
 

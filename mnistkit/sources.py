@@ -18,6 +18,8 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
+from mnistkit.idx import not_regular
+
 _GCS_HOST = "storage.googleapis.com"
 _READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
@@ -41,6 +43,10 @@ class Unacceptable(Exception):
     """
 
 
+def _too_large(where: str, name: str, limit: int, found: str) -> Unacceptable:
+    return Unacceptable(f"{where}: size: expected at most {limit:,} bytes, found {found}; not {name}")
+
+
 # --- Progress of a large download. -------------------------------------------------
 
 
@@ -57,8 +63,8 @@ class ProgressWriter:
 
     def write(self, data) -> int:
         if self._limit is not None and self.written + len(data) > self._limit:
-            raise Unacceptable(f"{self._where}: size: expected at most {self._limit:,} bytes, found more (at least "
-                               f"{self.written + len(data):,}); not {self._name}")
+            raise _too_large(self._where, self._name, self._limit,
+                             f"more (at least {self.written + len(data):,})")
         count = self._out.write(data)
         self.written += len(data)
         now = time.monotonic()
@@ -86,15 +92,12 @@ class ProgressWriter:
 
 
 def _copy_local(base: str, name: str, dest: str, limit: int | None) -> None:
-    from mnistkit.idx import not_regular
-
     path = os.path.join(base, name)
     found = not_regular(path)
     if found and found != "no such file":  # A missing file is a FileNotFoundError below, as the other mirrors' 404.
         raise Unacceptable(f"{path}: expected a regular file, found {found}")
-    size = os.path.getsize(path) if not found else 0
-    if limit is not None and size > limit:
-        raise Unacceptable(f"{path}: size: expected at most {limit:,} bytes, found {size:,}; not {name}")
+    if not found and limit is not None and os.path.getsize(path) > limit:
+        raise _too_large(path, name, limit, f"{os.path.getsize(path):,}")
     shutil.copyfile(path, dest)
 
 
@@ -104,8 +107,7 @@ def _copy_http(base: str, name: str, dest: str, progress_seconds: float, timeout
     with urllib.request.urlopen(url, timeout=timeout_seconds) as response, open(dest, "wb") as out:
         expected = response.headers.get("Content-Length")
         if expected and expected.isdigit() and limit is not None and int(expected) > limit:
-            raise Unacceptable(f"{url}: size: expected at most {limit:,} bytes, found a Content-Length of "
-                               f"{int(expected):,}; not {name}")
+            raise _too_large(url, name, limit, f"a Content-Length of {int(expected):,}")
         sink = ProgressWriter(out, name, int(expected) if expected else None, progress_seconds, url, limit)
         # http.client's read(amt) returns a short body without complaint when
         # the server hangs up early (seen on Python 3.11), so count the bytes;
