@@ -2,7 +2,8 @@
 
 Both sides run download, validate, train, evaluate, the gate and export with
 the same arguments, the one-process side by calling the library functions
-that the components call. Each side is timed end to end.
+that the components call. Each side is timed end to end, in seconds and in
+the CPU-seconds of every process it ran (kfp.local's step processes included).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def measure(source: str, arguments: dict, rounds: int = 1) -> dict:
               "max_train_examples")
     arguments = {**{k: defaults[k] for k in shared}, "stop_threshold": 1.0, "min_accuracy": 0.0, **arguments}
     params = [f"--param={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in arguments.items()]
-    pipeline_s, process_s = [], []
+    pipeline_s, process_s, pipeline_cpu, process_cpu = [], [], [], []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     for _ in range(rounds):
         root = tempfile.mkdtemp(prefix="mnistkit-bench-pipeline-")
@@ -85,6 +86,12 @@ def measure(source: str, arguments: dict, rounds: int = 1) -> dict:
             shutil.rmtree(root, ignore_errors=True)
         pipeline_s.append(whole.wall)
         process_s.append(single.wall)
-    return {"arguments": arguments, "pipeline_s": summary(pipeline_s), "one_process_s": summary(process_s),
+        pipeline_cpu.append(whole.children_cpu)
+        process_cpu.append(single.children_cpu)
+    return {"arguments": arguments, "rounds": rounds, "pipeline_s": summary(pipeline_s),
+            "one_process_s": summary(process_s),
             "ratio": summary([a / b for a, b in zip(pipeline_s, process_s)]),
-            "overhead_s": summary([a - b for a, b in zip(pipeline_s, process_s)])}
+            "overhead_s": summary([a - b for a, b in zip(pipeline_s, process_s)]),
+            "pipeline_cpu_s": summary(pipeline_cpu), "one_process_cpu_s": summary(process_cpu),
+            "cpu_ratio": summary([a / b for a, b in zip(pipeline_cpu, process_cpu)]),
+            "cpu_overhead_s": summary([a - b for a, b in zip(pipeline_cpu, process_cpu)])}

@@ -170,7 +170,7 @@ def _summarize(runs: list[dict]) -> dict:
 
 
 def measure(data_dir: str, seeds: tuple[int, ...] = (0, 1, 2), recipe: str = "fast", plain: bool = True,
-            plain_epochs: int = 6, **overrides) -> dict:
+            plain_epochs: int = 6, plain_examples: int | None = None, **overrides) -> dict:
     """Trains the recipe once per seed (all its epochs, no stop threshold), and plain Keras `fit` beside it.
 
     Args:
@@ -179,8 +179,8 @@ def measure(data_dir: str, seeds: tuple[int, ...] = (0, 1, 2), recipe: str = "fa
       recipe: the project's recipe.
       plain: also run the plain Keras `fit` contender.
       plain_epochs: the plain contender stops at TARGET or after this many epochs.
-      **overrides: TrainConfig fields that replace the recipe's (train_epochs and max_train_examples
-        also bound the plain contender).
+      plain_examples: the plain contender trains on this many examples (default: all of them).
+      **overrides: TrainConfig fields that replace the recipe's; they do not touch the plain contender.
 
     Returns the per-seed runs and summaries; with `plain`, `speedup` is the
     plain contender's seconds to TARGET over the recipe's, seed by seed (only
@@ -191,11 +191,10 @@ def measure(data_dir: str, seeds: tuple[int, ...] = (0, 1, 2), recipe: str = "fa
         runs.append(_run("recipe", f"recipe {recipe}", seed, data_dir=data_dir, recipe=recipe, overrides=overrides))
         if plain:
             plain_runs.append(_run("plain", "plain Keras fit", seed, data_dir=data_dir,
-                                   max_epochs=overrides.get("train_epochs") or plain_epochs,
-                                   max_train_examples=overrides.get("max_train_examples")))
+                                   max_epochs=plain_epochs, max_train_examples=plain_examples))
     result = {"recipe": recipe, "overrides": overrides, "target": TARGET, **_summarize(runs)}
     if plain:
-        result["plain_keras_fit"] = {**PLAIN, "max_epochs": overrides.get("train_epochs") or plain_epochs,
+        result["plain_keras_fit"] = {**PLAIN, "max_epochs": plain_epochs, "max_train_examples": plain_examples,
                                      **_summarize(plain_runs)}
         pairs = [(p["seconds_to_target"], r["seconds_to_target"], p["cpu_seconds_to_target"],
                   r["cpu_seconds_to_target"]) for r, p in zip(runs, plain_runs)

@@ -191,6 +191,19 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     return values.reshape(shape)
 
 
+def read_shape(path: str | os.PathLike, magic: int) -> tuple[int, ...]:
+    """The shape a gzipped IDX file's header gives, checked as `read_idx` checks it, without reading the values.
+
+    The length is not checked (that takes reading the whole file): this is a
+    quick look before a long job, not validation.
+    """
+    chunks = iter_idx(path, magic)
+    try:
+        return next(chunks)
+    finally:
+        chunks.close()
+
+
 def read_images(path: str | os.PathLike) -> np.ndarray:
     """Reads an images file: uint8 [N, 28, 28]."""
     images = read_idx(path, IMAGES_MAGIC)

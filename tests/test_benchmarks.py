@@ -8,8 +8,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from mnistkit import idx
+from tests import synthetic
 from tests.conftest import REPO
 
 SECTIONS = "throughput,recipe,download,serving,steps"
@@ -33,14 +36,16 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     figures = [results["throughput"][k]["examples_per_s"]
                for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")]
     figures += [results["throughput"]["ratio_vs_keras_fit_stock"], results["throughput"]["ratio_vs_keras_fit"],
-                results["download"]["local_dir"]["total_s"],
-                results["download"]["http_loopback"]["total_s"], results["serving"]["batch1_p50_ms"],
-                results["serving"]["batch1_p99_ms"], results["serving"]["batch1000_examples_per_s"],
+                results["download"]["local_dir"]["total_s"], results["download"]["local_dir"]["total_cpu_s"],
+                results["download"]["http_loopback"]["total_s"], results["download"]["http_loopback"]["total_cpu_s"],
+                results["serving"]["batch1_p50_ms"], results["serving"]["batch1_p99_ms"],
+                results["serving"]["batch1_cpu_ms"], results["serving"]["batch1000_examples_per_s"],
+                results["serving"]["batch1000_examples_per_cpu_s"],
                 results["recipe"]["total_seconds"], results["recipe"]["final_accuracy"],
                 results["recipe"]["total_cpu_seconds"], results["recipe"]["plain_keras_fit"]["total_cpu_seconds"],
                 results["recipe"]["plain_keras_fit"]["total_seconds"], results["throughput"]["trainer_gflops"],
                 results["throughput"]["matmul"]["gflops"], results["throughput"]["matmul_fraction"]]
-    figures += [results["steps"][step][k] for step in ("download", "validate", "train", "evaluate", "export")
+    figures += [results["steps"][step][k] for step in ("download", "validate", "train", "evaluate", "gate", "export")
                 for k in ("wall_s", "cpu_s", "peak_mb")]
     for summary in figures:
         low, high = summary["min"], summary["max"]
@@ -67,6 +72,9 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     steps = results["steps"]
     assert steps["train"]["peak_mb"]["median"] > 2 * steps["download"]["peak_mb"]["median"]
     assert 5 < steps["download"]["peak_mb"]["median"] < 200
+    # The gate imports no TensorFlow; the evaluate step also drew its HTML report, as the pipeline's does.
+    assert steps["gate"]["peak_mb"]["median"] < 100 < steps["evaluate"]["peak_mb"]["median"]
+    assert steps["rounds"] == 1  # --quick's whole runs of every step.
     assert results["serving"]["batch1_p50_ms"]["median"] <= results["serving"]["batch1_p99_ms"]["median"]
     # The synthetic digits are easy: two epochs of the default recipe over 512 of them (six steps) learn them.
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
@@ -74,7 +82,11 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     table = (out / "results.md").read_text()
     for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit, stock layers (wall)",
                 "ratio trainer / Keras fit, project's model (per CPU-second)", "test accuracy after epoch 1",
-                "http_loopback: download (verified) + validate", "batch-1 latency p50, ms",
+                "http_loopback: download (checksums not verified) + validate",  # Synthetic data: no checksums.
+                "http_loopback: download + validate, CPU-seconds (the loopback server's included)",
+                "local_dir: download + validate, CPU-seconds |", "batch-1 latency p50, ms",
+                "batch-1 call, CPU-milliseconds", "batch-1000 throughput, examples per CPU-second",
+                "export gate: peak resident MB", "TensorFlow float32 matmul GFLOP/s (1024x1024, main process)",
                 "batch-1000 throughput", "trainer GFLOP/s / ", "plain Keras fit (float32, Adam 0.001, batch 128)",
                 "mnist-train (--train_epochs=1 --max_train_examples=512): seconds", "mnist-validate: peak resident MB",
                 "whole run, CPU-seconds"):
@@ -117,8 +129,14 @@ def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data
     assert 0 < one_s and 0 < pipeline_s
     assert math.isclose(p["ratio"]["median"], pipeline_s / one_s)
     assert math.isclose(p["overhead_s"]["median"], pipeline_s - one_s)
+    # CPU-seconds of every process each side ran: kfp.local's step processes are the pipeline's, and each side
+    # trains in them, so both are seconds of work, not the parent's idle waiting.
+    pipeline_cpu, one_cpu = p["pipeline_cpu_s"]["median"], p["one_process_cpu_s"]["median"]
+    assert 1 < one_cpu and 1 < pipeline_cpu
+    assert math.isclose(p["cpu_ratio"]["median"], pipeline_cpu / one_cpu)
     table = (out / "results.md").read_text()
     assert "| 3 pipeline | overhead ratio |" in table and "| 3 pipeline | overhead, seconds |" in table
+    assert "| 3 pipeline | whole local pipeline, CPU-seconds (every step process) |" in table
 
 
 def test_unknown_section_is_a_one_line_error(tmp_path):
@@ -159,6 +177,30 @@ def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp
     assert "test accuracy after epoch 3, the weights in float32 (as exported;" in (out / "results.md").read_text()
     assert "recipe fast (train_epochs=3, max_train_examples=512, epoch_fraction=1.0, epochs_between_evals=2): " \
            "test accuracy after epoch 2" in (out / "results.md").read_text()
+
+
+def test_a_recipe_setting_does_not_cut_plain_fit_short(synthetic_data, tmp_path):
+    """--set train_epochs=1 screens the recipe at one epoch; plain fit keeps its own cap (--quick's 2 epochs)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", "recipe",
+                           "--set", "train_epochs=1", "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = json.loads((out / "results.json").read_text())["results"]["recipe"]
+    assert recipe["overrides"]["train_epochs"] == 1 and list(recipe["runs"][0]["accuracy_by_epoch"]) == ["1"]
+    plain = recipe["plain_keras_fit"]
+    assert (plain["max_epochs"], plain["max_train_examples"]) == (2, 512)
+
+
+def test_rounds_reaches_the_sections_that_run_whole_steps(synthetic_data, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--rounds", "2", "--sections", "steps",
+                           "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads((out / "results.json").read_text())["results"]["steps"]
+    assert steps["rounds"] == 2
+    assert all(len(steps[step]["wall_s"]["values"]) == 2 for step in ("download", "train", "gate", "export"))
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -208,6 +250,44 @@ def test_data_dir_without_the_four_files_is_refused_by_name(synthetic_data, tmp_
         f"python -m benchmarks: error: --data_dir: expected a directory with the four MNIST files, found "
         f"'{data}' without t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz")
     assert not out.exists()
+
+
+def _junk(data):
+    (data / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    return "t10k-labels-idx1-ubyte.gz: format: expected gzip data (first bytes 1f 8b), found first bytes 6e 6f"
+
+
+def _too_few(data):
+    synthetic.write_dataset(data, n_train=100)
+    return "train-images-idx3-ubyte.gz: count: expected at least 160 examples, one training batch, found 100"
+
+
+def _labels_short(data):
+    idx.write_idx(data / "train-labels-idx1-ubyte.gz", np.zeros(599, np.uint8))
+    return ("train-images-idx3-ubyte.gz: count: expected 599 images, as many as train-labels-idx1-ubyte.gz has "
+            "labels, found 600")
+
+
+def _swapped(data):
+    os.replace(data / "train-images-idx3-ubyte.gz", data / "swap")
+    os.replace(data / "train-labels-idx1-ubyte.gz", data / "train-images-idx3-ubyte.gz")
+    os.replace(data / "swap", data / "train-labels-idx1-ubyte.gz")
+    return "train-images-idx3-ubyte.gz: magic number: expected 2051, found 2049"
+
+
+@pytest.mark.parametrize("spoil", [_junk, _too_few, _labels_short, _swapped])
+def test_data_files_a_section_could_not_use_are_refused_before_the_run(spoil, tmp_path):
+    """The four files' headers are read up front: a run is not lost minutes in, to a traceback from a section."""
+    data = tmp_path / "data"
+    synthetic.write_dataset(data)
+    message = spoil(data)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--data_dir", str(data), "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"python -m benchmarks: error: --data_dir: {data}/")
+    assert proc.stderr.strip().endswith(message)
+    assert "benchmarks: throughput ..." not in proc.stderr and not out.exists()
 
 
 def test_an_output_dir_it_cannot_write_is_refused_before_the_run_not_after(synthetic_data, tmp_path):
