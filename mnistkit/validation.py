@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import hashlib
 import json
 import math
 import os
@@ -12,12 +13,20 @@ import numpy as np
 from mnistkit import fetch, files, idx
 
 
-def pixel_statistics(path: str, chunk_bytes: int = 1 << 22) -> tuple[int, float, float]:
+# A test split that shares more than this fraction of its images with the training split measures
+# memory, not generalization: a copy of the training files, or a slice of them. MNIST's splits share
+# none; a few shared images (blank ones, say) in data of one's own are let through.
+MAX_SHARED_TEST_IMAGES = 0.01
+
+
+def pixel_statistics(path: str, chunk_bytes: int = 1 << 22,
+                     digests: list[bytes] | None = None) -> tuple[int, float, float]:
     """Streams an images file; returns (examples, mean, standard deviation) of its pixels scaled to [0, 1].
 
     The file is never held in memory: each chunk only adds to a histogram of
     the 256 byte values, from which the mean and the population standard
-    deviation follow exactly (integer sums, one rounding at the end).
+    deviation follow exactly (integer sums, one rounding at the end). Given
+    `digests`, a 16-byte digest of each image is appended to it, in order.
 
     Raises:
       idx.DataError: as idx.read_images would, for the same file.
@@ -27,8 +36,15 @@ def pixel_statistics(path: str, chunk_bytes: int = 1 << 22) -> tuple[int, float,
     if tuple(shape[1:]) != (idx.IMAGE_SIZE, idx.IMAGE_SIZE):
         raise idx.DataError(path, "image size", f"{idx.IMAGE_SIZE}x{idx.IMAGE_SIZE}", "x".join(map(str, shape[1:])))
     histogram = np.zeros(256, dtype=np.int64)
+    image_bytes, partial = idx.IMAGE_SIZE * idx.IMAGE_SIZE, b""
     for chunk in chunks:
         histogram += np.bincount(chunk, minlength=256)
+        if digests is not None:  # Chunks end anywhere: an image cut in two is finished from the next chunk.
+            data = partial + chunk.tobytes()
+            whole = len(data) - len(data) % image_bytes
+            digests.extend(hashlib.blake2b(data[i:i + image_bytes], digest_size=16).digest()
+                           for i in range(0, whole, image_bytes))
+            partial = data[whole:]
     count = int(histogram.sum())
     if not count:
         return int(shape[0]), float("nan"), float("nan")
@@ -56,9 +72,11 @@ def validate(data_dir: str, canonical: bool = True) -> dict:
     if not os.path.isdir(data_dir):
         raise idx.DataError(data_dir, "data directory", "an existing directory", idx.not_a_directory(data_dir))
     report = {"data_dir": os.path.abspath(data_dir), "canonical": canonical, "splits": {}, "sha256": {}}
+    digests = {}
     for split in idx.SPLITS:
         images_path = os.path.join(data_dir, split.images)
-        examples, mean, std = pixel_statistics(images_path)
+        digests[split.name] = []
+        examples, mean, std = pixel_statistics(images_path, digests=digests[split.name])
         labels = idx.read_labels(os.path.join(data_dir, split.labels))
         if examples != len(labels):
             raise idx.DataError(images_path, "count", f"{len(labels)} images, as many as {split.labels} has labels",
@@ -83,6 +101,16 @@ def validate(data_dir: str, canonical: bool = True) -> dict:
         }
         for name in (split.images, split.labels):
             report["sha256"][name] = fetch.sha256_of(os.path.join(data_dir, name))
+    seen = set(digests[idx.TRAIN.name])
+    shared = sum(digest in seen for digest in digests[idx.TEST.name])
+    report["splits"][idx.TEST.name]["images_also_in_train"] = shared
+    tested = report["splits"][idx.TEST.name]["examples"]
+    if shared > MAX_SHARED_TEST_IMAGES * tested:
+        raise idx.DataError(os.path.join(data_dir, idx.TEST.images), "images",
+                            f"a test split apart from the training split (at most {MAX_SHARED_TEST_IMAGES:.0%} of its "
+                            f"images also in {idx.TRAIN.images})",
+                            f"{shared:,} of its {tested:,} images in it ({shared / tested:.1%}): the training files "
+                            "copied, or a slice of them?")
     # Other bytes can be the same data (gzipped again, say), so a difference is reported, not refused; the
     # download step refuses it unless told --noverify_checksums.
     report["original_mnist"] = all(report["sha256"][name] == idx.SHA256[name] for name in idx.FILES)
@@ -96,6 +124,9 @@ def to_markdown(report: dict) -> str:
     for name, s in report["splits"].items():
         counts = ", ".join(str(c) for c in s["class_counts"])
         lines.append(f"| {name} | {s['examples']:,} | {s['pixel_mean']:.4f} | {s['pixel_std']:.4f} | {counts} |")
+    shared = report["splits"].get(idx.TEST.name, {}).get("images_also_in_train")
+    if shared is not None:  # Reports written before it was counted have none.
+        lines += ["", f"Test images also in the training split: {shared:,}."]
     lines += ["", "| file | sha256 | the original MNIST file's |", "|---|---|---|"]
     lines += [f"| {name} | `{digest}` | {'yes' if digest == idx.SHA256.get(name) else 'no'} |"
               for name, digest in report["sha256"].items()]

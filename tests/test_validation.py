@@ -1,6 +1,7 @@
 """Validation: the report's figures (JSON and Markdown) and the refusal of data that is not MNIST's."""
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ def test_report_of_the_real_data_is_canonical(mnist_dir):
     assert report["splits"]["train"]["pixel_mean"] == pytest.approx(0.1307, abs=1e-4)
     assert report["splits"]["train"]["pixel_std"] == pytest.approx(0.3081, abs=1e-4)
     assert report["sha256"] == idx.SHA256 and report["original_mnist"] is True
+    assert report["splits"]["test"]["images_also_in_train"] == 0  # MNIST's splits share no image.
     markdown = validation.to_markdown(report)
     assert "| train | 60,000 | 0.1307 | 0.3081 |" in markdown and "| test | 10,000 |" in markdown
     assert all(f"| {name} | `{idx.SHA256[name]}` | yes |" in markdown.splitlines() for name in idx.FILES)
@@ -172,6 +174,51 @@ def test_streamed_pixel_statistics_are_exact_whatever_the_chunk(synthetic_data, 
     assert examples == 200
     assert found_mean == pytest.approx(mean, rel=1e-15)
     assert found_std == pytest.approx(std, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 783, 1 << 22])
+def test_image_digests_do_not_depend_on_where_chunks_end(synthetic_data, chunk_bytes):
+    path = os.path.join(synthetic_data, idx.TEST.images)
+    expected = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in idx.read_images(path)]
+    digests = []
+    validation.pixel_statistics(path, chunk_bytes=chunk_bytes, digests=digests)
+    assert digests == expected and len(set(digests)) == 200
+
+
+def _test_split_of(data, images, labels):
+    idx.write_idx(data / idx.TEST.images, images)
+    idx.write_idx(data / idx.TEST.labels, labels)
+
+
+def _with_test_split_from_train(data, train_slice) -> tuple[int, int]:
+    """The test split made of `train_slice` of the training images, topped up to 200 with its own; (shared, all)."""
+    synthetic.write_dataset(data)
+    train_images, train_labels = idx.load_split(str(data), idx.TRAIN)
+    test_images, test_labels = idx.load_split(str(data), idx.TEST)
+    shared = len(train_images[train_slice])
+    own = max(0, 200 - shared)
+    idx.write_idx(data / idx.TEST.images, np.concatenate([train_images[train_slice], test_images[:own]]))
+    idx.write_idx(data / idx.TEST.labels, np.concatenate([train_labels[train_slice], test_labels[:own]]))
+    return shared, shared + own
+
+
+@pytest.mark.parametrize("train_slice", [slice(0, 600), slice(100, 300), slice(0, 3)])
+def test_a_test_split_taken_from_the_training_split_is_refused(tmp_path, train_slice):
+    """The training files copied as the test split, or a slice of them: the accuracy would score memory."""
+    shared, examples = _with_test_split_from_train(tmp_path, train_slice)
+    with pytest.raises(idx.DataError) as e:
+        validation.validate(str(tmp_path), canonical=False)
+    assert str(e.value) == (
+        f"{tmp_path / idx.TEST.images}: images: expected a test split apart from the training split (at most 1% of "
+        f"its images also in train-images-idx3-ubyte.gz), found {shared} of its {examples} images in it "
+        f"({shared / examples:.1%}): the training files copied, or a slice of them?")
+
+
+def test_a_few_images_in_both_splits_are_let_through_and_counted(tmp_path):
+    _with_test_split_from_train(tmp_path, slice(0, 2))  # 1% of 200.
+    report = validation.validate(str(tmp_path), canonical=False)
+    assert report["splits"]["test"]["images_also_in_train"] == 2
+    assert "Test images also in the training split: 2." in validation.to_markdown(report)
 
 
 def test_streamed_validation_refuses_a_file_longer_than_its_header(tmp_path):
