@@ -76,6 +76,30 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
+_IDX_TYPES = {0x08: "unsigned bytes", 0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",
+              0x0D: "32-bit floats", 0x0E: "64-bit floats"}
+
+
+def describe_magic(value: int) -> str:
+    """A magic number as printed in errors: the number, then what its four bytes are.
+
+    2051 -> '2051 (0x00000803: an images file)'; a gzip stream inside the
+    gzip file -> '529205256 (first bytes 1f 8b 08 08: gzip data, the file gzipped twice?)'.
+    """
+    head = value.to_bytes(4, "big", signed=True)
+    if value in (IMAGES_MAGIC, LABELS_MAGIC):
+        return f"{value} (0x{head.hex()}: {'an images' if value == IMAGES_MAGIC else 'a labels'} file)"
+    if head[:2] == b"\0\0" and head[2] in _IDX_TYPES:
+        unusual = "" if head[2] == 0x08 else ", not unsigned bytes"
+        dimensions = f"{head[3]} dimension{'s' * (head[3] != 1)}"
+        return f"{value} (0x{head.hex()}: IDX {_IDX_TYPES[head[2]]} in {dimensions}{unusual})"
+    if head[:2] == GZIP_MAGIC:
+        return f"{value} (first bytes {head.hex(' ')}: gzip data, the file gzipped twice?)"
+    if all(32 <= byte < 127 for byte in head):
+        return f"{value} (text {head.decode()!r}: not IDX data)"
+    return f"{value} (first bytes {head.hex(' ')}: not IDX data)"
+
+
 def not_regular(path: str | os.PathLike) -> str | None:
     """What is at `path` instead of a regular file ("no such file", "a FIFO (named pipe)"...), or None.
 
@@ -136,7 +160,7 @@ def iter_idx(path: str | os.PathLike, magic: int, chunk_bytes: int = 1 << 22):
             raise DataError(path, "header", "at least 4 bytes", f"{len(head)} bytes")
         (found_magic,) = struct.unpack(">i", head)
         if found_magic != magic:
-            raise DataError(path, "magic number", magic, found_magic)
+            raise DataError(path, "magic number", describe_magic(magic), describe_magic(found_magic))
         ndim = head[3]
         dims = _read(stream, path, 4 * ndim)
         if len(dims) < 4 * ndim:

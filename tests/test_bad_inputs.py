@@ -51,7 +51,8 @@ def idx_bytes(array) -> bytes:
 # the file, the field, what was expected and what was found.
 CASES = {
     "wrong magic": (lambda d: write_raw(LABELS.format(d=d), idx_bytes(np.zeros((600, 28, 28)))),
-                    idx.TRAIN.labels, "magic number: expected 2049, found 2051"),
+                    idx.TRAIN.labels, "magic number: expected 2049 (0x00000801: a labels file), found 2051 "
+                    "(0x00000803: an images file)"),
     "truncated idx": (lambda d: write_raw(IMAGES.format(d=d), idx_bytes(np.zeros((600, 28, 28)))[:-100]),
                       idx.TRAIN.images, "length: expected 470416 bytes for shape (600, 28, 28), found 470316 bytes"),
     "truncated gzip": (lambda d: truncate(IMAGES.format(d=d), 500),

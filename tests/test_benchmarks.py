@@ -272,7 +272,8 @@ def _swapped(data):
     os.replace(data / "train-images-idx3-ubyte.gz", data / "swap")
     os.replace(data / "train-labels-idx1-ubyte.gz", data / "train-images-idx3-ubyte.gz")
     os.replace(data / "swap", data / "train-labels-idx1-ubyte.gz")
-    return "train-images-idx3-ubyte.gz: magic number: expected 2051, found 2049"
+    return ("train-images-idx3-ubyte.gz: magic number: expected 2051 (0x00000803: an images file), found 2049 "
+            "(0x00000801: a labels file)")
 
 
 @pytest.mark.parametrize("spoil", [_junk, _too_few, _labels_short, _swapped])

@@ -65,6 +65,22 @@ def test_wrong_magic(tmp_path):
     _assert_names(e.value, path, "magic number", idx.LABELS_MAGIC, idx.IMAGES_MAGIC)
 
 
+@pytest.mark.parametrize("inside, found", [
+    (gzip.compress(_header(idx.IMAGES_MAGIC, 1, 28, 28) + bytes(784)),
+     "529205248 (first bytes 1f 8b 08 00: gzip data, the file gzipped twice?)"),
+    (b"<!DOCTYPE html><title>404</title>", "1008813135 (text '<!DO': not IDX data)"),
+    (_header(0x0D03, 1, 28, 28) + bytes(4 * 784), "3331 (0x00000d03: IDX 32-bit floats in 3 dimensions, not "
+                                                  "unsigned bytes)"),
+    (_header(0x0801, 784) + bytes(784), "2049 (0x00000801: a labels file)"),
+], ids=["gzipped twice", "an HTML page", "float32 values", "a labels file"])
+def test_a_wrong_magic_number_says_what_the_file_holds(tmp_path, inside, found):
+    """The four bytes read as a number mean nothing to a reader; what they look like does."""
+    path = _write_raw(tmp_path / "images.gz", inside)
+    with pytest.raises(idx.DataError) as e:
+        idx.read_images(path)
+    assert str(e.value) == f"{path}: magic number: expected 2051 (0x00000803: an images file), found {found}"
+
+
 def test_truncated_data_inside_a_complete_gzip_stream(tmp_path):
     path = _write_raw(tmp_path / "short.gz", _header(idx.IMAGES_MAGIC, 3, 28, 28) + bytes(2 * 28 * 28))
     with pytest.raises(idx.DataError) as e:
