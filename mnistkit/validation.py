@@ -36,15 +36,11 @@ def pixel_statistics(path: str, chunk_bytes: int = 1 << 22,
     if tuple(shape[1:]) != (idx.IMAGE_SIZE, idx.IMAGE_SIZE):
         raise idx.DataError(path, "image size", f"{idx.IMAGE_SIZE}x{idx.IMAGE_SIZE}", "x".join(map(str, shape[1:])))
     histogram = np.zeros(256, dtype=np.int64)
-    image_bytes, partial = idx.IMAGE_SIZE * idx.IMAGE_SIZE, b""
+    partial = b""  # The start of an image the last chunk cut off.
     for chunk in chunks:
         histogram += np.bincount(chunk, minlength=256)
-        if digests is not None:  # Chunks end anywhere: an image cut in two is finished from the next chunk.
-            data = partial + chunk.tobytes()
-            whole = len(data) - len(data) % image_bytes
-            digests.extend(hashlib.blake2b(data[i:i + image_bytes], digest_size=16).digest()
-                           for i in range(0, whole, image_bytes))
-            partial = data[whole:]
+        if digests is not None:
+            partial = _digest_images(memoryview(chunk), partial, digests)
     count = int(histogram.sum())
     if not count:
         return int(shape[0]), float("nan"), float("nan")
@@ -54,6 +50,26 @@ def pixel_statistics(path: str, chunk_bytes: int = 1 << 22,
     mean = fractions.Fraction(total, count * 255)
     variance = fractions.Fraction(squares, count * 255 * 255) - mean * mean
     return int(shape[0]), float(mean), math.sqrt(variance)
+
+
+def _digest_images(chunk: memoryview, partial: bytes, digests: list[bytes]) -> bytes:
+    """Appends the digest of each image `partial` + `chunk` completes; returns the start of the next one.
+
+    Chunks end anywhere, so an image cut in two is finished from the next
+    chunk. The chunk itself is only viewed, never copied.
+    """
+    image_bytes = idx.IMAGE_SIZE * idx.IMAGE_SIZE
+    start = 0
+    if partial:
+        start = min(image_bytes - len(partial), len(chunk))
+        partial += bytes(chunk[:start])
+        if len(partial) < image_bytes:
+            return partial
+        digests.append(hashlib.blake2b(partial, digest_size=16).digest())
+    whole = start + (len(chunk) - start) // image_bytes * image_bytes
+    digests.extend(hashlib.blake2b(chunk[i:i + image_bytes], digest_size=16).digest()
+                   for i in range(start, whole, image_bytes))
+    return bytes(chunk[whole:])
 
 
 def validate(data_dir: str, canonical: bool = True) -> dict:
