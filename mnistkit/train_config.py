@@ -142,6 +142,12 @@ def _expected(rule) -> str:
     return f"at most {high}" if high is not None else f"below {below}"
 
 
+def expected_range(field: "Field") -> str:
+    """The field's allowed values as its errors word them: 'at least 1', 'in [0, 1]', 'in (0, 1)'."""
+    return _expected(dict(low=field.low, high=field.high, above=field.above, below=field.below,
+                          choices=field.choices))
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One TrainConfig field as a flag or a pipeline parameter sees it.

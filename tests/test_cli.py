@@ -102,6 +102,13 @@ def test_train_help_shows_every_default_a_flag_has():
     assert re.search(r"--seed: Seed [^\n]*\(default: 0\)", " ".join(result.stdout.split())), result.stdout[-3000:]
 
 
+def test_train_help_gives_each_number_its_range():
+    text = " ".join(_run("train", "--helpfull").stdout.split())
+    for flag, allowed in (("batch_size", "at least 1"), ("beta_2", "in (0, 1)"), ("stop_threshold", "in [0, 1]"),
+                          ("label_smoothing", "in [0, 0.5]"), ("learning_rate", "above 0")):
+        assert re.search(rf"--{flag}: [^\n]*? Allowed: {re.escape(allowed)}\.", text), flag
+
+
 def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
     release = threading.Event()
 

@@ -27,7 +27,8 @@ def test_a_declared_field_becomes_a_checked_flag():
     names = train_command.define_flags(WithExampleKnob, values)
     assert names[-1] == "example_knob" and "example_knob" in values
     values(["mnist-train", "--data_dir=/d", "--model_dir=/m", "--example_knob=0.25"])
-    assert values["example_knob"].help == "An example knob. (default: 0.0)"  # A default of 0 is said too.
+    # Its range, worded as its error words it, and a default of 0 is said too.
+    assert values["example_knob"].help == "An example knob. Allowed: in [0, 1]. (default: 0.0)"
     config = WithExampleKnob.from_recipe("seed", **{name: values[name].value for name in names})
     assert (config.example_knob, config.batch_size, config.learning_rate) == (0.25, 100, 1e-4)
     config.example_knob = 1.5

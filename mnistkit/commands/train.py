@@ -18,6 +18,9 @@ def define_flags(config_class=train_config.TrainConfig, flag_values=flags.FLAGS)
     """One flag per field of `config_class`, typed, ranged and described by its declaration; returns their names."""
     for field in train_config.fields(config_class):
         help = field.help
+        if field.kind in (int, float) and any(b is not None for b in (field.low, field.high, field.above,
+                                                                         field.below)):
+            help += f" Allowed: {train_config.expected_range(field)}."
         if field.name in RECIPES["fast"]:  # None: the recipe decides.
             help += " (recipe: " + ", ".join(f"{r} {v[field.name]}" for r, v in RECIPES.items()) + ")"
         elif field.default is not None and field.default is not dataclasses.MISSING and field.default is not False:
