@@ -22,15 +22,18 @@ def _numbers(summary):
     return [summary[k] for k in ("median", "min", "max")]
 
 
-def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
-    # The pipeline section has a test of its own below.
+def _quick(tmp_path, *flags) -> tuple[dict, str]:
+    """`python -m benchmarks --quick FLAGS`, which must succeed; returns its results (results.json) and table."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", SECTIONS,
-                           "--data_dir", synthetic_data, "--output_dir", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", *flags, "--output_dir", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "results.json").read_text())
-    results = report["results"]
+    return json.loads((out / "results.json").read_text())["results"], (out / "results.md").read_text()
+
+
+def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
+    # The pipeline section has a test of its own below.
+    results, table = _quick(tmp_path, "--seeds", "1", "--sections", SECTIONS, "--data_dir", synthetic_data)
     assert sorted(results) == sorted(SECTIONS.split(","))
 
     figures = [results["throughput"][k]["examples_per_s"]
@@ -79,7 +82,6 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     # The synthetic digits are easy: two epochs of the default recipe over 512 of them (six steps) learn them.
     assert results["recipe"]["final_accuracy"]["median"] >= 0.9
 
-    table = (out / "results.md").read_text()
     for row in ("project trainer, examples/s", "ratio trainer / plain Keras fit, stock layers (wall)",
                 "ratio trainer / Keras fit, project's model (per CPU-second)", "test accuracy after epoch 1",
                 "http_loopback: download (checksums not verified) + validate",  # Synthetic data: no checksums.
@@ -99,12 +101,9 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
 
 def test_avx2_stand_in_runs_every_contender_on_avx2_kernels_in_float32(synthetic_data, tmp_path):
     """--isa avx2: oneDNN capped at AVX2 in every worker, float32, and TensorFlow's AVX2 default (oneDNN off)."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--rounds", "1", "--sections", "throughput",
-                           "--isa", "avx2", "--data_dir", synthetic_data, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    t = json.loads((out / "results.json").read_text())["results"]["throughput"]
+    results, table = _quick(tmp_path, "--rounds", "1", "--sections", "throughput", "--isa", "avx2",
+                            "--data_dir", synthetic_data)
+    t = results["throughput"]
     assert t["isa"] == "avx2"
     contenders = t["contenders"]
     assert {c["onednn_isa"] for c in contenders.values()} == {"AVX2"}
@@ -113,17 +112,13 @@ def test_avx2_stand_in_runs_every_contender_on_avx2_kernels_in_float32(synthetic
     assert "matmul_gflops" not in t  # The parent's matmul runs on this CPU's own kernels: not reported.
     assert [contenders[k]["onednn"] for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")] == \
         ["1", "0", "0", "1"]
-    assert "(batch 160, float32, AVX2 kernels emulated)" in (out / "results.md").read_text()
+    assert "(batch 160, float32, AVX2 kernels emulated)" in table
 
 
 def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data, tmp_path):
     """The whole kfp.local pipeline once against the same steps in one process, both fixed at one epoch."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "pipeline",
-                           "--data_dir", synthetic_data, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    p = json.loads((out / "results.json").read_text())["results"]["pipeline"]
+    results, table = _quick(tmp_path, "--sections", "pipeline", "--data_dir", synthetic_data)
+    p = results["pipeline"]
     assert p["arguments"]["train_epochs"] == 1 and p["arguments"]["stop_threshold"] == 1.0
     pipeline_s, one_s = p["pipeline_s"]["median"], p["one_process_s"]["median"]
     assert 0 < one_s and 0 < pipeline_s
@@ -134,7 +129,6 @@ def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data
     pipeline_cpu, one_cpu = p["pipeline_cpu_s"]["median"], p["one_process_cpu_s"]["median"]
     assert 1 < one_cpu and 1 < pipeline_cpu
     assert math.isclose(p["cpu_ratio"]["median"], pipeline_cpu / one_cpu)
-    table = (out / "results.md").read_text()
     assert "| 3 pipeline | overhead ratio |" in table and "| 3 pipeline | overhead, seconds |" in table
     assert "| 3 pipeline | whole local pipeline, CPU-seconds (every step process) |" in table
 
@@ -158,13 +152,9 @@ def test_unknown_recipe_is_a_one_line_error(tmp_path):
 
 def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp_path):
     """--set NAME=VALUE reaches the trainer: evaluations every second epoch of three leave epochs 2 and 3 only."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", "recipe",
-                           "--noplain", "--set", "train_epochs=3", "--set", "epochs_between_evals=2",
-                           "--data_dir", synthetic_data, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    recipe = json.loads((out / "results.json").read_text())["results"]["recipe"]
+    results, table = _quick(tmp_path, "--seeds", "1", "--sections", "recipe", "--noplain", "--set", "train_epochs=3",
+                            "--set", "epochs_between_evals=2", "--data_dir", synthetic_data)
+    recipe = results["recipe"]
     assert recipe["overrides"] == {"train_epochs": 3, "max_train_examples": 512, "epoch_fraction": 1.0,
                                    "epochs_between_evals": 2}
     assert sorted(recipe["runs"][0]["accuracy_by_epoch"]) == ["2", "3"]
@@ -174,31 +164,24 @@ def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp
     for epoch, accuracy in run["float32_accuracy_by_epoch"].items():
         assert abs(accuracy - run["accuracy_by_epoch"][epoch]) < 0.05
     assert "plain_keras_fit" not in recipe
-    assert "test accuracy after epoch 3, the weights in float32 (as exported;" in (out / "results.md").read_text()
+    assert "test accuracy after epoch 3, the weights in float32 (as exported;" in table
     assert "recipe fast (train_epochs=3, max_train_examples=512, epoch_fraction=1.0, epochs_between_evals=2): " \
-           "test accuracy after epoch 2" in (out / "results.md").read_text()
+           "test accuracy after epoch 2" in table
 
 
 def test_a_recipe_setting_does_not_cut_plain_fit_short(synthetic_data, tmp_path):
     """--set train_epochs=1 screens the recipe at one epoch; plain fit keeps its own cap (--quick's 2 epochs)."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--seeds", "1", "--sections", "recipe",
-                           "--set", "train_epochs=1", "--data_dir", synthetic_data, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    recipe = json.loads((out / "results.json").read_text())["results"]["recipe"]
+    results, _ = _quick(tmp_path, "--seeds", "1", "--sections", "recipe", "--set", "train_epochs=1",
+                            "--data_dir", synthetic_data)
+    recipe = results["recipe"]
     assert recipe["overrides"]["train_epochs"] == 1 and list(recipe["runs"][0]["accuracy_by_epoch"]) == ["1"]
     plain = recipe["plain_keras_fit"]
     assert (plain["max_epochs"], plain["max_train_examples"]) == (2, 512)
 
 
 def test_rounds_reaches_the_sections_that_run_whole_steps(synthetic_data, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--rounds", "2", "--sections", "steps",
-                           "--data_dir", synthetic_data, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = json.loads((out / "results.json").read_text())["results"]["steps"]
+    results, _ = _quick(tmp_path, "--rounds", "2", "--sections", "steps", "--data_dir", synthetic_data)
+    steps = results["steps"]
     assert steps["rounds"] == 2
     assert all(len(steps[step]["wall_s"]["values"]) == 2 for step in ("download", "train", "gate", "export"))
 
