@@ -46,6 +46,7 @@ __all__ = ["CONFIG_FILE", "HISTORY_FILE", "MODEL_FILE", "Diverged", "Interrupted
 
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "train_config.json"
+DATA_KEY = "data_sha256"  # In CONFIG_FILE beside the settings: the data's checkpoints.data_fingerprint.
 # AIP_MODEL_DIR, which Vertex AI also sets, is not read: the model goes to the pipeline's Model artifact,
 # which is where the evaluate and export steps look for it.
 
@@ -177,6 +178,28 @@ class Trainer:
                     raise ValueError(f"{e}; use --clean or another --model_dir") from None
         return []
 
+    def _trained_before(self) -> dict:
+        """The settings model_dir's last run recorded (train_config.json), or {} when there are none."""
+        try:
+            with open(os.path.join(self.config.model_dir, CONFIG_FILE)) as f:
+                before = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return before if isinstance(before, dict) else {}
+
+    def _check_same_data(self) -> None:
+        """Refuses to resume model_dir's own checkpoints over other data than they were trained on.
+
+        Checkpoints kept by settings (--checkpoint_dir, $AIP_CHECKPOINT_DIR) are kept by data too, so there a
+        run over other data starts over. In model_dir/checkpoints a rerun over other data resumed the old run:
+        finished, it trained nothing, rewrote the old model and recorded the new data as its own.
+        """
+        before = self._trained_before().get(DATA_KEY)
+        if before and before != self._data_sha256:
+            raise ValueError(f"--data_dir: expected the data the checkpoints in {self.checkpoint_dir} were trained "
+                             f"on (files' sha256 {before[:12]}...), found other data in {self.config.data_dir} "
+                             f"({self._data_sha256[:12]}...); --clean starts over, or use another --model_dir")
+
     def _warn_of_changed_settings(self, resumed: bool = True) -> None:
         """Says so when a run trains with settings other than those its model_dir was trained with.
 
@@ -184,14 +207,13 @@ class Trainer:
         recipes. Not resumed: checkpoints kept by settings (--checkpoint_dir, $AIP_CHECKPOINT_DIR) have none for
         these, so the run starts over and will replace the model in model_dir.
         """
-        path = os.path.join(self.config.model_dir, CONFIG_FILE)
-        try:
-            with open(path) as f:
-                before = json.load(f)
-        except (OSError, ValueError):
+        before = self._trained_before()
+        if not before:
             return
         changed = [f"{name} {before[name]} -> {getattr(self.config, name)}" for name in checkpoints.TRAJECTORY_FIELDS
                    if name in before and before[name] != getattr(self.config, name)]
+        if before.get(DATA_KEY, self._data_sha256) != self._data_sha256:
+            changed.append(f"the data {before[DATA_KEY][:12]}... -> {self._data_sha256[:12]}...")
         if changed and resumed:
             log.warning("resuming %s with other settings than it was trained with: %s (--clean starts over)",
                         self.config.model_dir, ", ".join(changed))
@@ -233,8 +255,11 @@ class Trainer:
 
     def _train(self) -> dict:
         config = self.config
+        self._data_sha256 = checkpoints.data_fingerprint(config.data_dir)
         latest = self._restore()
         if latest:
+            if run_dirs.inside(self.checkpoint_dir, config.model_dir):
+                self._check_same_data()
             log.info("resumed from %s at epoch %d, step %d", latest, int(self.epoch), int(self.step_in_epoch))
             self._warn_of_changed_settings()
             if int(self.epoch) > config.train_epochs:
@@ -252,7 +277,7 @@ class Trainer:
                 "the checkpoint resumed from": (int(self.epoch), int(self.step_in_epoch), weights_digest(self.model))})
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
-        self._write_json(CONFIG_FILE, dataclasses.asdict(config))
+        self._write_json(CONFIG_FILE, {**dataclasses.asdict(config), DATA_KEY: self._data_sha256})
         log.info("checkpoints in %s; TensorBoard summaries in %s", self.checkpoint_dir,
                  ", ".join(self.tensorboard_dirs) or "none (not the chief)")
         writers = [tf.summary.create_file_writer(d) for d in self.tensorboard_dirs]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -369,6 +370,33 @@ def test_clean_starts_over(synthetic_data, tmp_path, epochs_run):
     assert result["epochs"] == 1
     assert not (model_dir / "stale.txt").exists()
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-1")
+
+
+def test_a_rerun_over_other_data_does_not_resume_the_old_run(synthetic_data, tmp_path, epochs_run):
+    """Same model_dir, other data: it resumed the finished run, trained nothing and recorded the new data as its own."""
+    from mnistkit import checkpoints
+    from tests import synthetic
+
+    other = synthetic.write_dataset(tmp_path / "other", n_train=300, n_test=100, seed=7)
+    model_dir = tmp_path / "model"
+    training.train(_config(synthetic_data, model_dir, train_epochs=1))
+    kept = {name: (model_dir / name).read_bytes() for name in (training.MODEL_FILE, training.CONFIG_FILE)}
+    assert json.loads(kept[training.CONFIG_FILE])["data_sha256"] == checkpoints.data_fingerprint(synthetic_data)
+
+    with pytest.raises(ValueError) as e:
+        training.train(_config(other, model_dir, train_epochs=1), on_epoch=epochs_run.hook)
+    assert str(e.value) == (
+        f"--data_dir: expected the data the checkpoints in {model_dir / 'checkpoints'} were trained on (files' "
+        f"sha256 {checkpoints.data_fingerprint(synthetic_data)[:12]}...), found other data in {other} "
+        f"({checkpoints.data_fingerprint(other)[:12]}...); --clean starts over, or use another --model_dir")
+    assert epochs_run == [] and {name: (model_dir / name).read_bytes() for name in kept} == kept
+
+    # A copy of the same data elsewhere is the same data: it resumes. --clean starts over on the other data.
+    copy = shutil.copytree(synthetic_data, tmp_path / "copy")
+    assert training.train(_config(str(copy), model_dir, train_epochs=1), on_epoch=epochs_run.hook)["epochs"] == 1
+    assert epochs_run == []
+    training.train(_config(other, model_dir, train_epochs=1, clean=True), on_epoch=epochs_run.hook)
+    assert epochs_run == [0]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(synthetic_data, tmp_path):
