@@ -33,6 +33,24 @@ class Timer:
         return False
 
 
+def worker_env(**overrides) -> dict:
+    """The environment of a measuring worker: this one's, with the repo importable, without what would carry
+    another run's state into it (Vertex AI's checkpoint and TensorBoard directories: a second run resumed the
+    first one's finished checkpoints and trained nothing), and with `overrides` (None removes a variable)."""
+    env = dict(os.environ)
+    for name in ("AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR"):
+        env.pop(name, None)
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
 def summary(values: list[float]) -> dict:
     """Median, min, max and count of `values` (floats, rounded for the report)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),

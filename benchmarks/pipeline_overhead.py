@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import Timer, summary
+from benchmarks.common import Timer, summary, worker_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IN_PROCESS = r"""
@@ -70,7 +70,7 @@ def measure(source: str, arguments: dict, rounds: int = 1) -> dict:
     arguments = {**{k: defaults[k] for k in shared}, "stop_threshold": 1.0, "min_accuracy": 0.0, **arguments}
     params = [f"--param={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in arguments.items()]
     pipeline_s, process_s, pipeline_cpu, process_cpu = [], [], [], []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    env = worker_env()
     for _ in range(rounds):
         root = tempfile.mkdtemp(prefix="mnistkit-bench-pipeline-")
         try:

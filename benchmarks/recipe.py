@@ -21,13 +21,12 @@ same weights in float32, off the clock, and the section reports both.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.common import Timer, summary
+from benchmarks.common import Timer, summary, worker_env
 
 TARGET = 0.99
 PLAIN = dict(batch_size=128, learning_rate=1e-3, precision="float32")
@@ -131,12 +130,8 @@ def _plain_worker(data_dir: str, seed: int, max_epochs: int, max_train_examples:
 
 def _run(contender: str, label: str, seed: int, **arguments) -> dict:
     """Runs one contender's worker in a fresh process; returns the outcome it prints."""
-    env = dict(os.environ)
-    if contender == "plain":
-        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # tf_settings.apply() set it here; plain Keras gets TF's own.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tf_settings.apply() set TF_ENABLE_ONEDNN_OPTS here; plain Keras gets TensorFlow's own default.
+    env = worker_env(TF_ENABLE_ONEDNN_OPTS=None) if contender == "plain" else worker_env()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", contender,
                            json.dumps(dict(seed=seed, **arguments))], env=env, capture_output=True, text=True)
     if proc.returncode:

@@ -25,6 +25,7 @@ tf_settings.apply()  # First: the project's TensorFlow options, before any secti
 from benchmarks import common  # noqa: E402
 from mnistkit import files, idx  # noqa: E402
 from mnistkit.recipes import RECIPES  # noqa: E402
+from mnistkit.train_config import TrainConfig  # noqa: E402
 
 SECTIONS = ("throughput", "recipe", "pipeline", "download", "serving", "steps")
 
@@ -65,17 +66,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# TrainConfig fields the suite sets itself: each run trains afresh, in a directory of its own.
+SUITE_OWNED = ("data_dir", "model_dir", "seed", "checkpoint_dir", "tensorboard_dir", "clean")
+
+
 def recipe_settings(recipe: str, texts: list[str], data_dir: str) -> dict:
     """The --set NAME=VALUE texts as TrainConfig overrides, checked against the fields' ranges before any run."""
     from mnistkit import train_config
 
     settings = dict(train_config.parse_setting(text) for text in texts)
-    suite_owned = sorted(set(settings) & {"data_dir", "model_dir", "seed"})
+    suite_owned = [name for name in SUITE_OWNED if name in settings]
     if suite_owned:
-        raise ValueError(f"{suite_owned[0]}: set by the suite itself (--data_dir, --first_seed, --seeds), "
-                         f"found {settings[suite_owned[0]]!r}")
+        raise ValueError(f"{suite_owned[0]}: set by the suite itself (--data_dir, --first_seed, --seeds; each run "
+                         f"trains afresh in a directory of its own), found {settings[suite_owned[0]]!r}")
     train_config.TrainConfig.from_recipe(recipe, data_dir=data_dir, model_dir="unused", **settings).check()
     return settings
+
+
+def recipe_overrides(quick: bool, settings: dict | None) -> dict:
+    """The recipe section's TrainConfig overrides: --quick's small runs, then the --set ones."""
+    # Two epochs of the whole 512 examples (three steps each): the fast recipe's shortened epochs would
+    # be a step or two each, too few to learn even the synthetic digits reliably.
+    quick_runs = dict(train_epochs=2, max_train_examples=512, epoch_fraction=1.0) if quick else {}
+    return {**quick_runs, **(settings or {})}
+
+
+class SectionFailed(Exception):
+    """A section's worker failed; `results` holds the sections measured before it."""
+
+    def __init__(self, section: str, error: Exception, results: dict):
+        super().__init__(f"section {section}: {error}")
+        self.results = results
 
 
 def _serving(data_dir: str, quick: bool, rounds: int) -> dict:
@@ -101,44 +122,48 @@ def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int | 
     rounds = rounds or (2 if quick else 5)
     for section in sections:
         print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
-        if section == "throughput":
-            from benchmarks import throughput
-
-            results[section] = throughput.measure(data_dir, examples=512 if quick else train_examples, rounds=rounds,
-                                                  isa=isa)
-            if isa == "native":  # This process's kernels are the CPU's own, not the stand-in's.
-                size = 1024 if quick else 2048
-                results[section]["matmul_gflops"] = throughput.matmul_gflops(size)
-                results[section]["matmul_gflops_size"] = size
-        elif section == "recipe":
-            from benchmarks import recipe
-
-            # Two epochs of the whole 512 examples (three steps each): the fast recipe's shortened epochs would
-            # be a step or two each, too few to learn even the synthetic digits reliably.
-            quick_runs = dict(train_epochs=2, max_train_examples=512, epoch_fraction=1.0) if quick else {}
-            overrides = {**quick_runs, **(settings or {})}
-            # The plain contender is bounded by its own caps, never by a --set of the recipe's: a recipe screened
-            # at one epoch must not cut plain fit short of 99.0%.
-            plain_caps = dict(plain_epochs=2, plain_examples=512) if quick else {}
-            results[section] = recipe.measure(data_dir, seeds=tuple(seeds), recipe=recipe_name, plain=plain,
-                                              **plain_caps, **overrides)
-        elif section == "pipeline":
-            from benchmarks import pipeline_overhead
-
-            arguments = dict(train_epochs=1, max_train_examples=512, verify_checksums=False) if quick else {}
-            results[section] = pipeline_overhead.measure(data_dir, arguments, rounds=whole_runs)
-        elif section == "download":
-            from benchmarks import download
-
-            results[section] = download.measure(data_dir, rounds=rounds)
-        elif section == "serving":
-            results[section] = _serving(data_dir, quick, rounds)
-        elif section == "steps":
-            from benchmarks import steps
-
-            train_args = ("--train_epochs=1", "--max_train_examples=512") if quick else ("--train_epochs=1",)
-            results[section] = steps.measure(data_dir, rounds=whole_runs, train_args=train_args)
+        try:
+            results[section] = _run_section(section, data_dir, quick, rounds, whole_runs, seeds, train_examples,
+                                            recipe_name, plain, isa, settings)
+        except RuntimeError as e:  # A worker died: its last line says why.
+            raise SectionFailed(section, e, results) from e
     return results
+
+
+def _run_section(section: str, data_dir: str, quick: bool, rounds: int, whole_runs: int, seeds, train_examples: int,
+                 recipe_name: str, plain: bool, isa: str, settings: dict | None) -> dict:
+    """The figures of one section."""
+    if section == "throughput":
+        from benchmarks import throughput
+
+        result = throughput.measure(data_dir, examples=512 if quick else train_examples, rounds=rounds, isa=isa)
+        if isa == "native":  # This process's kernels are the CPU's own, not the stand-in's.
+            size = 1024 if quick else 2048
+            result["matmul_gflops"], result["matmul_gflops_size"] = throughput.matmul_gflops(size), size
+        return result
+    if section == "recipe":
+        from benchmarks import recipe
+
+        # The plain contender is bounded by its own caps, never by a --set of the recipe's: a recipe screened
+        # at one epoch must not cut plain fit short of 99.0%.
+        plain_caps = dict(plain_epochs=2, plain_examples=512) if quick else {}
+        return recipe.measure(data_dir, seeds=tuple(seeds), recipe=recipe_name, plain=plain, **plain_caps,
+                              **recipe_overrides(quick, settings))
+    if section == "pipeline":
+        from benchmarks import pipeline_overhead
+
+        arguments = dict(train_epochs=1, max_train_examples=512, verify_checksums=False) if quick else {}
+        return pipeline_overhead.measure(data_dir, arguments, rounds=whole_runs)
+    if section == "download":
+        from benchmarks import download
+
+        return download.measure(data_dir, rounds=rounds)
+    if section == "serving":
+        return _serving(data_dir, quick, rounds)
+    from benchmarks import steps
+
+    train_args = ("--train_epochs=1", "--max_train_examples=512") if quick else ("--train_epochs=1",)
+    return steps.measure(data_dir, rounds=whole_runs, train_args=train_args)
 
 
 def _cell(s: dict | None, fmt: str) -> list[str]:
@@ -268,13 +293,15 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_headers(data_dir: str, batch: int) -> None:
+def _check_headers(data_dir: str, batch: int) -> int:
     """Reads the four files' headers: IDX files of 28x28 images and labels, as many of each, a batch to train on.
 
     Every section trains or reads them, so a file only a header away from
     unusable is refused here, not by a traceback minutes into the run. The
     data itself is checked by the sections, as the pipeline checks it.
+    Returns the training examples.
     """
+    counts = {}
     for split in idx.SPLITS:
         images_path = os.path.join(data_dir, split.images)
         try:
@@ -291,6 +318,8 @@ def _check_headers(data_dir: str, batch: int) -> None:
                 raise idx.DataError(images_path, "count", least, images[0])
         except idx.DataError as e:
             raise ValueError(f"--data_dir: {e}") from e
+        counts[split.name] = images[0]
+    return counts[idx.TRAIN.name]
 
 
 def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
@@ -331,7 +360,14 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
     if missing:
         raise ValueError(f"--data_dir: expected a directory with the four MNIST files, found {args.data_dir!r} "
                          f"without {', '.join(missing)}")
-    _check_headers(args.data_dir, batch)
+    train_examples = _check_headers(args.data_dir, batch)
+    if "recipe" in sections:  # The recipe's epoch against its batch: the trainer would refuse it minutes in.
+        config = TrainConfig.from_recipe(args.recipe, data_dir=args.data_dir, model_dir="unused",
+                                         **recipe_overrides(args.quick, settings))
+        try:
+            config.epoch_examples(train_examples)
+        except ValueError as e:
+            raise ValueError(f"--set: {e}") from e
     try:
         os.makedirs(args.output_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.output_dir):
@@ -353,13 +389,25 @@ def main(argv: list[str] | None = None) -> int:
               "quick": args.quick, "data_dir": os.path.abspath(args.data_dir),
               "rounds": args.rounds or (2 if args.quick else 5),
               "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
-    report["results"] = run_sections(sections, args.data_dir, args.quick, args.rounds,
-                                     range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
-                                     args.recipe, args.plain, args.isa, settings)
-    files.atomic_write_text(os.path.join(args.output_dir, "results.json"), json.dumps(report, indent=2) + "\n")
-    files.atomic_write_text(os.path.join(args.output_dir, "results.md"), to_markdown(report))
+    try:
+        report["results"] = run_sections(sections, args.data_dir, args.quick, args.rounds,
+                                         range(args.first_seed, args.first_seed + args.seeds), args.train_examples,
+                                         args.recipe, args.plain, args.isa, settings)
+    except SectionFailed as e:  # What the sections before it measured is kept.
+        report["results"] = e.results
+        if e.results:
+            _write(report, args.output_dir)
+        kept = f"; the sections before it are in {args.output_dir}" if e.results else ""
+        print(f"python -m benchmarks: error: {e}{kept}", file=sys.stderr)
+        return 1
+    _write(report, args.output_dir)
     print(to_markdown(report))
     return 0
+
+
+def _write(report: dict, output_dir: str) -> None:
+    files.atomic_write_text(os.path.join(output_dir, "results.json"), json.dumps(report, indent=2) + "\n")
+    files.atomic_write_text(os.path.join(output_dir, "results.md"), to_markdown(report))
 
 
 if __name__ == "__main__":

@@ -9,20 +9,17 @@ settings (oneDNN kernels on).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
-from benchmarks.common import Timer, summary
+from benchmarks.common import Timer, summary, worker_env
 
 
 def measure(export_path: str, data_dir: str, single_calls: int = 500, large_calls: int = 10, rounds: int = 3) -> dict:
     """`measure_here` in a fresh process: nothing of the caller's TensorFlow state (threads, traces) carries over."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = worker_env()
     args = [sys.executable, "-m", "benchmarks.serving", export_path, data_dir, str(single_calls), str(large_calls),
             str(rounds)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)

@@ -20,9 +20,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import summary
+from benchmarks.common import summary, worker_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("download", "validate", "train", "evaluate", "gate", "export")
 # The export gate has no command of its own; this is the work of its component (components/model.py).
 _GATE = ("from mnistkit import gates; import sys; "
@@ -80,8 +79,7 @@ def measure(data_dir: str, rounds: int = 1, train_args: tuple[str, ...] = ("--tr
 
     # Synthetic data (--quick) has neither MNIST's checksums nor its sizes.
     checks = [] if _is_real_mnist(data_dir) else ["--noverify_checksums"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = worker_env()
     runs = {step: [] for step in STEPS}
     for _ in range(rounds):
         root = tempfile.mkdtemp(prefix="mnistkit-bench-steps-")

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import summary
+from benchmarks.common import summary, worker_env
 
 CONTENDERS = ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")
 ISAS = ("native", "avx2")
@@ -163,18 +163,13 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
 
 
 def _start(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict, isa: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    env = worker_env(TF_ENABLE_ONEDNN_OPTS=None, ONEDNN_MAX_CPU_ISA=None)
     if isa == "avx2":
         env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
         if kind != "trainer":
             env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # TensorFlow's own default on an AVX2-only CPU.
     if kind == "keras_fit_onednn":
         env["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = [sys.executable, "-m", "benchmarks.throughput", kind, data_dir, str(examples), recipe,
             json.dumps(overrides)]
     # The worker's stderr goes to a file, not a pipe nobody reads while it runs: its last line says why it died.

@@ -111,6 +111,20 @@ class TrainConfig:
             raise ValueError(f"recipe: expected one of {', '.join(RECIPES)}, found {recipe!r}")
         return cls(**{**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}})
 
+    def epoch_examples(self, train_examples: int) -> int:
+        """The examples of one epoch over a training split of `train_examples` (before max_train_examples).
+
+        Raises:
+          ValueError: the batch is larger than an epoch.
+        """
+        used = min(train_examples, self.max_train_examples or train_examples)
+        epoch = max(1, round(self.epoch_fraction * used))
+        if self.batch_size > epoch:
+            raise ValueError(f"batch_size: expected at most the {epoch} training examples of an epoch, found "
+                             f"{self.batch_size} (an epoch is epoch_fraction {self.epoch_fraction:g} of the {used} "
+                             "training examples)")
+        return epoch
+
     def check(self) -> None:
         """Raises ValueError naming the first field out of its declared range."""
         for field in dataclasses.fields(self):

@@ -144,12 +144,8 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"batch_size: expected a multiple of the {replicas} replicas, found {config.batch_size}")
-        self.epoch_examples = max(1, round(config.epoch_fraction * len(train_images)))
+        self.epoch_examples = config.epoch_examples(len(train_images))  # Raises for a batch larger than an epoch.
         self.steps_per_epoch = self.epoch_examples // config.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"batch_size: expected at most the {self.epoch_examples} training examples of an "
-                             f"epoch, found {config.batch_size} (an epoch is epoch_fraction {config.epoch_fraction:g} "
-                             f"of the {len(train_images)} training examples)")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
             self.precision = resolve_precision(config.precision, config.tpu)

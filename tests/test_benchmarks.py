@@ -169,6 +169,45 @@ def test_set_changes_the_recipe_sections_runs_and_names_them(synthetic_data, tmp
            "test accuracy after epoch 2" in table
 
 
+def test_a_recipe_batch_larger_than_its_epoch_is_refused_before_anything_runs(synthetic_data, tmp_path):
+    """The trainer's own check, made up front on the data's headers: it used to end the run minutes in."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--sections", "throughput,recipe", "--set",
+                           "max_train_examples=100", "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m benchmarks: error: --set: batch_size: expected at most the 60 training examples of an epoch, "
+        "found 160 (an epoch is epoch_fraction 0.6 of the 100 training examples)")
+    assert "benchmarks: throughput ..." not in proc.stderr and not out.exists()
+
+
+def test_a_section_that_fails_is_one_line_and_the_sections_before_it_are_kept(synthetic_data, tmp_path):
+    """A worker's failure ended in a traceback, and the minutes of figures measured before it were lost."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "download,recipe", "--noplain",
+                           "--set", "num_gpus=4", "--data_dir", synthetic_data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m benchmarks: error: section recipe: recipe fast, seed 0: exit 1: ValueError: num_gpus: expected "
+        f"at most the 0 GPUs visible, found 4; the sections before it are in {out}")
+    assert "Traceback" not in proc.stderr
+    assert list(json.loads((out / "results.json").read_text())["results"]) == ["download"]
+    assert "| 4 download |" in (out / "results.md").read_text()
+
+
+def test_vertex_ais_checkpoint_directory_does_not_reach_the_runs(synthetic_data, tmp_path):
+    """Inherited, $AIP_CHECKPOINT_DIR made a second run resume the first one's finished checkpoints."""
+    checkpoints = tmp_path / "aip-checkpoints"
+    env = dict(os.environ, AIP_CHECKPOINT_DIR=str(checkpoints))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "recipe", "--noplain",
+                           "--seeds", "1", "--data_dir", synthetic_data, "--output_dir", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not checkpoints.exists()
+
+
 def test_a_recipe_setting_does_not_cut_plain_fit_short(synthetic_data, tmp_path):
     """--set train_epochs=1 screens the recipe at one epoch; plain fit keeps its own cap (--quick's 2 epochs)."""
     results, _ = _quick(tmp_path, "--seeds", "1", "--sections", "recipe", "--set", "train_epochs=1",
@@ -189,7 +228,10 @@ def test_rounds_reaches_the_sections_that_run_whole_steps(synthetic_data, tmp_pa
 @pytest.mark.parametrize("setting, message", [
     ("epoch_fraction=0", "--set: epoch_fraction: expected in (0, 100], found 0.0"),
     ("epoch_fraction=most", "--set: epoch_fraction: expected float, found 'most'"),
-    ("seed=3", "--set: seed: set by the suite itself (--data_dir, --first_seed, --seeds), found 3"),
+    ("seed=3", "--set: seed: set by the suite itself (--data_dir, --first_seed, --seeds; each run trains afresh in "
+               "a directory of its own), found 3"),
+    ("checkpoint_dir=/tmp/ck", "--set: checkpoint_dir: set by the suite itself (--data_dir, --first_seed, --seeds; "
+                               "each run trains afresh in a directory of its own), found '/tmp/ck'"),
     ("learning_rat=0.1", "--set: expected name=value with a field of TrainConfig, found 'learning_rat=0.1'"),
 ])
 def test_a_bad_setting_is_a_one_line_error_before_anything_runs(setting, message, tmp_path):
