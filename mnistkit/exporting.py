@@ -60,6 +60,8 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
     Returns:
       The path of the new SavedModel.
     """
+    if not export_dir.strip():  # A path of spaces would make a directory named " " in the working directory.
+        raise ValueError(f"export_dir: expected a directory to export into, found {export_dir!r}")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir}: expected a directory to export into, found a file")
     module = _Serving(for_inference(load_model(model_dir)))

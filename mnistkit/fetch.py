@@ -112,6 +112,7 @@ class DownloadConfig:
 # The most bytes a file may have when its checksum is not verified: 1 GiB of gzip holds millions of 28x28
 # images, far more than any data set in MNIST's format, and stops a mirror that never stops sending.
 MAX_UNVERIFIED_BYTES = 1 << 30
+MAX_TIMEOUT_SECONDS = 86_400  # The longest timeout_seconds: a day.
 
 
 def max_bytes(name: str, verify_checksums: bool = True) -> int:
@@ -292,9 +293,11 @@ def download(config: DownloadConfig, sleep: Callable[[float], None] = time.sleep
     """
     if config.attempts < 1:
         raise ValueError(f"attempts: expected at least 1, found {config.attempts}")
-    if not 0 < config.timeout_seconds < math.inf:  # NaN too: absl's lower bound lets it through.
-        raise ValueError(f"timeout_seconds: expected a finite number of seconds above 0, found "
-                         f"{config.timeout_seconds}")
+    # NaN too: absl's lower bound lets it through. Past about 9.2e9 s a socket's timeout overflows, and every
+    # attempt failed with the mirror blamed; a day is far beyond any wait worth making.
+    if not 0 < config.timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"timeout_seconds: expected a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:,} "
+                         f"(a day), found {config.timeout_seconds}")
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir!r}: expected a directory, found a file")
     limit_of = functools.partial(max_bytes, verify_checksums=config.verify_checksums)

@@ -87,13 +87,33 @@ def test_download_bad_source_and_missing_flag(tmp_path):
     assert "--data_dir must have a value other than None" in result.stderr
 
 
-@pytest.mark.parametrize("timeout", ["nan", "inf"])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "1e12"])
 def test_download_refuses_a_timeout_that_is_no_number_of_seconds(tmp_path, timeout):
-    """absl's lower bound let NaN through; every file then failed after four attempts."""
+    """absl's lower bound let NaN through; every file then failed after four attempts. So did 1e12 (a socket's
+    timeout overflows), and the mirror was blamed."""
     result = _run("download", "--data_dir", tmp_path / "d", "--source", tmp_path, "--timeout_seconds", timeout)
     assert result.returncode == 1
-    assert _error_line(result) == (f"mnist-download: error: timeout_seconds: expected a finite number of seconds "
-                                   f"above 0, found {float(timeout)}")
+    assert _error_line(result) == (f"mnist-download: error: timeout_seconds: expected a number of seconds above 0 "
+                                   f"and at most 86,400 (a day), found {float(timeout)}")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("output", ["metrics/", " "])
+def test_evaluate_refuses_an_output_that_is_no_file_path_before_evaluating(trained, synthetic_data, tmp_path,
+                                                                        output):
+    """'metrics/' failed only after the whole evaluation, with a bare 'Not a directory' and an empty directory."""
+    result = _run("evaluate", "--model_dir", trained, "--data_dir", synthetic_data, "--output", output)
+    assert result.returncode == 1
+    assert _error_line(result) == f"mnist-evaluate: error: --output: expected a path of a file to write, found " \
+                                  f"{output!r}"
+    assert not os.path.exists(os.path.join(REPO, output))
+
+
+def test_export_refuses_an_export_dir_of_spaces(trained):
+    result = _run("export", "--model_dir", trained, "--export_dir", " ")
+    assert result.returncode == 1
+    assert _error_line(result) == "mnist-export: error: export_dir: expected a directory to export into, found ' '"
+    assert not os.path.exists(os.path.join(REPO, " "))
 
 
 def test_train_help_shows_every_default_a_flag_has():

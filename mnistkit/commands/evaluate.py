@@ -21,6 +21,8 @@ def main(argv):
     # --model_dir may also name the model file itself: metrics.json then goes beside it.
     model_dir = os.path.dirname(MODEL_DIR.value) if os.path.isfile(MODEL_DIR.value) else MODEL_DIR.value
     output = OUTPUT.value or os.path.join(model_dir, "metrics.json")
+    if not os.path.basename(output).strip():  # 'metrics/' or ' ': it failed only after the whole evaluation.
+        raise cli.UserError(f"--output: expected a path of a file to write, found {output!r}")
     if os.path.isdir(output):
         raise cli.UserError(f"--output: expected a file to write, found a directory: {output}")
     files.check_dir_path(os.path.dirname(output) or ".", "--output's directory")
