@@ -37,7 +37,8 @@ class DataError(ValueError):
         self.field = field
         self.expected = expected
         self.found = found
-        super().__init__(f"{self.path}: {field}: expected {expected}, found {found}")
+        # An empty path is shown as '' : a message starting ': data directory' named nothing.
+        super().__init__(f"{self.path or repr(self.path)}: {field}: expected {expected}, found {found}")
 
 
 @dataclasses.dataclass(frozen=True)

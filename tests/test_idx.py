@@ -167,3 +167,9 @@ def test_wrong_image_size(tmp_path):
         idx.read_images(path)
     _assert_names(e.value, path, "image size", "28x28", "32x32")
 
+
+
+def test_an_empty_path_is_named_as_such():
+    """`mnist-train --data_dir ""` said ': data directory: ...', naming nothing."""
+    error = idx.DataError("", "data directory", "an existing directory", "no such directory")
+    assert str(error) == "'': data directory: expected an existing directory, found no such directory"
