@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from mnistkit import idx
 from mnistkit.train_config import TrainConfig
 
+log = logging.getLogger(__name__)
+
 
 def load_data(config: TrainConfig):
     """Reads both splits into memory: uint8 images and int32 labels."""
     train_images, train_labels = idx.load_split(config.data_dir, idx.TRAIN)
     test_images, test_labels = idx.load_split(config.data_dir, idx.TEST)
+    if config.max_train_examples and config.max_train_examples > len(train_images):
+        log.warning("max_train_examples %d: the training split has %d examples; training on all of them",
+                    config.max_train_examples, len(train_images))
     if config.max_train_examples:
         train_images = train_images[: config.max_train_examples]
         train_labels = train_labels[: config.max_train_examples]

@@ -1,6 +1,7 @@
 """The seed's model and the trainer: history, stop threshold, checkpoints, resume, --clean, bad model_dir."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -297,6 +298,18 @@ def test_epoch_fraction_sets_the_steps_of_an_epoch(synthetic_data, tmp_path):
     with pytest.raises(ValueError, match=r"^batch_size: expected at most the 10 training examples of an epoch, "
                                          r"found 20 \(an epoch is epoch_fraction 0.05 of the 200 training examples\)$"):
         training.Trainer(_config(synthetic_data, tmp_path / "third", epoch_fraction=0.05))
+
+
+def test_max_train_examples_past_the_split_says_so(synthetic_data, caplog):
+    """--max_train_examples 100000 on 600 examples trained on the 600 without a word."""
+    from mnistkit import inputs
+
+    config = training.TrainConfig(data_dir=synthetic_data, model_dir="unused", max_train_examples=100_000)
+    with caplog.at_level(logging.WARNING, logger="mnistkit"):
+        (images, _), _ = inputs.load_data(config)
+    assert len(images) == 600
+    assert [r.getMessage() for r in caplog.records] == [
+        "max_train_examples 100000: the training split has 600 examples; training on all of them"]
 
 
 def test_stop_threshold_stops_before_train_epochs(synthetic_data, tmp_path, epochs_run):
