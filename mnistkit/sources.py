@@ -204,6 +204,10 @@ def source_copier(source: str, progress_seconds: float = 5.0, timeout_seconds: f
 
         return copy_gcs
     if source.startswith(("http://", "https://")):
+        host = urllib.parse.urlsplit(source).netloc
+        if not host or re.search(r"\s", host):  # Refused now: urlopen failed on it four times ("no host given").
+            raise ValueError(f"--source {source!r}: expected http(s)://HOST[/PATH], found "
+                             f"{f'{host!r}, not a host' if host else 'no host'}")
         return lambda name, dest: _copy_http(source, name, dest, progress_seconds, timeout_seconds, limit_of(name))
     path = source[len("file://") :] if source.startswith("file://") else source
     if "://" in path:

@@ -53,15 +53,32 @@ def template_parameters(template_path: str) -> dict[str, dict]:
                              "found none") from e
 
 
+# Numbers as --help and JSON write them: Python's int() and float() also take "5_000" and other scripts' digits.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _convert(name: str, text: str, kind: str):
     expected = _TYPE_NAMES.get(kind, kind)
     try:
         if kind == "NUMBER_INTEGER":
+            if not _INTEGER.fullmatch(text.strip()):
+                raise ValueError
             return int(text.strip())
         if kind == "NUMBER_DOUBLE":
+            if not _DOUBLE.fullmatch(text.strip()):
+                raise ValueError
             value = float(text)
             if not math.isfinite(value):
                 raise ValueError
+            # 0 is "the recipe's" for some parameters: a value that is 0 only by rounding, or by its sign,
+            # silently became the recipe's where mnist-train refuses it.
+            if value == 0 and re.search(r"[1-9]", text.strip().lower().partition("e")[0]):
+                raise ParameterError(f"parameter {name}: expected a number a double holds without rounding it to 0, "
+                                     f"found {text!r}")
+            if value == 0 and math.copysign(1.0, value) < 0:
+                raise ParameterError(f"parameter {name}: expected a number, and 0 without a minus sign, "
+                                     f"found {text!r}")
             return value
         if kind == "BOOLEAN":
             lowered = text.strip().lower()
@@ -76,6 +93,8 @@ def _convert(name: str, text: str, kind: str):
                 raise ValueError
             return value
         return text
+    except ParameterError:
+        raise
     except ValueError:
         raise ParameterError(f"parameter {name}: expected {expected}, found {text!r}") from None
 

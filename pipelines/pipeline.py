@@ -25,7 +25,7 @@ from components.registry import (check_baseline, deployment_endpoint, make_defau
 from mnistkit import recipes, registry, train_config
 from mnistkit.fetch import DEFAULT_SOURCE  # Re-exported: the CVDF bucket, its HTTPS form, another mirror.
 from pipelines.hardware import Hardware
-from pipelines.vertex_machines import check_region
+from pipelines.vertex_machines import check_region, serves_prediction
 
 with warnings.catch_warnings():  # Importing GCPC's preview evaluation package warns about its own components.
     warnings.simplefilter("ignore", FutureWarning)
@@ -53,8 +53,11 @@ EXCLUSIVE_MINIMUM = ()
 PARAMETER_PATTERNS = {
     "endpoint": (r"(projects/[^/]+/locations/[a-z0-9-]+/endpoints/[0-9]+)?",
                  "empty or projects/PROJECT/locations/REGION/endpoints/NUMBER"),
-    "service_account": (r"([^@\s]+@[^@\s]+\.[a-z]+)?",
-                        "empty (Vertex AI's service agent) or an e-mail such as NAME@PROJECT.iam.gserviceaccount.com"),
+    # A service account's address: NAME@PROJECT.iam.gserviceaccount.com (user-managed) or Compute Engine's default
+    # PROJECT_NUMBER-compute@developer.gserviceaccount.com. A user's own e-mail failed only in the train step.
+    "service_account": (r"([^@\s]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.gserviceaccount\.com)?",
+                        "empty (Vertex AI's service agent) or a service account's e-mail such as "
+                        "NAME@PROJECT.iam.gserviceaccount.com or PROJECT_NUMBER-compute@developer.gserviceaccount.com"),
     "project": (r"(([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{6,20})?",
                 "empty or a project ID (6-30 of [a-z0-9-], starting with a letter) or number"),
     "region": (r"([a-z]+-[a-z]+[0-9]+)?", "empty or a Vertex AI region such as us-central1"),
@@ -70,6 +73,14 @@ PARAMETER_PATTERNS = {
     "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
                       f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),
 }
+
+
+def serving_images() -> list:
+    """The serving images a run may name: the tf2-cpu prediction images the installed aiplatform lists, in its
+    us, europe and asia registries, of the default image's TensorFlow or newer; newest first."""
+    tested = tuple(map(int, registry.serving_tensorflow_version(DEFAULT_SERVING_IMAGE).split(".")))
+    return [uri for region in ("us", "europe", "asia")
+            for version, uri in registry.tensorflow_serving_images("cpu", region) if version >= tested]
 
 
 def check_combination(values: dict, replicas: int = 1) -> None:
@@ -92,15 +103,26 @@ def check_combination(values: dict, replicas: int = 1) -> None:
             raise ValueError(f"parameter batch_size: expected at most the {epoch} training examples of an epoch "
                              f"(recipe {values['recipe']}'s epoch_fraction {recipe['epoch_fraction']:g} of "
                              f"max_train_examples {limit}), found {batch}{given}")
+    stop, gate = values.get("stop_threshold"), values.get("min_accuracy")
+    if stop is not None and gate is not None and stop < gate:
+        # Training would stop at an accuracy the export gate then refuses: a whole run that could export nothing.
+        raise ValueError(f"parameter stop_threshold: expected at least min_accuracy {gate:g} (training would stop "
+                         f"before the export gate's accuracy), found {stop:g}")
     image = values.get("serving_image")
-    if image:
+    if image and image not in serving_images():
+        # The endpoint has no accelerator; tests/test_serving_image.py loads the export in the default's version.
+        # Only an image aiplatform lists: a made-up version or another registry was uploaded as the Registry's
+        # default version and failed only when deployed (or never served).
         tested = registry.serving_tensorflow_version(DEFAULT_SERVING_IMAGE)
-        found = registry.serving_tensorflow_version(image)
-        if "/tf2-cpu." not in image or tuple(map(int, found.split("."))) < tuple(map(int, tested.split("."))):
-            # The endpoint has no accelerator; tests/test_serving_image.py loads the export in the default's version.
-            raise ValueError(f"parameter serving_image: expected a tf2-cpu prediction image of TensorFlow {tested} or "
-                             f"newer (the endpoint has no accelerator; the export is tested in {tested}), found "
-                             f"{image}")
+        raise ValueError(f"parameter serving_image: expected a tf2-cpu prediction image of TensorFlow {tested} or "
+                         f"newer (the endpoint has no accelerator; the export is tested in {tested}) that "
+                         f"google-cloud-aiplatform lists: {', '.join(serving_images())}; found {image}")
+    machine = values.get("endpoint_machine_type")
+    if machine and not serves_prediction(machine):
+        # Else refused only by the deploy step, after the upload had already moved the Registry's default version.
+        raise ValueError(f"parameter endpoint_machine_type: expected a CPU machine type Vertex AI prediction serves "
+                         f"(n1-standard-2, e2-standard-4, n2-highmem-8, ...; the endpoint gets no accelerator and "
+                         f"the serving image is tf2-cpu), found {machine!r}")
     if values.get("deploy") and not values.get("register"):
         raise ValueError("parameter deploy: expected together with register=true (only a registered version is "
                          "deployed), found deploy=true with register=false")

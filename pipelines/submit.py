@@ -30,13 +30,23 @@ _REGION = re.compile(PARAMETER_PATTERNS["region"][0])
 _ACCOUNT = re.compile(PARAMETER_PATTERNS["service_account"][0])
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# Labels per resource (https://cloud.google.com/resource-manager/docs/labels-overview), where the PipelineJob's
+# labels field sends its rules; aiplatform's own validate_labels only checks that they are strings.
+MAX_LABELS = 64
 _REGISTRY_HOST = re.compile(r"https?://\S+/\S+")
 _EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
-# Cloud Storage bucket names: 3-63 of [a-z0-9._-] starting and ending with a letter or digit; up to 222 when
-# dotted, each dotted part at most 63; not starting with "goog".
+# Cloud Storage bucket names (https://cloud.google.com/storage/docs/buckets#naming): 3-63 of [a-z0-9._-] starting
+# and ending with a letter or digit; up to 222 when dotted, each dotted part at most 63; not starting with "goog",
+# not containing "google" (or its misspelling "g00gle"), not an IP address in dotted-decimal form. Vertex AI's
+# client only logs a bucket it failed to create, and creates the job anyway.
 _BUCKET_PART = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?"
-_PIPELINE_ROOT = re.compile(rf"gs://(?P<bucket>[a-z0-9][a-z0-9_-]{{1,61}}[a-z0-9]|{_BUCKET_PART}(?:\.{_BUCKET_PART})+)"
-                            r"(/\S*)?")
+_BUCKET = re.compile(rf"[a-z0-9][a-z0-9_-]{{1,61}}[a-z0-9]|{_BUCKET_PART}(?:\.{_BUCKET_PART})+")
+_IP_ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+BUCKET_RULE = ("a Cloud Storage bucket name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not starting "
+               "with 'goog', not containing 'google', not an IP address)")
+# No empty path part and no trailing "/": the custom job's output prefix would get "//" (ROOT//RUN/train-model),
+# which Cloud Storage FUSE reads as ROOT/RUN but the TensorBoard uploader does not.
+_PIPELINE_ROOT = re.compile(r"gs://(?P<bucket>[^/]*)(/[^/\s]+)*")
 _TENSORBOARD_REGION = re.compile(r"projects/[^/]+/locations/([^/]+)/tensorboards/[^/]+")
 # The keys under which a compiled template names container images: every executor's `image`, and the
 # `image_uri` of each worker pool of a GCPC custom job (in the component's defaults or a task's inputs).
@@ -75,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_bucket_name(bucket: str) -> bool:
+    """Whether Cloud Storage would take `bucket` as a bucket's name (BUCKET_RULE), for every bucket submit checks."""
+    return (bool(_BUCKET.fullmatch(bucket)) and len(bucket) <= 222 and not bucket.startswith("goog")
+            and "google" not in bucket and "g00gle" not in bucket and not _IP_ADDRESS.fullmatch(bucket))
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     labels = {}
     for item in items:
@@ -82,7 +98,12 @@ def _labels(items: list[str]) -> dict[str, str]:
         if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             raise ValueError(f"--label {item!r}: expected KEY=VALUE, the key a lowercase letter then up to 62 of "
                              "[a-z0-9_-], the value up to 63 of [a-z0-9_-]")
+        if key in labels:  # Else the last value silently won.
+            raise ValueError(f"--label {item!r}: expected each key once, found {key!r} again")
         labels[key] = value
+    if len(labels) > MAX_LABELS:  # Vertex AI refused the job, after --upload_to had published the template.
+        raise ValueError(f"--label: expected at most {MAX_LABELS} labels (Vertex AI's limit per resource), "
+                         f"found {len(labels)}")
     return labels
 
 
@@ -134,6 +155,10 @@ def _check_sources(source: str) -> None:
                 raise ValueError(f"parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path "
                                  f"under {files.GCS_FUSE_MOUNT}/ (Cloud Storage FUSE, what the step on Vertex AI "
                                  f"can read), found {one!r}")
+            elif not is_bucket_name(one.removeprefix("file://")[len(files.GCS_FUSE_MOUNT) + 1:].split("/")[0]):
+                # The mount's own root, or no bucket's name, holds no MNIST file: the download step would fail.
+                raise ValueError(f"parameter source: expected {files.GCS_FUSE_MOUNT}/BUCKET[/PREFIX], BUCKET "
+                                 f"{BUCKET_RULE}, found {one!r}")
     except ValueError as e:  # Said of --source, the download command's flag: here it is a parameter.
         raise ValueError(str(e).replace("--source", "parameter source", 1)) from None
 
@@ -147,13 +172,13 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError(f"--region: expected a region such as us-central1, found {args.region!r}")
     check_region(args.region, "--region")
     root = _PIPELINE_ROOT.fullmatch(args.pipeline_root)
-    if not root or root["bucket"].startswith("goog"):
-        raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH], a Cloud Storage bucket name (3-63 of "
-                         f"[a-z0-9_-], or dotted parts of up to 63 each, not starting with 'goog'), "
-                         f"found {args.pipeline_root!r}")
+    if not root or not is_bucket_name(root["bucket"]):
+        raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH], {BUCKET_RULE}, and a PATH with no empty "
+                         f"part and no trailing '/', found {args.pipeline_root!r}")
     if not args.service_account or not _ACCOUNT.fullmatch(args.service_account):
-        raise ValueError(f"--service_account: expected an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, "
-                         f"found {args.service_account!r}")
+        raise ValueError(f"--service_account: expected an e-mail of a service account such as "
+                         f"NAME@PROJECT.iam.gserviceaccount.com or PROJECT_NUMBER-compute@developer.gserviceaccount.com"
+                         f", found {args.service_account!r}")
     if args.upload_to and not _REGISTRY_HOST.fullmatch(args.upload_to):
         raise ValueError(f"--upload_to: expected https://REGION-kfp.pkg.dev/PROJECT/REPO, found {args.upload_to!r}")
     if args.upload_only and not args.upload_to:
@@ -183,6 +208,10 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
     if root and not root.startswith(("gs://", "/gcs/")):
         raise ValueError(f"parameter checkpoint_root: expected gs://BUCKET[/PATH] or a path under /gcs/ on Vertex "
                          f"AI (a machine's own disk is gone when a resubmitted run would resume), found {root!r}")
+    if root and not is_bucket_name(root[len("gs://"):].split("/")[0]):  # "/gcs/" is as long as "gs://".
+        # Else the train step fails creating the directory, after the data steps and once its machines are up.
+        raise ValueError(f"parameter checkpoint_root: expected gs://BUCKET[/PATH] or /gcs/BUCKET[/PATH], "
+                         f"{BUCKET_RULE}, found {root!r}")
     _check_tensorboard(args.template, args.region, values.get("service_account", args.service_account))
     return values, _labels(args.label)
 

@@ -21,6 +21,8 @@ SOURCES = {
                                 "memory of the G2, A2, A3 and A4 machine types)",
     "pipeline-task": "https://cloud.google.com/vertex-ai/docs/pipelines/machine-types (a step without a machine "
                      "type runs on one Vertex AI Pipelines picks, of at most 96 vCPUs and 624 GB)",
+    "prediction-compute": "https://cloud.google.com/vertex-ai/docs/predictions/configure-compute (machine types "
+                          "for prediction: the E2 and N1 sizes listed there; also N2, N2D, C2, C2D and C3)",
     "client-tpu": "google-cloud-aiplatform 1.165.1, google/cloud/aiplatform/utils/worker_spec_utils.py and "
                   "jobs.py: tpu_topology 'is required for the TPU v5 versions' and goes to the chief only, "
                   "'as TPU jobs only allow 1 replica'",
@@ -72,6 +74,26 @@ CPU_MACHINES = frozenset(
     + _sizes("n2-standard", (4, 8, 16, 32, 48, 64, 80)) + _sizes("n2-highmem", (2, 4, 8, 16, 32, 48, 64, 80))
     + _sizes("n2-highcpu", (16, 32, 48, 64, 80))
     + _sizes("c2-standard", (4, 8, 16, 30, 60)))
+
+# CPU machine types Vertex AI prediction serves a deployed model on (source: prediction-compute): only CPU ones,
+# since the deploy step gives the endpoint no accelerator and the serving image is tf2-cpu; no shared-core
+# (e2-micro/small/medium) and no n1-standard-1, which prediction does not offer. E2 and N1 are the sizes the page
+# lists exactly.
+PREDICTION_MACHINES = frozenset(
+    _sizes("e2-standard", (2, 4, 8, 16, 32)) + _sizes("e2-highmem", (2, 4, 8, 16))
+    + _sizes("e2-highcpu", (2, 4, 8, 16, 32))
+    + _sizes("n1-standard", (2, 4, 8, 16, 32)) + _sizes("n1-highmem", (2, 4, 8, 16, 32))
+    + _sizes("n1-highcpu", (4, 8, 16, 32)))
+# The same page lists the N2, N2D, C2, C2D and C3 series too, but their exact sizes could not be read there:
+# those families are accepted by form (any size from 2 vCPUs; C2 in its own sizes), not by a list of sizes.
+_PREDICTION_FAMILIES = re.compile(r"(n2|n2d|c2d|c3)-(standard|highmem|highcpu)-([2-9]|[1-9][0-9]+)"
+                                  r"|c2-standard-(4|8|16|30|60)")
+
+
+def serves_prediction(machine_type: str) -> bool:
+    """Whether Vertex AI prediction serves a model on CPU machine type `machine_type` (source: prediction-compute)."""
+    return machine_type in PREDICTION_MACHINES or bool(_PREDICTION_FAMILIES.fullmatch(machine_type))
+
 
 # GPUs attached to an N1 machine: count -> the most vCPUs an N1 machine may have with that count (source: gce-gpus).
 N1_GPUS = {

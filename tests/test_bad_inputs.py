@@ -338,6 +338,11 @@ def template(tmp_path_factory):
     (["--param", "batch_size=-1"], "parameter batch_size: expected at least 0, found -1"),
     (["--param", "stop_threshold=1.5"], "parameter stop_threshold: expected a value in [0.0, 1.0], found 1.5"),
     (["--param", "stop_threshold=-0.1"], "parameter stop_threshold: expected a value in [0.0, 1.0], found -0.1"),
+    (["--param", "train_epochs=5_000"], "parameter train_epochs: expected an integer, found '5_000'"),
+    (["--param", "learning_rate=1e-400"], "parameter learning_rate: expected a number a double holds without "
+     "rounding it to 0, found '1e-400'"),
+    (["--param", "stop_threshold=0.5"], "parameter stop_threshold: expected at least min_accuracy 0.98 (training "
+     "would stop before the export gate's accuracy), found 0.5"),
     (["--service_account", "nobody"], "--service_account: expected an e-mail"),
 ])
 def test_submit_refuses_bad_parameters_before_contacting_anything(args, message, template):

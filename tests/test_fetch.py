@@ -430,6 +430,10 @@ def test_a_pipeline_step_clears_what_a_killed_attempt_on_another_host_left(tmp_p
 @pytest.mark.parametrize("source, expected", [
     ("gs://", "expected gs://BUCKET[/PREFIX], found no bucket name"),
     ("gs:// bucket/mnist", "expected gs://BUCKET[/PREFIX], found ' bucket', not a bucket name"),
+    # A URL with no host failed only after four attempts ("no host given").
+    ("https://", "expected http(s)://HOST[/PATH], found no host"),
+    ("http:///mnist", "expected http(s)://HOST[/PATH], found no host"),
+    ("https://exa mple.com/mnist", "expected http(s)://HOST[/PATH], found 'exa mple.com', not a host"),
     ("ftp://example.com/mnist", "expected gs://..., http(s)://... or a local directory"),
     ("/no/such/mirror", "expected an existing local directory, found none"),
 ])

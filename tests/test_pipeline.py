@@ -325,9 +325,10 @@ def _trained_config(run_dir):
 
 
 def test_recipe_seed_in_the_pipeline_trains_the_seeds_hyperparameters(mirror, tmp_path):
-    """recipe=seed alone gives the seed's Adam 1e-4, batch 100, 40 epochs (the threshold of 0 stops it after one)."""
+    """recipe=seed alone gives the seed's Adam 1e-4, batch 100, 40 epochs (the threshold of 0 stops it after one;
+    the gate must then be 0 too: a stop_threshold below min_accuracy is refused)."""
     run_local.run(str(tmp_path), {"source": mirror, "verify_checksums": False, "recipe": "seed",
-                                  "max_train_examples": 600, "stop_threshold": 0.0, "min_accuracy": 1.0})
+                                  "max_train_examples": 600, "stop_threshold": 0.0, "min_accuracy": 0.0})
     (run_dir,) = [os.path.join(tmp_path, r) for r in _run_ids(tmp_path)]
     trained = _trained_config(run_dir)
     assert (trained["batch_size"], trained["learning_rate"], trained["train_epochs"]) == (100, 1e-4, 40)
@@ -388,6 +389,34 @@ def test_a_batch_larger_than_an_epoch_of_max_train_examples_is_refused_before_ru
     assert os.listdir(tmp_path) == []
     # The same at the edge of the rule: 60 examples make one step of batch 60.
     pipeline.check_combination({"recipe": "fast", "max_train_examples": 100, "batch_size": 60})
+
+
+def test_a_stop_threshold_below_min_accuracy_is_refused_before_running(tmp_path, capsys):
+    """Training stopped at 0.54 >= stop_threshold 0.5, then the gate refused it for min_accuracy 0.9: a whole run
+    that could export nothing."""
+    code = run_local.main(["--source", "/nowhere", "--pipeline_root", str(tmp_path), "--param", "stop_threshold=0.5",
+                           "--param", "min_accuracy=0.9"])
+    assert code == 1
+    assert ("run_local.py: error: parameter stop_threshold: expected at least min_accuracy 0.9 (training would stop "
+            "before the export gate's accuracy), found 0.5") in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    pipeline.check_combination({"stop_threshold": 0.9, "min_accuracy": 0.9})  # The edge: equal is accepted.
+
+
+@pytest.mark.parametrize("machine_type", ["n1-standard-2", "n1-highcpu-32", "e2-standard-2", "e2-highmem-16",
+                                          "n2-highmem-8", "n2d-standard-224", "c2d-highcpu-2", "c3-standard-176",
+                                          "c2-standard-60"])
+def test_endpoint_machine_types_prediction_serves_are_accepted(machine_type):
+    pipeline.check_combination({"endpoint_machine_type": machine_type})
+
+
+def test_every_serving_image_aiplatform_lists_of_the_defaults_tensorflow_is_accepted():
+    """The default, and the same image in the europe and asia registries (a registry near the endpoint)."""
+    images = pipeline.serving_images()
+    assert images[0] == pipeline.DEFAULT_SERVING_IMAGE
+    assert {image.split("-docker.pkg.dev")[0] for image in images} == {"us", "europe", "asia"}
+    for image in images:
+        pipeline.check_combination({"serving_image": image})
 
 
 @pytest.mark.parametrize("argv, replicas", [

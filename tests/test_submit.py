@@ -229,11 +229,28 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
      "pipeline does not expose (hyper(..., pipeline=...) in mnistkit/train_config.py); the pipeline takes "),
     (["--param", "train_epochs"], "override 'train_epochs': expected NAME=VALUE"),
     (["--label", "Team=x"], "--label 'Team=x': expected KEY=VALUE"),
+    # Vertex AI refused more than 64 (after --upload_to had published the template); a repeated key lost a value.
+    ([a for n in range(65) for a in ("--label", f"k{n}=v")], "--label: expected at most 64 labels (Vertex AI's "
+     "limit per resource), found 65"),
+    (["--label", "team=a", "--label", "team=b"], "--label 'team=b': expected each key once, found 'team' again"),
     # The Registry and deployment values are used only after training: each is refused before the run.
     (["--param", "train_epochs=99999999999999999999"], "parameter train_epochs: expected an integer of at most "
      "2**53 in size (Vertex AI passes numbers as doubles), found 99999999999999999999"),
     (["--param", "service_account=bob"], "parameter service_account: expected empty (Vertex AI's service agent) or "
-     "an e-mail such as NAME@PROJECT.iam.gserviceaccount.com, found 'bob'"),
+     "a service account's e-mail such as NAME@PROJECT.iam.gserviceaccount.com or "
+     "PROJECT_NUMBER-compute@developer.gserviceaccount.com, found 'bob'"),
+    # A user's own address is no service account: a custom job refused it only in the train step.
+    (["--param", "service_account=me@gmail.com"], "parameter service_account: expected empty (Vertex AI's service "
+     "agent) or a service account's e-mail"),
+    # Numbers as the help writes them: Python's int() and float() also read these.
+    (["--param", "train_epochs=5_000"], "parameter train_epochs: expected an integer, found '5_000'"),
+    (["--param", "train_epochs=\u0663"], "parameter train_epochs: expected an integer, found '\u0663'"),
+    (["--param", "learning_rate=1_0e-3"], "parameter learning_rate: expected a number, found '1_0e-3'"),
+    # 0 is the recipe's: these silently trained at the recipe's rate, where mnist-train refuses them.
+    (["--param", "learning_rate=1e-400"], "parameter learning_rate: expected a number a double holds without "
+     "rounding it to 0, found '1e-400'"),
+    (["--param", "learning_rate=-0"], "parameter learning_rate: expected a number, and 0 without a minus sign, "
+     "found '-0'"),
     (["--param", 'model_display_name=mnist "v2"'], "parameter model_display_name: expected 1-128 characters, none "
      "of them a quote, a backslash or a control character, found 'mnist \"v2\"'"),
     (["--param", "model_display_name=" + "m" * 129], "parameter model_display_name: expected 1-128 characters"),
@@ -242,16 +259,62 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
      "prediction image such as us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, found 'nginx'"),
     (["--param", "checkpoint_root=/tmp/ck"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or a path "
      "under /gcs/ on Vertex AI (a machine's own disk is gone when a resubmitted run would resume), found '/tmp/ck'"),
+    # Paths no bucket can have: the train step failed on them, after the data steps.
+    (["--param", "checkpoint_root=/gcs/"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or "
+     "/gcs/BUCKET[/PATH], a Cloud Storage bucket name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not "
+     "starting with 'goog', not containing 'google', not an IP address), found '/gcs/'"),
+    (["--param", "checkpoint_root=/gcs/bucket with space/x"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] "
+     "or /gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
+    (["--param", "checkpoint_root=gs://goog-ckpt/x"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or "
+     "/gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
+    (["--param", "checkpoint_root=/gcs/my-google-ckpt/x"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] "
+     "or /gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
+    (["--param", "checkpoint_root=gs://10.0.0.1/x"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or "
+     "/gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
+    # A source the download step could not read: no host (it failed after four attempts), no bucket after /gcs/.
+    (["--param", "source=https://"], "parameter source 'https://': expected http(s)://HOST[/PATH], found no host"),
+    (["--param", "source=https://exa mple.com/x"], "parameter source 'https://exa mple.com/x': expected "
+     "http(s)://HOST[/PATH], found 'exa mple.com', not a host"),
+    (["--param", "source=/gcs/"], "parameter source: expected /gcs/BUCKET[/PREFIX], BUCKET a Cloud Storage bucket "
+     "name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not starting with 'goog', not containing "
+     "'google', not an IP address), found '/gcs/'"),
+    (["--param", "source=gs://mnist-mirror/m,/gcs//mnist"], "parameter source: expected /gcs/BUCKET[/PREFIX]"),
     # The endpoint has no accelerator, and the export is known to load in the default image's TensorFlow.
     (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"], "parameter "
      "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer (the endpoint has no "
-     "accelerator; the export is tested in 2.15), found us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"),
+     "accelerator; the export is tested in 2.15) that google-cloud-aiplatform lists: "
+     "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, "
+     "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest, "
+     "asia-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest; "
+     "found us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"),
+    # Only images aiplatform lists: a made-up version, another registry or a missing tag became the Registry's
+    # default version and failed only when deployed.
+    (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-99:latest"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
+    (["--param", "serving_image=my-registry.example.com/anything/tf2-cpu.2-15"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
+    (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15"], "parameter "
+     "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
     (["--param", "serving_image=europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.1-15"], "parameter "
      "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
     (["--param", "serving_image=us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-1"], "parameter "
      "serving_image: expected a tf2-cpu prediction image of TensorFlow 2.15 or newer"),
     (["--param", "endpoint_machine_type=n1 standard"], "parameter endpoint_machine_type: expected a machine type "
      "such as n1-standard-2, found 'n1 standard'"),
+    # Only CPU machine types prediction serves: the deploy step refused the others after the Registry had changed.
+    (["--param", "endpoint_machine_type=g2-standard-8"], "parameter endpoint_machine_type: expected a CPU machine "
+     "type Vertex AI prediction serves (n1-standard-2, e2-standard-4, n2-highmem-8, ...; the endpoint gets no "
+     "accelerator and the serving image is tf2-cpu), found 'g2-standard-8'"),
+    (["--param", "endpoint_machine_type=ct5lp-hightpu-1t"], "parameter endpoint_machine_type: expected a CPU "
+     "machine type Vertex AI prediction serves"),
+    (["--param", "endpoint_machine_type=n1-standard-1"], "parameter endpoint_machine_type: expected a CPU machine "
+     "type Vertex AI prediction serves"),
+    (["--param", "endpoint_machine_type=e2-medium"], "parameter endpoint_machine_type: expected a CPU machine "
+     "type Vertex AI prediction serves"),
+    (["--param", "endpoint_machine_type=foo-bar"], "parameter endpoint_machine_type: expected a CPU machine "
+     "type Vertex AI prediction serves"),
+    (["--param", "endpoint_machine_type=c2-standard-2"], "parameter endpoint_machine_type: expected a CPU machine "
+     "type Vertex AI prediction serves"),
     (["--param", "project=Not_A_Project"], "parameter project: expected empty or a project ID"),
     (["--param", "region=mars-north9"], "parameter region: expected a region Vertex AI serves (google-cloud-"
      "aiplatform's SUPPORTED_REGIONS, e.g. us-central1, europe-west4), found 'mars-north9'"),
@@ -282,6 +345,18 @@ def test_bad_overrides_never_reach_the_endpoint(endpoint, template, capsys, extr
      "bucket name"),
     ("--pipeline_root", "gs://mnist..root/runs", "--pipeline_root: expected gs://BUCKET[/PATH]"),
     ("--pipeline_root", "gs://" + "b" * 64 + "/runs", "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    # A trailing "/" or an empty part gave the custom job's outputs a "//" the TensorBoard uploader reads apart.
+    ("--pipeline_root", "gs://mnist-pipeline-root/runs/", "--pipeline_root: expected gs://BUCKET[/PATH], a Cloud "
+     "Storage bucket name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not starting with 'goog', not "
+     "containing 'google', not an IP address), and a PATH with no empty part and no trailing '/', found "
+     "'gs://mnist-pipeline-root/runs/'"),
+    ("--pipeline_root", "gs://mnist-pipeline-root//runs", "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    ("--pipeline_root", "gs://mnist-pipeline-root/", "--pipeline_root: expected gs://BUCKET[/PATH]"),
+    # Names Cloud Storage refuses; aiplatform only logs the failed bucket creation and sends the job anyway.
+    ("--pipeline_root", "gs://my-google-bucket/runs", "--pipeline_root: expected gs://BUCKET[/PATH], a Cloud Storage "
+     "bucket name"),
+    ("--pipeline_root", "gs://192.168.1.1/runs", "--pipeline_root: expected gs://BUCKET[/PATH], a Cloud Storage "
+     "bucket name"),
 ])
 def test_bad_settings_never_reach_the_endpoint(endpoint, template, capsys, flag, value, message):
     url, recorded, _ = endpoint
@@ -440,6 +515,19 @@ def test_a_project_number_and_a_dotted_bucket_are_accepted(template):
                                             "--pipeline_root", "gs://runs.mnist.example.com/runs"))
     values, _ = submit.check(args)
     assert values["project"] == "123456789012"
+
+
+@pytest.mark.parametrize("extra", [
+    ["--pipeline_root", "gs://mnist-pipeline-root"],
+    ["--param", "checkpoint_root=gs://ckpt.mnist.example.com/mnist-a"],
+    ["--param", "checkpoint_root=/gcs/mnist-ckpt/mnist-a"],
+    ["--param", "source=/gcs/mnist-mirror/mnist,https://example.com/mnist/"],
+    [a for n in range(64) for a in ("--label", f"k{n}=v")],
+    ["--param", "service_account=123456789012-compute@developer.gserviceaccount.com",
+     "--service_account", "service-123456789012@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"],
+])
+def test_names_cloud_storage_takes_64_labels_and_service_accounts_are_accepted(template, extra):
+    submit.check(submit.parser().parse_args(_args(template, "http://127.0.0.1:9", *extra)))
 
 
 @pytest.fixture(scope="module")
