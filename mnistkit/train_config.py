@@ -245,6 +245,12 @@ def from_pipeline(recipe: str, overrides: dict, config_class=TrainConfig, **give
     return config_class.from_recipe(recipe, **values, **given)
 
 
+# Numbers as --help and JSON write them, ASCII digits only: Python's int() and float() also read "5_000",
+# "0x10" (absl's integer flags) and other scripts' digits, which one entry point took and another refused.
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def parse_setting(text: str, config_class=TrainConfig) -> tuple[str, object]:
     """'name=value' from a command line as a field's name and its value, typed as the field is.
 

@@ -14,6 +14,7 @@ import re
 
 import yaml
 
+from mnistkit import train_config
 from pipelines.pipeline import EXCLUSIVE_MINIMUM, PARAMETER_PATTERNS, PARAMETER_RULES, check_combination
 
 _TYPE_NAMES = {"STRING": "a string", "NUMBER_INTEGER": "an integer", "NUMBER_DOUBLE": "a number",
@@ -53,9 +54,8 @@ def template_parameters(template_path: str) -> dict[str, dict]:
                              "found none") from e
 
 
-# Numbers as --help and JSON write them: Python's int() and float() also take "5_000" and other scripts' digits.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# Numbers as --help and JSON write them, as mnist-train's flags read them.
+_INTEGER, _DOUBLE = train_config.INTEGER_TEXT, train_config.NUMBER_TEXT
 
 
 def _convert(name: str, text: str, kind: str):

@@ -122,6 +122,17 @@ def test_train_help_shows_every_default_a_flag_has():
     assert re.search(r"--seed: Seed [^\n]*\(default: 0\)", " ".join(result.stdout.split())), result.stdout[-3000:]
 
 
+@pytest.mark.parametrize("flag, value, said", [("batch_size", "0x10", "expected a decimal integer"),
+                                               ("batch_size", "1_000", "expected a decimal integer"),
+                                               ("learning_rate", "1_0e-3", "expected a number in ASCII digits")])
+def test_train_reads_numbers_as_the_pipeline_does(synthetic_data, tmp_path, flag, value, said):
+    """absl took 0x10 as 16 and Python took 1_000; the pipeline's parameters refuse both."""
+    result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", f"--{flag}", value)
+    assert result.returncode == 1
+    assert f"flag --{flag}={value}: {said}, found {value!r}" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_help_gives_each_number_its_range():
     text = " ".join(_run("train", "--helpfull").stdout.split())
     for flag, allowed in (("batch_size", "at least 1"), ("beta_2", "in (0, 1)"), ("stop_threshold", "in [0, 1]"),
