@@ -275,6 +275,8 @@ def _typed(name: str, raw, kind: type, where: str = "overrides: "):
                 return raw.strip().lower() == "true"
             if kind is int and re.fullmatch(r"\s*[+-]?[0-9]+\s*", raw):
                 return int(raw)  # Exactly: through float, 9007199254740993 came back as ...992.
+            if "_" in raw or not raw.isascii():  # float() reads 1_000 and other scripts' digits; mnist-train not.
+                raise ValueError
             value = float(raw)  # The backend writes an integer parameter as "100.0".
         if kind is int:
             if isinstance(value, bool) or float(value) != int(value):

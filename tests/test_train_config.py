@@ -126,6 +126,10 @@ def test_a_command_line_setting_is_typed_as_its_field():
 
 @pytest.mark.parametrize("text, message", [
     ("batch_size=12.5", "batch_size: expected int, found '12.5'"),
+    # As mnist-train's flags and the pipeline's parameters read numbers: not 1_000, not other scripts' digits.
+    ("batch_size=1_000", "batch_size: expected int, found '1_000'"),
+    ("learning_rate=1_0e-3", "learning_rate: expected float, found '1_0e-3'"),
+    ("train_epochs=\u0663", "train_epochs: expected int, found '\u0663'"),
     ("nesterov=maybe", "nesterov: expected bool, found 'maybe'"),
     ("batch_size", "expected name=value with a field of TrainConfig, found 'batch_size'"),
     ("example_knob=0.1", "expected name=value with a field of TrainConfig, found 'example_knob=0.1'"),
