@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -94,7 +95,7 @@ def recipe_overrides(quick: bool, settings: dict | None) -> dict:
 class SectionFailed(Exception):
     """A section's worker failed; `results` holds the sections measured before it."""
 
-    def __init__(self, section: str, error: Exception, results: dict):
+    def __init__(self, section: str, error: Exception | str, results: dict):
         super().__init__(f"section {section}: {error}")
         self.results = results
 
@@ -127,6 +128,10 @@ def run_sections(sections: list[str], data_dir: str, quick: bool, rounds: int | 
                                             recipe_name, plain, isa, settings)
         except RuntimeError as e:  # A worker died: its last line says why.
             raise SectionFailed(section, e, results) from e
+        except subprocess.CalledProcessError as e:  # A whole run of the steps failed (pipeline section).
+            said = (e.stderr or b"").decode(errors="replace").strip().splitlines() or ["(no output)"]
+            raise SectionFailed(section, f"{os.path.basename(e.cmd[1])}: exit {e.returncode}: {said[-1]}",
+                                results) from e
     return results
 
 

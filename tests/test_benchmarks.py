@@ -197,6 +197,22 @@ def test_a_section_that_fails_is_one_line_and_the_sections_before_it_are_kept(sy
     assert "| 4 download |" in (out / "results.md").read_text()
 
 
+def test_a_failed_pipeline_run_is_one_line_too(tmp_path):
+    """200 training examples pass the suite's checks (one batch), but not the train step's epoch of 120."""
+    data = synthetic.write_dataset(tmp_path / "data", n_train=200, n_test=100)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--sections", "download,pipeline",
+                           "--data_dir", data, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m benchmarks: error: section pipeline: run_local.py: exit 1: run_local.py: error: step train-model "
+        "failed: ValueError: batch_size: expected at most the 120 training examples of an epoch, found 160 (an "
+        f"epoch is epoch_fraction 0.6 of the 200 training examples); the sections before it are in {out}")
+    assert "Traceback" not in proc.stderr
+    assert list(json.loads((out / "results.json").read_text())["results"]) == ["download"]
+
+
 def test_vertex_ais_checkpoint_directory_does_not_reach_the_runs(synthetic_data, tmp_path):
     """Inherited, $AIP_CHECKPOINT_DIR made a second run resume the first one's finished checkpoints."""
     checkpoints = tmp_path / "aip-checkpoints"
