@@ -15,7 +15,7 @@ import yaml
 
 from mnistkit import recipes
 from pipelines import compile as compile_module
-from pipelines import hardware, parameters, pipeline, run_local
+from pipelines import hardware, parameters, pipeline, run_local, vertex_machines
 from tests import browser
 from tests.conftest import REPO, free_port, serve_directory
 
@@ -407,7 +407,8 @@ def test_a_stop_threshold_below_min_accuracy_is_refused_before_running(tmp_path,
                                           "n2-highmem-8", "n2d-standard-224", "c2d-highcpu-2", "c3-standard-176",
                                           "c2-standard-60"])
 def test_endpoint_machine_types_prediction_serves_are_accepted(machine_type):
-    pipeline.check_combination({"endpoint_machine_type": machine_type})
+    assert vertex_machines.serves_prediction(machine_type)
+    pipeline.check_combination({"endpoint_machine_type": machine_type})  # Raises for one it refuses.
 
 
 def test_every_serving_image_aiplatform_lists_of_the_defaults_tensorflow_is_accepted():

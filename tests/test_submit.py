@@ -527,7 +527,13 @@ def test_a_project_number_and_a_dotted_bucket_are_accepted(template):
      "--service_account", "service-123456789012@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"],
 ])
 def test_names_cloud_storage_takes_64_labels_and_service_accounts_are_accepted(template, extra):
-    submit.check(submit.parser().parse_args(_args(template, "http://127.0.0.1:9", *extra)))
+    """The new refusals' other side: names they must let through reach the run as they were given."""
+    values, labels = submit.check(submit.parser().parse_args(_args(template, "http://127.0.0.1:9", *extra)))
+    assert labels == ({f"k{n}": "v" for n in range(64)} if "--label" in extra else {})
+    for given in extra:
+        name, _, value = given.partition("=")
+        if name in ("checkpoint_root", "source", "service_account"):
+            assert values[name] == value
 
 
 @pytest.fixture(scope="module")
