@@ -219,6 +219,23 @@ def only_writer(directory: str, what: str):
 # Where Vertex AI mounts Cloud Storage in its containers (Cloud Storage FUSE): gs://BUCKET/PATH is /gcs/BUCKET/PATH.
 GCS_FUSE_MOUNT = "/gcs"
 
+# Cloud Storage bucket names (https://cloud.google.com/storage/docs/buckets#naming): 3-63 of [a-z0-9._-] starting
+# and ending with a letter or digit; up to 222 when dotted, each dotted part at most 63; not starting with "goog",
+# not containing "google" (or its misspelling "g00gle"), not an IP address in dotted-decimal form. One rule for
+# every bucket the project is handed (sources, Vertex AI's gs:// directories, submit's roots): a name Cloud Storage
+# would refuse is refused before anything runs, not after retries or once a job's machines are up.
+_BUCKET_PART = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_BUCKET = re.compile(rf"[a-z0-9][a-z0-9_-]{{1,61}}[a-z0-9]|{_BUCKET_PART}(?:\.{_BUCKET_PART})+")
+_IP_ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+BUCKET_RULE = ("a Cloud Storage bucket name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not starting "
+               "with 'goog', not containing 'google', not an IP address)")
+
+
+def is_bucket_name(bucket: str) -> bool:
+    """Whether Cloud Storage would take `bucket` as a bucket's name (BUCKET_RULE)."""
+    return (bool(_BUCKET.fullmatch(bucket)) and len(bucket) <= 222 and not bucket.startswith("goog")
+            and "google" not in bucket and "g00gle" not in bucket and not _IP_ADDRESS.fullmatch(bucket))
+
 
 def local_path(uri: str, what: str) -> str:
     """`uri` as a path this process can open: gs://BUCKET/PATH becomes /gcs/BUCKET/PATH, other values stay.
@@ -236,9 +253,9 @@ def local_path(uri: str, what: str) -> str:
     """
     if not uri.startswith("gs://"):
         return uri
-    if not re.match(r"gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/|$)", uri):
+    if not is_bucket_name(uri[len("gs://"):].split("/")[0]):
         # gs:///x would join to /x, outside the mount: the outputs would stay on the container's disk.
-        raise ValueError(f"{what}: expected gs://BUCKET[/PATH], found {uri!r}")
+        raise ValueError(f"{what}: expected gs://BUCKET[/PATH], BUCKET {BUCKET_RULE}, found {uri!r}")
     if not os.path.isdir(GCS_FUSE_MOUNT):
         raise ValueError(f"{what}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted at "
                          f"{GCS_FUSE_MOUNT} (as on Vertex AI), found {uri} and no {GCS_FUSE_MOUNT}")

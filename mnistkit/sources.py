@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
+from mnistkit import files
 from mnistkit.idx import not_regular
 
 _GCS_HOST = "storage.googleapis.com"
@@ -192,9 +193,9 @@ def source_copier(source: str, progress_seconds: float = 5.0, timeout_seconds: f
     """
     if source.startswith("gs://"):
         bucket = source[len("gs://") :].split("/")[0]
-        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*[a-z0-9]", bucket):  # Refused now, not after four attempts.
-            raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], found "
-                             f"{'no bucket name' if not bucket else f'{bucket!r}, not a bucket name'}")
+        if not files.is_bucket_name(bucket):  # Refused now, not after four attempts.
+            raise ValueError(f"--source {source!r}: expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found "
+                             f"{'no bucket name' if not bucket else f'{bucket!r}'}")
         clients = []  # Made on first use: finding credentials is not free, and a list may never reach this source.
 
         def copy_gcs(name, dest):

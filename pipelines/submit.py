@@ -18,6 +18,7 @@ import uuid
 
 import yaml
 
+from mnistkit.files import BUCKET_RULE, GCS_FUSE_MOUNT, is_bucket_name
 from pipelines import hardware, parameters
 from pipelines.compile import DEFAULT_OUTPUT as DEFAULT_TEMPLATE
 from pipelines.pipeline import PARAMETER_PATTERNS, PIPELINE_NAME
@@ -35,15 +36,6 @@ _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 MAX_LABELS = 64
 _REGISTRY_HOST = re.compile(r"https?://\S+/\S+")
 _EXPERIMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
-# Cloud Storage bucket names (https://cloud.google.com/storage/docs/buckets#naming): 3-63 of [a-z0-9._-] starting
-# and ending with a letter or digit; up to 222 when dotted, each dotted part at most 63; not starting with "goog",
-# not containing "google" (or its misspelling "g00gle"), not an IP address in dotted-decimal form. Vertex AI's
-# client only logs a bucket it failed to create, and creates the job anyway.
-_BUCKET_PART = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?"
-_BUCKET = re.compile(rf"[a-z0-9][a-z0-9_-]{{1,61}}[a-z0-9]|{_BUCKET_PART}(?:\.{_BUCKET_PART})+")
-_IP_ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
-BUCKET_RULE = ("a Cloud Storage bucket name (3-63 of [a-z0-9_-], or dotted parts of up to 63 each, not starting "
-               "with 'goog', not containing 'google', not an IP address)")
 # No empty path part and no trailing "/": the custom job's output prefix would get "//" (ROOT//RUN/train-model),
 # which Cloud Storage FUSE reads as ROOT/RUN but the TensorBoard uploader does not.
 _PIPELINE_ROOT = re.compile(r"gs://(?P<bucket>[^/]*)(/[^/\s]+)*")
@@ -83,12 +75,6 @@ def parser() -> argparse.ArgumentParser:
                         "network reaches a private registry by that name.")
     p.add_argument("--api_endpoint", help="Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com).")
     return p
-
-
-def is_bucket_name(bucket: str) -> bool:
-    """Whether Cloud Storage would take `bucket` as a bucket's name (BUCKET_RULE), for every bucket submit checks."""
-    return (bool(_BUCKET.fullmatch(bucket)) and len(bucket) <= 222 and not bucket.startswith("goog")
-            and "google" not in bucket and "g00gle" not in bucket and not _IP_ADDRESS.fullmatch(bucket))
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -145,19 +131,19 @@ def check_images(template_path: str) -> None:
 def _check_sources(source: str) -> None:
     """Refuses a `source` parameter the download step on Vertex AI could not read: what run_local.py refuses,
     and a directory of this machine."""
-    from mnistkit import files, sources
+    from mnistkit import sources
 
     try:
         for one in sources.split_sources(source):
             if one.startswith(("gs://", "http://", "https://")):
                 sources.source_copier(one)  # Its form only: nothing is reached.
-            elif not one.removeprefix("file://").startswith(files.GCS_FUSE_MOUNT + "/"):
+            elif not one.removeprefix("file://").startswith(GCS_FUSE_MOUNT + "/"):
                 raise ValueError(f"parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path "
-                                 f"under {files.GCS_FUSE_MOUNT}/ (Cloud Storage FUSE, what the step on Vertex AI "
+                                 f"under {GCS_FUSE_MOUNT}/ (Cloud Storage FUSE, what the step on Vertex AI "
                                  f"can read), found {one!r}")
-            elif not is_bucket_name(one.removeprefix("file://")[len(files.GCS_FUSE_MOUNT) + 1:].split("/")[0]):
+            elif not is_bucket_name(one.removeprefix("file://")[len(GCS_FUSE_MOUNT) + 1:].split("/")[0]):
                 # The mount's own root, or no bucket's name, holds no MNIST file: the download step would fail.
-                raise ValueError(f"parameter source: expected {files.GCS_FUSE_MOUNT}/BUCKET[/PREFIX], BUCKET "
+                raise ValueError(f"parameter source: expected {GCS_FUSE_MOUNT}/BUCKET[/PREFIX], BUCKET "
                                  f"{BUCKET_RULE}, found {one!r}")
     except ValueError as e:  # Said of --source, the download command's flag: here it is a parameter.
         raise ValueError(str(e).replace("--source", "parameter source", 1)) from None

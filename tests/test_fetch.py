@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from mnistkit import fetch, idx
+from mnistkit import fetch, files, idx
 from tests import synthetic
 from tests.conftest import serve_directory, upload_dir
 
@@ -428,8 +428,14 @@ def test_a_pipeline_step_clears_what_a_killed_attempt_on_another_host_left(tmp_p
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("gs://", "expected gs://BUCKET[/PREFIX], found no bucket name"),
-    ("gs:// bucket/mnist", "expected gs://BUCKET[/PREFIX], found ' bucket', not a bucket name"),
+    ("gs://", f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found no bucket name"),
+    ("gs:// bucket/mnist", f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found ' bucket'"),
+    # Names of the right characters that Cloud Storage refuses: they too failed only after four attempts.
+    ("gs://my-google-bucket/mnist", f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, "
+                                    "found 'my-google-bucket'"),
+    ("gs://goog-mirror", f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found 'goog-mirror'"),
+    ("gs://192.168.1.1/mnist", f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found '192.168.1.1'"),
+    ("gs://" + "a" * 64, f"expected gs://BUCKET[/PREFIX], BUCKET {files.BUCKET_RULE}, found {'a' * 64!r}"),
     # A URL with no host failed only after four attempts ("no host given").
     ("https://", "expected http(s)://HOST[/PATH], found no host"),
     ("http:///mnist", "expected http(s)://HOST[/PATH], found no host"),

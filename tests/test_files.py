@@ -139,13 +139,15 @@ def test_a_dangling_symlink_where_a_directory_goes_is_named_as_one(tmp_path):
                             f"to a missing target: {link} -> {tmp_path / 'gone'}")
 
 
-@pytest.mark.parametrize("uri", ["gs:///tmp/elsewhere", "gs://", "gs:////x", "gs://-bucket/x", "gs://Bucket/x"])
+@pytest.mark.parametrize("uri", ["gs:///tmp/elsewhere", "gs://", "gs:////x", "gs://-bucket/x", "gs://Bucket/x",
+                                 "gs://goog-runs/x", "gs://runs-google/x", "gs://10.0.0.1/x", "gs://ab/x"])
 def test_a_gs_uri_without_a_bucket_name_is_refused_not_mapped_outside_the_mount(tmp_path, monkeypatch, uri):
-    """gs:///tmp/x joined to /tmp/x: on Vertex AI the outputs stayed on the container's disk, exit 0."""
+    """gs:///tmp/x joined to /tmp/x: on Vertex AI the outputs stayed on the container's disk, exit 0. Names Cloud
+    Storage refuses (the same rule as submit.py's and mnist-download's) name no mounted bucket either."""
     monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(tmp_path))
     with pytest.raises(ValueError) as e:
         files.local_path(uri, "--model_dir")
-    assert str(e.value) == f"--model_dir: expected gs://BUCKET[/PATH], found {uri!r}"
+    assert str(e.value) == f"--model_dir: expected gs://BUCKET[/PATH], BUCKET {files.BUCKET_RULE}, found {uri!r}"
     assert files.local_path("gs://my-bucket.x_1/runs", "--model_dir") == os.path.join(str(tmp_path), "my-bucket.x_1/runs")
 
 

@@ -17,6 +17,7 @@ import time
 import pytest
 import yaml
 
+from mnistkit.files import BUCKET_RULE
 from pipelines import compile as compile_module
 from pipelines import hardware, submit
 from tests.conftest import REPO
@@ -164,7 +165,9 @@ def test_a_display_name_vertex_would_refuse_is_one_line_before_anything_is_sent(
 
 @pytest.mark.parametrize("source, says", [
     ("", "parameter source '': expected one source or several separated by commas, found an empty one"),
-    ("gs://", "parameter source 'gs://': expected gs://BUCKET[/PREFIX], found no bucket name"),
+    ("gs://", f"parameter source 'gs://': expected gs://BUCKET[/PREFIX], BUCKET {BUCKET_RULE}, found no bucket name"),
+    ("gs://mnist-google", f"parameter source 'gs://mnist-google': expected gs://BUCKET[/PREFIX], BUCKET {BUCKET_RULE}, "
+                          "found 'mnist-google'"),
     ("gs://bkt,ftp://x/y", "parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path under /gcs/ "
                          "(Cloud Storage FUSE, what the step on Vertex AI can read), found 'ftp://x/y'"),
     ("/home/me/mnist", "parameter source: expected gs://BUCKET[/PREFIX], an http(s):// URL or a path under /gcs/ "
