@@ -59,16 +59,31 @@ def trajectory_key(config: TrainConfig) -> str:
     return "run-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# data_fingerprint's results by the files' identities: the checkpoint key and train_config.json both want it.
+_fingerprints: dict[tuple, str] = {}
+
+
 def data_fingerprint(data_dir: str) -> str:
     """The SHA-256 of the four MNIST files' contents together; a missing file counts as missing (training then
-    refuses the data anyway)."""
+    refuses the data anyway). Read once per process while the files' device, inode, size and modification time
+    stay the same."""
+    paths = [os.path.join(data_dir, name) for name in idx.FILES]
+    try:
+        key = tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, paths))
+    except OSError:
+        key = None  # A file missing: nothing to remember.
+    if key in _fingerprints:
+        return _fingerprints[key]
     digests = []
-    for name in idx.FILES:
+    for path, name in zip(paths, idx.FILES):
         try:
-            digests.append(fetch.sha256_of(os.path.join(data_dir, name)))
+            digests.append(fetch.sha256_of(path))
         except OSError:
             digests.append(f"{name} unreadable")
-    return hashlib.sha256(" ".join(digests).encode()).hexdigest()
+    fingerprint = hashlib.sha256(" ".join(digests).encode()).hexdigest()
+    if key is not None:
+        _fingerprints[key] = fingerprint
+    return fingerprint
 
 
 def save(manager: tf.train.CheckpointManager) -> str:

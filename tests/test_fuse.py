@@ -249,6 +249,22 @@ def test_the_trajectory_key_follows_the_datas_contents_not_where_they_are(tmp_pa
     assert key(first) == key(copy) != key(other)
 
 
+def test_the_data_is_hashed_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
+    """With --checkpoint_dir the checkpoint key and train_config.json both want the data's checksum: one read."""
+    data_dir = synthetic.write_dataset(tmp_path / "data", n_train=50, n_test=20, seed=3)
+    reads = []
+    real = checkpoints.fetch.sha256_of
+    monkeypatch.setattr(checkpoints.fetch, "sha256_of", lambda path: reads.append(path) or real(path))
+    first = checkpoints.data_fingerprint(data_dir)
+    assert checkpoints.data_fingerprint(data_dir) == first
+    assert len(reads) == 4
+    labels = os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz")
+    synthetic.write_dataset(tmp_path / "other", n_train=50, n_test=20, seed=4)
+    os.replace(os.path.join(tmp_path, "other", "t10k-labels-idx1-ubyte.gz"), labels)  # Another file, same name.
+    assert checkpoints.data_fingerprint(data_dir) != first
+    assert len(reads) == 8
+
+
 def test_the_trajectory_key_ignores_what_does_not_change_the_training():
     base = training.TrainConfig(data_dir="/a", model_dir="/b", schedule="constant")
     same = training.TrainConfig(data_dir="/c", model_dir="/d", schedule="constant", train_epochs=9,
