@@ -197,10 +197,16 @@ def to_markdown(report: dict) -> str:
         labels = (("trainer", "project trainer"), ("keras_fit_stock", "plain Keras fit, stock layers"),
                   ("keras_fit", "Keras fit, project's model"),
                   ("keras_fit_onednn", "Keras fit, project's model, oneDNN on"))
+        # Whether oneDNN ran, as the workers' TensorFlow said (runs kept from before it was recorded do not say).
+        in_use = t["contenders"].get("keras_fit", {}).get("onednn_in_use")
+        default = {True: ", oneDNN on by TensorFlow's default", False: ", oneDNN off by TensorFlow's default"}
+        said = {"keras_fit_stock": default.get(in_use, ""), "keras_fit": default.get(in_use, ""),
+                "keras_fit_onednn": " (forced, as the default already is here: the same kernels as the row above)"
+                if in_use else ""}
         for kind, label in labels:
             if kind in t:
-                row("1 throughput", f"{label}, examples/s (batch {info['batch_size']}, {info['precision']}{kernels})",
-                    t[kind]["examples_per_s"], ".0f")
+                row("1 throughput", f"{label}{said.get(kind, '')}, examples/s (batch {info['batch_size']}, "
+                    f"{info['precision']}{kernels})", t[kind]["examples_per_s"], ".0f")
                 row("1 throughput", f"{label}, examples per CPU-second", t[kind]["examples_per_cpu_s"], ".0f")
         for kind, label in labels[1:]:
             if f"ratio_vs_{kind}" in t:

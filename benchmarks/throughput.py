@@ -94,6 +94,17 @@ def training_flops_per_example(model) -> float:
     return 2.0 * (3 * sum(macs) - macs[0])
 
 
+def _onednn_in_use() -> bool | None:
+    """Whether this process's TensorFlow runs oneDNN's kernels: TensorFlow's own answer, which follows
+    TF_ENABLE_ONEDNN_OPTS and, unset, this CPU's features. A private module, read only to label the rows: with
+    oneDNN already TensorFlow's default, the 'oneDNN on' contender runs what plain `fit` runs. None if it moved."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dict) -> None:
     """Runs one epoch per line read from stdin; answers each with a JSON line of wall and CPU seconds."""
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow default")
@@ -143,7 +154,7 @@ def _worker(kind: str, data_dir: str, examples: int, recipe: str, overrides: dic
             def run_epoch():
                 model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
         hello = {"examples": count, "batch_size": config.batch_size, "precision": precision,
-                 "onednn": onednn, "onednn_isa": onednn_isa, "tf": tf.__version__}
+                 "onednn": onednn, "onednn_in_use": _onednn_in_use(), "onednn_isa": onednn_isa, "tf": tf.__version__}
         if kind == "trainer":
             hello["flops_per_example"] = training_flops_per_example(trainer.model)
         print(json.dumps(hello), file=out, flush=True)

@@ -58,6 +58,11 @@ def test_quick_run_writes_table_and_json(synthetic_data, tmp_path):
     assert results["throughput"]["contenders"]["keras_fit"]["onednn"] == "TensorFlow default"
     assert results["throughput"]["contenders"]["keras_fit_stock"]["onednn"] == "TensorFlow default"
     assert {c["onednn_isa"] for c in results["throughput"]["contenders"].values()} == {"native"}
+    # TensorFlow's own answer labels the rows: on a CPU where oneDNN is its default, the forced contender says so.
+    in_use = results["throughput"]["contenders"]["keras_fit"]["onednn_in_use"]
+    assert results["throughput"]["contenders"]["keras_fit_onednn"]["onednn_in_use"] is True
+    assert ("oneDNN on (forced, as the default already is here: the same kernels as the row above)" in table) == in_use
+    assert f"Keras fit, project's model, oneDNN {'on' if in_use else 'off'} by TensorFlow's default" in table
     # The seed's CNN: 82 MFLOP per training example, counted from its layers.
     assert round(results["throughput"]["contenders"]["trainer"]["flops_per_example"] / 1e6) == 82
     t = results["throughput"]
@@ -112,7 +117,11 @@ def test_avx2_stand_in_runs_every_contender_on_avx2_kernels_in_float32(synthetic
     assert "matmul_gflops" not in t  # The parent's matmul runs on this CPU's own kernels: not reported.
     assert [contenders[k]["onednn"] for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")] == \
         ["1", "0", "0", "1"]
+    assert [contenders[k]["onednn_in_use"] for k in ("trainer", "keras_fit_stock", "keras_fit", "keras_fit_onednn")] \
+        == [True, False, False, True]
     assert "(batch 160, float32, AVX2 kernels emulated)" in table
+    assert "| 1 throughput | Keras fit, project's model, oneDNN off by TensorFlow's default, examples/s" in table
+    assert "| 1 throughput | Keras fit, project's model, oneDNN on, examples/s" in table
 
 
 def test_quick_pipeline_section_times_both_sides_on_the_same_work(synthetic_data, tmp_path):
