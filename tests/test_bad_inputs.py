@@ -114,7 +114,7 @@ def test_bad_data_is_refused_by_mnist_train_before_any_output(tmp_path):
 def test_training_parameters_out_of_range(flag, value, message, synthetic_data, tmp_path):
     line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
                           str(tmp_path / "model"), flag, value), "mnist-train")
-    assert line == f"mnist-train: error: {message}"
+    assert line == f"mnist-train: error: --{message}"  # The library's setting, named as the command's flag.
 
 
 def test_clean_deletes_nothing_until_the_data_reads(synthetic_data, tmp_path):

@@ -84,7 +84,7 @@ def test_download_bad_source_and_missing_flag(tmp_path):
                                    "http(s)://... or a local directory")
     result = _run("download")
     assert result.returncode == 1
-    assert "--data_dir must have a value other than None" in result.stderr
+    assert _error_line(result) == "mnist-download: error: --data_dir: expected a value, found none"
 
 
 @pytest.mark.parametrize("timeout", ["nan", "inf", "1e12"])
@@ -93,7 +93,7 @@ def test_download_refuses_a_timeout_that_is_no_number_of_seconds(tmp_path, timeo
     timeout overflows), and the mirror was blamed."""
     result = _run("download", "--data_dir", tmp_path / "d", "--source", tmp_path, "--timeout_seconds", timeout)
     assert result.returncode == 1
-    assert _error_line(result) == (f"mnist-download: error: timeout_seconds: expected a number of seconds above 0 "
+    assert _error_line(result) == (f"mnist-download: error: --timeout_seconds: expected a number of seconds above 0 "
                                    f"and at most 86,400 (a day), found {float(timeout)}")
     assert not (tmp_path / "d").exists()
 
@@ -112,7 +112,7 @@ def test_evaluate_refuses_an_output_that_is_no_file_path_before_evaluating(train
 def test_export_refuses_an_export_dir_of_spaces(trained):
     result = _run("export", "--model_dir", trained, "--export_dir", " ")
     assert result.returncode == 1
-    assert _error_line(result) == "mnist-export: error: export_dir: expected a directory to export into, found ' '"
+    assert _error_line(result) == "mnist-export: error: --export_dir: expected a directory to export into, found ' '"
     assert not os.path.exists(os.path.join(REPO, " "))
 
 
@@ -129,7 +129,40 @@ def test_train_reads_numbers_as_the_pipeline_does(synthetic_data, tmp_path, flag
     """absl took 0x10 as 16 and Python took 1_000; the pipeline's parameters refuse both."""
     result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", f"--{flag}", value)
     assert result.returncode == 1
-    assert f"flag --{flag}={value}: {said}, found {value!r}" in result.stderr
+    assert _error_line(result) == f"mnist-train: error: --{flag}: {said}, found {value!r}"
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    # absl's own errors, in the words of every other error: "--NAME: expected ..., found ...", one line, exit 1.
+    (["--attempts", "0"], "--attempts: expected a positive integer, found 0"),
+    (["--attempts", "0x10"], "--attempts: expected a decimal integer, found '0x10'"),  # absl read it as 16.
+    (["--timeout_seconds", "1_0"], "--timeout_seconds: expected a number in ASCII digits, found '1_0'"),  # Python's 10.
+    (["--timeout_seconds", "0"], "--timeout_seconds: expected a number >= 0.1, found 0.0"),
+    (["--verify_checksums=maybe"], "--verify_checksums: expected true or false (or --verify_checksums and "
+                                   "--noverify_checksums), found 'maybe'"),
+    (["--atempts", "3"], "--atempts: no such flag (--help lists this command's); did you mean --attempts?"),
+    # A word no flag takes was ignored: `--noverify_checksums false` still skipped the checksums.
+    (["--noverify_checksums", "false"], "expected flags only (--name=value; a true/false flag as --name or "
+                                        "--noname), found the argument 'false'"),
+])
+def test_download_flag_errors_are_one_line_naming_the_flag(tmp_path, args, says):
+    result = _run("download", "--data_dir", tmp_path / "d", "--source", tmp_path, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"mnist-download: error: {says}"]
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--precision", "fp16"], "--precision: expected one of <auto|float32|mixed_bfloat16>, found 'fp16'"),
+    (["--nesterov", "false"], "expected flags only (--name=value; a true/false flag as --name or --noname), found "
+                              "the argument 'false'"),
+])
+def test_train_flag_errors_are_one_line_and_a_stray_word_is_not_ignored(synthetic_data, tmp_path, args, says):
+    """`--nesterov false` turned Nesterov on and left 'false' unread: the run trained with what it was told not to."""
+    result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"mnist-train: error: {says}"]
     assert not (tmp_path / "m").exists()
 
 
@@ -296,7 +329,7 @@ def test_running_out_of_memory_is_one_line(synthetic_data, tmp_path):
 def test_train_rejects_a_bad_threshold_in_one_line(synthetic_data, tmp_path):
     result = _run("train", "--data_dir", synthetic_data, "--model_dir", tmp_path / "m", "--stop_threshold=2")
     assert result.returncode == 1
-    assert _error_line(result) == "mnist-train: error: stop_threshold: expected in [0, 1], found 2.0"
+    assert _error_line(result) == "mnist-train: error: --stop_threshold: expected in [0, 1], found 2.0"
 
 
 def test_export_of_a_missing_model_in_one_line(tmp_path):

@@ -2,9 +2,12 @@
 
 import errno
 import os
+import re
 import sys
 
 from absl import app, flags
+
+from mnistkit import train_config
 
 
 class UserError(Exception):
@@ -71,6 +74,96 @@ def _map_gcs_paths() -> None:
             flags.FLAGS[name].value = files.local_path(flags.FLAGS[name].value, f"--{name}")
 
 
+class DecimalInteger(flags.IntegerParser):
+    """absl's integer flag in decimal ASCII digits only, as the pipeline reads numbers: absl also read 0x10 as
+    16 and Python 1_000 as 1000. Out of bounds says 'expected ..., found ...'."""
+
+    def convert(self, argument):
+        if isinstance(argument, str) and not train_config.INTEGER_TEXT.fullmatch(argument.strip()):
+            raise ValueError(f"expected a decimal integer, found {argument!r}")
+        return super().convert(argument.strip() if isinstance(argument, str) else argument)
+
+    def parse(self, argument):
+        return _in_bounds(self, self.convert(argument))
+
+
+class DecimalFloat(flags.FloatParser):
+    """absl's float flag without 1_0e-3 or other scripts' digits, as the pipeline reads numbers (nan and inf go
+    on to the checks that say they are not finite)."""
+
+    def convert(self, argument):
+        if isinstance(argument, str) and ("_" in argument or not argument.isascii()):
+            raise ValueError(f"expected a number in ASCII digits, found {argument!r}")
+        return super().convert(argument)
+
+    def parse(self, argument):
+        return _in_bounds(self, self.convert(argument))
+
+
+def _in_bounds(parser, value):
+    if parser.is_outside_bounds(value):
+        article = "a " if parser.syntactic_help.startswith("number") else ""  # absl's "number >= 0.1".
+        raise ValueError(f"expected {article}{parser.syntactic_help}, found {value}")
+    return value
+
+
+def define_integer(name: str, default, help: str, lower_bound=None, **kwargs):
+    return flags.DEFINE(DecimalInteger(lower_bound=lower_bound), name, default, help, **kwargs)
+
+
+def define_float(name: str, default, help: str, lower_bound=None, **kwargs):
+    return flags.DEFINE(DecimalFloat(lower_bound=lower_bound), name, default, help, **kwargs)
+
+
+# How absl words a flag it could not take: "flag --NAME=VALUE: MESSAGE".
+_FLAG_ERROR = re.compile(r"flag --(?P<name>[^=\s]+)=(?P<value>.*?): (?P<message>.*)", re.DOTALL)
+
+
+def describe_flag_error(error: Exception) -> str:
+    """absl's parsing error in the project's words: '--NAME: expected ..., found ...'."""
+    if isinstance(error, flags.UnrecognizedFlagError):
+        said = re.search(r"Did you mean: (.*) \?$", str(error))  # absl keeps its suggestions only in the text.
+        suggestions = [f"--{name}" for name in said[1].split(", ")] if said else []
+        return (f"--{error.flagname}: no such flag (--help lists this command's)"
+                + (f"; did you mean {' or '.join(suggestions)}?" if suggestions else ""))
+    text = str(error)
+    m = _FLAG_ERROR.fullmatch(text)
+    if not m:
+        return text
+    name, value, message = m["name"], m["value"], m["message"]
+    if message.endswith("must have a value other than None."):
+        return f"--{name}: expected a value, found none"
+    if message.startswith("('Non-boolean argument to boolean flag'"):
+        return f"--{name}: expected true or false (or --{name} and --no{name}), found {value!r}"
+    message = message.replace("value should be one of ", "expected one of ")
+    return f"--{name}: {message}" if ", found " in message else f"--{name}: {message}, found {value!r}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, its errors in one line as every other error of these commands; and no stray words.
+
+    `mnist-train --nesterov false` set --nesterov and left 'false' as an argument that nothing read: no
+    command takes arguments other than flags, so one left over is refused.
+    """
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"{prog_name()}: error: {describe_flag_error(e)}", file=sys.stderr)
+        sys.exit(1)
+    if rest[1:]:
+        print(f"{prog_name()}: error: expected flags only (--name=value; a true/false flag as --name or "
+              f"--noname), found the argument {rest[1]!r}", file=sys.stderr)
+        sys.exit(1)
+    return rest
+
+
+def _as_flag(message: str) -> str:
+    """'--NAME: ...' for the library's 'NAME: ...' where NAME is one of the command's flags: the library names
+    its settings (TrainConfig's, DownloadConfig's), the command line knows them as flags."""
+    name, sep, rest = message.partition(": ")
+    return f"--{name}: {rest}" if sep and re.fullmatch(r"[a-z][a-z0-9_]*", name) and name in flags.FLAGS else message
+
+
 def run(main) -> None:
     """Runs an absl `main`, turning errors about inputs and of the machine into one line and exit 1.
 
@@ -87,7 +180,7 @@ def run(main) -> None:
             _map_gcs_paths()
             return main(argv)
         except expected as e:
-            print(f"{prog_name()}: error: {e}", file=sys.stderr)
+            print(f"{prog_name()}: error: {_as_flag(str(e))}", file=sys.stderr)
             sys.exit(1)
         except OSError as e:
             print(f"{prog_name()}: error: {describe_os_error(e)}", file=sys.stderr)
@@ -100,4 +193,4 @@ def run(main) -> None:
     # absl's --help lists the flags of sys.argv[0]'s module: a console script's wrapper, which declares none.
     for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[main.__module__]):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)

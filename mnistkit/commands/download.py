@@ -15,10 +15,10 @@ VERIFY = flags.DEFINE_boolean(
     "verify_checksums", True,
     "Check each file's SHA-256 against the original MNIST files. --noverify_checksums accepts other "
     "well-formed IDX data (a subset, another mirror) and says loudly that checksums were not checked.")
-ATTEMPTS = flags.DEFINE_integer(
+ATTEMPTS = cli.define_integer(
     "attempts", 4, "Tries per file and mirror before the next mirror; a mirror that cannot be reached is not retried.",
     lower_bound=1)
-TIMEOUT = flags.DEFINE_float(
+TIMEOUT = cli.define_float(
     "timeout_seconds", 60.0, "Seconds to connect to a mirror, and to wait for each read from it, before the attempt "
     "fails (and is retried): lower it where a proxy or firewall swallows connections.", lower_bound=0.1)
 

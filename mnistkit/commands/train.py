@@ -36,28 +36,9 @@ def define_flags(config_class=train_config.TrainConfig, flag_values=flags.FLAGS)
         elif field.kind is str:
             flags.DEFINE_string(field.name, None, help, required=required, flag_values=flag_values)
         else:
-            parser = _DecimalInteger() if field.kind is int else _DecimalFloat()
+            parser = cli.DecimalInteger() if field.kind is int else cli.DecimalFloat()
             flags.DEFINE(parser, field.name, None, help, required=required, flag_values=flag_values)
     return [field.name for field in train_config.fields(config_class)]
-
-
-class _DecimalInteger(flags.IntegerParser):
-    """absl's integer flag, in decimal ASCII digits only: it also read 0x10 and 1_000, which the pipeline refuses."""
-
-    def convert(self, argument):
-        if isinstance(argument, str) and not train_config.INTEGER_TEXT.fullmatch(argument.strip()):
-            raise ValueError(f"expected a decimal integer, found {argument!r}")
-        return super().convert(argument.strip() if isinstance(argument, str) else argument)
-
-
-class _DecimalFloat(flags.FloatParser):
-    """absl's float flag without 1_0e-3 or other scripts' digits, as the pipeline reads numbers (nan and inf go
-    on to TrainConfig.check, which says they are not finite)."""
-
-    def convert(self, argument):
-        if isinstance(argument, str) and ("_" in argument or not argument.isascii()):
-            raise ValueError(f"expected a number in ASCII digits, found {argument!r}")
-        return super().convert(argument)
 
 
 _FLAGS = define_flags()
