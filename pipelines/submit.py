@@ -158,6 +158,7 @@ def check(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError(f"--region: expected a region such as us-central1, found {args.region!r}")
     check_region(args.region, "--region")
     root = _PIPELINE_ROOT.fullmatch(args.pipeline_root)
+    # Refused here: Vertex AI's client only logs a root bucket it failed to create, and creates the job anyway.
     if not root or not is_bucket_name(root["bucket"]):
         raise ValueError(f"--pipeline_root: expected gs://BUCKET[/PATH], {BUCKET_RULE}, and a PATH with no empty "
                          f"part and no trailing '/', found {args.pipeline_root!r}")
