@@ -265,10 +265,17 @@ def test_evaluate_checks_where_it_writes_before_it_evaluates(synthetic_data, tmp
     assert sorted(os.listdir(model_dir)) == ["metrics.json", "model.keras"]
 
 
-@pytest.mark.parametrize("command, flag", [("download", "--data_dir"), ("validate", "--data_dir")])
-def test_an_empty_path_names_its_flag(command, flag):
-    assert error_line(run("-m", f"mnistkit.commands.{command}", f"{flag}="), f"mnist-{command}") == \
-        f"mnist-{command}: error: {flag}: expected a directory, found an empty path"
+@pytest.mark.parametrize("command, flag", [("download", "--data_dir"), ("validate", "--data_dir"),
+                                           ("validate", "--report_dir"), ("evaluate", "--report_dir"),
+                                           ("evaluate", "--output")])
+def test_an_empty_path_names_its_flag(command, flag, tmp_path):
+    """An optional path given empty (`--report_dir=$DIR`, DIR unset) was taken for none: no report, exit 0."""
+    required = {"download": ["--data_dir", tmp_path / "d"], "validate": ["--data_dir", tmp_path / "d"],
+                "evaluate": ["--data_dir", tmp_path / "d", "--model_dir", tmp_path / "m"]}[command]
+    kind = "a file path" if flag == "--output" else "a directory"
+    assert error_line(run("-m", f"mnistkit.commands.{command}", *map(str, required), f"{flag}="),
+                      f"mnist-{command}") == f"mnist-{command}: error: {flag}: expected {kind}, found an empty path"
+    assert not os.listdir(tmp_path)
 
 
 def test_an_export_dir_that_cannot_be_created_is_refused(tmp_path):

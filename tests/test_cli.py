@@ -155,6 +155,9 @@ def test_download_flag_errors_are_one_line_naming_the_flag(tmp_path, args, says)
 
 @pytest.mark.parametrize("args, says", [
     (["--precision", "fp16"], "--precision: expected one of <auto|float32|mixed_bfloat16>, found 'fp16'"),
+    (["--learning_rate="], "--learning_rate: expected a number, found ''"),
+    (["--flagfile=/no/such/flags"], "--flagfile: expected a readable file of flags, found [Errno 2] No such file or "
+                                    "directory: '/no/such/flags'"),
     (["--nesterov", "false"], "expected flags only (--name=value; a true/false flag as --name or --noname), found "
                               "the argument 'false'"),
 ])

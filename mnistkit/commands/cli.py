@@ -70,6 +70,10 @@ def _map_gcs_paths() -> None:
     from mnistkit import files
 
     for name in PATH_FLAGS:
+        if name in flags.FLAGS and flags.FLAGS[name].present and not flags.FLAGS[name].value:
+            # Given, but empty: `--report_dir=$DIR` with DIR unset wrote no report, `--output=` the default file.
+            raise UserError(f"--{name}: expected {'a file path' if name == 'output' else 'a directory'}, found an "
+                            "empty path")
         if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
             flags.FLAGS[name].value = files.local_path(flags.FLAGS[name].value, f"--{name}")
 
@@ -94,7 +98,10 @@ class DecimalFloat(flags.FloatParser):
     def convert(self, argument):
         if isinstance(argument, str) and ("_" in argument or not argument.isascii()):
             raise ValueError(f"expected a number in ASCII digits, found {argument!r}")
-        return super().convert(argument)
+        try:
+            return super().convert(argument)
+        except ValueError:  # Python's "could not convert string to float: ''".
+            raise ValueError(f"expected a number, found {argument!r}") from None
 
     def parse(self, argument):
         return _in_bounds(self, self.convert(argument))
@@ -127,6 +134,9 @@ def describe_flag_error(error: Exception) -> str:
         return (f"--{error.flagname}: no such flag (--help lists this command's)"
                 + (f"; did you mean {' or '.join(suggestions)}?" if suggestions else ""))
     text = str(error)
+    flagfile = "ERROR:: Unable to open flagfile: "
+    if text.startswith(flagfile):
+        return f"--flagfile: expected a readable file of flags, found {text.removeprefix(flagfile)}"
     m = _FLAG_ERROR.fullmatch(text)
     if not m:
         return text
