@@ -256,6 +256,9 @@ def local_path(uri: str, what: str) -> str:
     if not is_bucket_name(uri[len("gs://"):].split("/")[0]):
         # gs:///x would join to /x, outside the mount: the outputs would stay on the container's disk.
         raise ValueError(f"{what}: expected gs://BUCKET[/PATH], BUCKET {BUCKET_RULE}, found {uri!r}")
+    if ".." in uri[len("gs://"):].split("/"):
+        # gs://b/../../tmp/x joined to /tmp/x: the VM's own disk, gone when the job ends; or another bucket.
+        raise ValueError(f"{what}: expected gs://BUCKET[/PATH] with no '..' part, found {uri!r}")
     if not os.path.isdir(GCS_FUSE_MOUNT):
         raise ValueError(f"{what}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted at "
                          f"{GCS_FUSE_MOUNT} (as on Vertex AI), found {uri} and no {GCS_FUSE_MOUNT}")

@@ -67,8 +67,9 @@ PARAMETER_PATTERNS = {
                            "1-128 characters, none of them a quote, a backslash or a control character"),
     "endpoint_machine_type": (r"[a-z][a-z0-9]*-[a-z0-9]+(-[a-z0-9]+)*", "a machine type such as n1-standard-2"),
     # Relative to nothing the steps share: a relative path would land in a container's working directory.
-    "checkpoint_root": (r"(gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/\S*)?|/\S.*)?",
-                        "empty, gs://BUCKET[/PATH] or an absolute path"),
+    # No '..' part: gs://b/../../tmp/ck became /gcs/b/../../tmp/ck, the VM's own /tmp/ck, gone when the job ends.
+    "checkpoint_root": (r"(?!(.*/)?\.\.(/|$))(gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/\S*)?|/\S.*)?",
+                        "empty, gs://BUCKET[/PATH] or an absolute path, with no '..' part"),
     # Its form; check_combination also wants a CPU image of a TensorFlow the export is known to load in.
     "serving_image": (r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+/tf2-(cpu|gpu)\.[0-9]+-[0-9]+(:[A-Za-z0-9_.-]+)?",
                       f"a Vertex AI prebuilt TensorFlow 2 prediction image such as {DEFAULT_SERVING_IMAGE}"),

@@ -151,6 +151,16 @@ def test_a_gs_uri_without_a_bucket_name_is_refused_not_mapped_outside_the_mount(
     assert files.local_path("gs://my-bucket.x_1/runs", "--model_dir") == os.path.join(str(tmp_path), "my-bucket.x_1/runs")
 
 
+@pytest.mark.parametrize("uri", ["gs://bkt/../../tmp/ck", "gs://bkt/ck/../../other-bucket/ck", "gs://bkt/.."])
+def test_a_gs_uri_that_climbs_out_of_its_bucket_is_refused(tmp_path, monkeypatch, uri):
+    """gs://b/../../tmp/ck joined to the VM's own /tmp/ck (gone when the job ended), or another bucket's path."""
+    monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(tmp_path))
+    with pytest.raises(ValueError) as e:
+        files.local_path(uri, "--checkpoint_dir")
+    assert str(e.value) == f"--checkpoint_dir: expected gs://BUCKET[/PATH] with no '..' part, found {uri!r}"
+    assert files.local_path("gs://bkt/a..b", "--checkpoint_dir") == str(tmp_path / "bkt" / "a..b")
+
+
 @pytest.mark.parametrize("path, found", [(" ", "' '"), ("\t\n", "'\\t\\n'"), ("", "an empty path")])
 def test_a_path_of_spaces_where_a_directory_goes_is_refused(path, found):
     """`--model_dir ' '` trained into a directory named ' ' in the working directory."""

@@ -441,8 +441,13 @@ def test_the_templates_replicas_are_what_its_batch_must_divide_by(tmp_path, caps
 
 
 @pytest.mark.parametrize("root, message", [
-    ("checkpoints", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute path, found "
-                    "'checkpoints'"),
+    ("checkpoints", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute path, with no "
+                    "'..' part, found 'checkpoints'"),
+    # On Vertex AI, /gcs/b/../../tmp/ck is the VM's own disk: the checkpoints were gone when the job ended.
+    ("gs://bucket/../../tmp/ck", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute "
+                                 "path, with no '..' part, found 'gs://bucket/../../tmp/ck'"),
+    ("/gcs/bucket/../../tmp/ck", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute "
+                                 "path, with no '..' part, found '/gcs/bucket/../../tmp/ck'"),
     ("gs://bucket/ckpt", "parameter checkpoint_root: expected a local path, or a gs:// URI where Cloud Storage FUSE "
                          "is mounted at /gcs (as on Vertex AI), found gs://bucket/ckpt and no /gcs"),
 ])

@@ -274,6 +274,11 @@ def test_template_upload_to_a_kfp_repository(endpoint, template, capsys):
      "or /gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
     (["--param", "checkpoint_root=gs://10.0.0.1/x"], "parameter checkpoint_root: expected gs://BUCKET[/PATH] or "
      "/gcs/BUCKET[/PATH], a Cloud Storage bucket name"),
+    # Out of the bucket: the VM's own /tmp/ck, gone when the job ended, or another bucket past the name check.
+    (["--param", "checkpoint_root=gs://bkt/../../tmp/ck"], "parameter checkpoint_root: expected empty, "
+     "gs://BUCKET[/PATH] or an absolute path, with no '..' part, found 'gs://bkt/../../tmp/ck'"),
+    (["--param", "checkpoint_root=/gcs/bkt/ck/../../goog-x/ck"], "parameter checkpoint_root: expected empty, "
+     "gs://BUCKET[/PATH] or an absolute path, with no '..' part, found '/gcs/bkt/ck/../../goog-x/ck'"),
     # A source the download step could not read: no host (it failed after four attempts), no bucket after /gcs/.
     (["--param", "source=https://"], "parameter source 'https://': expected http(s)://HOST[/PATH], found no host"),
     (["--param", "source=https://exa mple.com/x"], "parameter source 'https://exa mple.com/x': expected "
