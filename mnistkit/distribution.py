@@ -49,6 +49,12 @@ def cluster_spec() -> dict:
         if "master" in cluster and sum(map(len, cluster.values())) > 1:  # Alone, an old name of the chief.
             raise ValueError("$TF_CONFIG: expected 'chief' for the first task of a multi-worker cluster "
                              "(MultiWorkerMirroredStrategy takes no 'master'), found master")
+        for job, addresses in cluster.items():
+            # A bare "host:port" counted its characters as tasks: MultiWorkerMirroredStrategy for one task, and
+            # TensorFlow's traceback.
+            if not (isinstance(addresses, list) and addresses and all(isinstance(a, str) for a in addresses)):
+                raise ValueError(f"$TF_CONFIG: expected each job of 'cluster' to be a list of host:port addresses, "
+                                 f"found {job}: {json.dumps(addresses)[:200]}")
         task_type, index = task.get("type"), task.get("index", 0)
         if task_type not in cluster or type(index) is not int or not 0 <= index < len(cluster[task_type]):
             raise ValueError(f"$TF_CONFIG: expected a task that names one of the cluster's tasks "
@@ -121,6 +127,11 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
     num_gpus = len(gpus) if num_gpus is None else num_gpus
     if num_gpus > len(gpus):
         raise ValueError(f"num_gpus: expected at most the {len(gpus)} GPUs visible, found {num_gpus}")
+    if distribution_strategy in ("off", "one_device", "mirrored") and _is_multi_worker():
+        # Each task would train alone on all the data; a non-chief then exits 0 having written nothing.
+        tasks = sum(len(v) for k, v in cluster_spec()["cluster"].items() if k in ("chief", "worker"))
+        raise ValueError(f"distribution_strategy: expected default or multi_worker_mirrored where $TF_CONFIG names "
+                         f"{tasks} tasks, found {distribution_strategy!r}, which would train each task alone")
     if distribution_strategy == "default":
         if tpu:
             distribution_strategy = "tpu"

@@ -186,12 +186,33 @@ def test_a_tpu_name_no_one_answers_is_one_line_too(synthetic_data, tmp_path, tpu
     ('{"cluster": {"master": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
      "$TF_CONFIG: expected 'chief' for the first task of a multi-worker cluster (MultiWorkerMirroredStrategy takes "
      "no 'master'), found master"),
+    # A bare address counted its 15 characters as tasks: a multi-worker strategy for one task, then a traceback.
+    ('{"cluster": {"chief": "127.0.0.1:23470"}, "task": {"type": "chief", "index": 0}}',
+     "$TF_CONFIG: expected each job of 'cluster' to be a list of host:port addresses, found chief: "
+     '"127.0.0.1:23470"'),
+    ('{"cluster": {"chief": ["h:1"], "worker": []}, "task": {"type": "chief", "index": 0}}',
+     "$TF_CONFIG: expected each job of 'cluster' to be a list of host:port addresses, found worker: []"),
 ])
 def test_a_malformed_tf_config_names_it(synthetic_data, tmp_path, tf_config, message):
     result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
                              "--model_dir", str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "TF_CONFIG": tf_config})
     assert error_line(result, "mnist-train") == f"mnist-train: error: {message}"
+
+
+@pytest.mark.parametrize("strategy", ["off", "one_device", "mirrored"])
+def test_a_one_process_strategy_under_a_multi_task_tf_config_is_refused(synthetic_data, tmp_path, strategy):
+    """Each task trained alone on all the data; the worker exited 0 with an empty model_dir."""
+    tf_config = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}, "task": {"type": "worker",
+                                                                                        "index": 0}}
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
+                             "--model_dir", str(tmp_path / "model"), "--distribution_strategy", strategy],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CONFIG": json.dumps(tf_config)})
+    assert error_line(result, "mnist-train") == (
+        f"mnist-train: error: --distribution_strategy: expected default or multi_worker_mirrored where $TF_CONFIG "
+        f"names 2 tasks, found {strategy!r}, which would train each task alone")
+    assert not (tmp_path / "model").exists()
 
 
 def test_vertex_cluster_spec_without_tf_config_is_refused_not_trained_alone_on_every_replica(synthetic_data,
