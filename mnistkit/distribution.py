@@ -101,9 +101,10 @@ def _ended_unless_done_in(seconds: float | None, message: str):
         watchdog.wait()
 
 
-def _is_multi_worker() -> bool:
+def _training_tasks() -> int:
+    """The chief and worker tasks TF_CONFIG names (0 when unset)."""
     cluster = cluster_spec().get("cluster", {})
-    return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")) > 1
+    return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
 
 
 def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = None,
@@ -127,15 +128,14 @@ def get_strategy(distribution_strategy: str = "default", num_gpus: int | None = 
     num_gpus = len(gpus) if num_gpus is None else num_gpus
     if num_gpus > len(gpus):
         raise ValueError(f"num_gpus: expected at most the {len(gpus)} GPUs visible, found {num_gpus}")
-    if distribution_strategy in ("off", "one_device", "mirrored") and _is_multi_worker():
+    if distribution_strategy in ("off", "one_device", "mirrored") and (tasks := _training_tasks()) > 1:
         # Each task would train alone on all the data; a non-chief then exits 0 having written nothing.
-        tasks = sum(len(v) for k, v in cluster_spec()["cluster"].items() if k in ("chief", "worker"))
         raise ValueError(f"distribution_strategy: expected default or multi_worker_mirrored where $TF_CONFIG names "
                          f"{tasks} tasks, found {distribution_strategy!r}, which would train each task alone")
     if distribution_strategy == "default":
         if tpu:
             distribution_strategy = "tpu"
-        elif _is_multi_worker():
+        elif _training_tasks() > 1:
             distribution_strategy = "multi_worker_mirrored"
         elif num_gpus > 1:
             distribution_strategy = "mirrored"

@@ -64,7 +64,8 @@ def describe_os_error(error: OSError) -> str:
 PATH_FLAGS = ("data_dir", "model_dir", "export_dir", "output", "report_dir")
 
 
-def _map_gcs_paths() -> None:
+def _check_path_flags() -> None:
+    """Refuses a path flag given empty; maps gs:// values to the Cloud Storage FUSE mount."""
     from absl import flags
 
     from mnistkit import files
@@ -187,7 +188,7 @@ def run(main) -> None:
 
     def guarded(argv):
         try:
-            _map_gcs_paths()
+            _check_path_flags()
             return main(argv)
         except expected as e:
             print(f"{prog_name()}: error: {_as_flag(str(e))}", file=sys.stderr)
