@@ -14,7 +14,8 @@ from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Outp
 
 
 def check_baseline(accuracy: float, display_name: str, baseline_margin: float, verdict: Output[Markdown],
-                   parent_model: Output[artifact_types.VertexModel], registry_project: OutputPath(str),
+                   parent_model: Output[artifact_types.VertexModel],
+                   baseline_version: Output[artifact_types.VertexModel], registry_project: OutputPath(str),
                    registry_location: OutputPath(str), project: str = "", location: str = "",
                    saved_model: Input[Model] = None) -> str:
     """The registration gate: a new version must not be worse than the default version by more than a margin.
@@ -25,6 +26,8 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
       baseline_margin: How far below the baseline's test accuracy the new version may be (0 to 1).
       verdict: Says what was decided, naming the baseline (resource name, version, accuracy).
       parent_model: The model to add a version to (resourceName in its metadata); unused for a first model.
+      baseline_version: The baseline itself (resourceName MODEL@VERSION): what a run that keeps it and was
+        asked to deploy deploys, unless it already has the endpoint's traffic.
       registry_project: `project`, or the one found in the environment: what every later Registry step uses
         (GCPC's upload has no fallback of its own and would call https://-aiplatform.googleapis.com).
       registry_location: `location`, or the one found in the environment, likewise.
@@ -52,6 +55,9 @@ def check_baseline(accuracy: float, display_name: str, baseline_margin: float, v
         # What GCPC's upload reads (metadata resourceName) and what Vertex AI shows for a model artifact.
         parent_model.uri = f"https://{location}-aiplatform.googleapis.com/v1/{baseline.resource_name}"
         parent_model.metadata["resourceName"] = baseline.resource_name
+        version = f"{baseline.resource_name}@{baseline.version_id}"
+        baseline_version.uri = f"https://{location}-aiplatform.googleapis.com/v1/{version}"
+        baseline_version.metadata["resourceName"] = version
     with open(verdict.path, "w") as f:
         f.write(text)
     print(text)
@@ -89,7 +95,7 @@ def registration_inputs(saved_model: Input[Model], metrics: Input[Metrics],
 
 
 def deployment_endpoint(resource_name: str, display_name: str, model: Input[artifact_types.VertexModel],
-                        endpoint: Output[artifact_types.VertexEndpoint], project: str, location: str):
+                        endpoint: Output[artifact_types.VertexEndpoint], project: str, location: str) -> str:
     """The Vertex AI endpoint GCPC's ModelDeployOp deploys to: the one given, else the one named like the model.
 
     Args:
@@ -100,14 +106,23 @@ def deployment_endpoint(resource_name: str, display_name: str, model: Input[arti
       endpoint: The endpoint, resourceName in its metadata.
       project: The endpoint's Google Cloud project (check_baseline's registry_project).
       location: Its region (check_baseline's registry_location).
+
+    Returns:
+      'already-serving' when `model` has all the endpoint's traffic already (a kept baseline, deployed by an
+      earlier run), else 'deploy'.
     """
     from mnistkit import registry
 
     registry.init_vertex(project, location)
-    name, said = registry.deployment_endpoint(resource_name, display_name, location, model.metadata["resourceName"])
+    version = model.metadata["resourceName"]
+    name, said = registry.deployment_endpoint(resource_name, display_name, location, version)
     endpoint.uri = f"https://{location}-aiplatform.googleapis.com/v1/{name}"
     endpoint.metadata["resourceName"] = name
     print(said)
+    if registry.traffic_to(name, version) == 100:
+        print(f"{version} already has all the traffic of {name}: nothing to deploy")
+        return registry.ALREADY_SERVING
+    return registry.DEPLOY
 
 
 def undeploy_earlier_versions(model: Input[artifact_types.VertexModel],

@@ -18,6 +18,10 @@ from mnistkit.gates import shown
 NEW_MODEL = "new-model"
 NEW_VERSION = "new-version"
 KEEP_BASELINE = "keep-baseline"
+# What the deployment-endpoint step answers, also compared with in the pipeline: whether the version to deploy
+# already has all the endpoint's traffic (a rerun that kept the baseline deployed by an earlier run).
+DEPLOY = "deploy"
+ALREADY_SERVING = "already-serving"
 
 # Set to an http:// address (a loopback stand-in for Vertex AI, as in the tests) to send the Registry calls
 # there over REST without credentials. Unset on Vertex AI, where the run's own account is used.
@@ -248,6 +252,26 @@ def make_default(model_name: str) -> str:
     return f"{model}@{version} is the default version"
 
 
+def _version_of(deployed) -> str:
+    """The model version a deployed model of an endpoint serves (Vertex AI may give it in either field)."""
+    return deployed.model_version_id or deployed.model.partition("@")[2]
+
+
+def traffic_to(endpoint_name: str, model_name: str) -> int:
+    """The percentage of the endpoint's traffic that the version `model_name` (MODEL@VERSION) gets.
+
+    Vertex AI may name a deployed model's project by number and give its version apart: compared by region, model
+    ID and version. Call init_vertex first.
+    """
+    from google.cloud import aiplatform
+
+    model, version = _versioned(model_name)
+    endpoint = aiplatform.Endpoint(endpoint_name)
+    traffic = dict(endpoint.traffic_split)
+    return sum(traffic.get(d.id, 0) for d in endpoint.list_models()
+               if _region_and_id(d.model) == _region_and_id(model) and _version_of(d) == version)
+
+
 def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
     """Undeploys from the endpoint the deployments of `model_name`'s model that get no traffic; returns them.
 
@@ -259,21 +283,17 @@ def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
     from google.cloud import aiplatform
 
     model, version = _versioned(model_name)
-
-    def version_of(deployed) -> str:
-        return deployed.model_version_id or deployed.model.partition("@")[2]
-
     endpoint = aiplatform.Endpoint(endpoint_name)
     traffic = dict(endpoint.traffic_split)
     deployed = [d for d in endpoint.list_models() if _region_and_id(d.model) == _region_and_id(model)]
-    if not any(version_of(d) == version and traffic.get(d.id, 0) > 0 for d in deployed):
-        found = ", ".join(f"version {version_of(d)} at {traffic.get(d.id, 0)}%" for d in deployed)
+    if not any(_version_of(d) == version and traffic.get(d.id, 0) > 0 for d in deployed):
+        found = ", ".join(f"version {_version_of(d)} at {traffic.get(d.id, 0)}%" for d in deployed)
         raise ValueError(f"endpoint {endpoint_name}: expected {model_name} deployed there with traffic, found "
                          f"{found or 'no version of it'}")
     idle = [d for d in deployed if not traffic.get(d.id, 0)]
     for d in idle:
         endpoint.undeploy(d.id)
-    return [f"{model}@{version_of(d)} (deployed model {d.id})" for d in idle]
+    return [f"{model}@{_version_of(d)} (deployed model {d.id})" for d in idle]
 
 
 def accuracy_of(confusion_matrix: dict) -> float | None:

@@ -198,7 +198,9 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
             than this (0 to 1).
           deploy: With register, also deploy the new version to a Vertex AI
             endpoint, where it takes all the traffic; the versions of the
-            model deployed there before are then undeployed.
+            model deployed there before are then undeployed. A run that
+            registers nothing deploys the baseline (the default version)
+            instead, unless it has all the endpoint's traffic already.
           endpoint_machine_type: The machine type serving the deployed model.
           endpoint: The endpoint to deploy to,
             projects/PROJECT/locations/REGION/endpoints/ID; empty: the one
@@ -321,20 +323,37 @@ def _register(baseline_op, registration_op, default_op, endpoint_op, undeploy_op
                                            display_name="mnist-test-split").set_display_name("import-evaluation")
         default = default_op(model=uploaded, **where).set_display_name("make-default-version").after(imported)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712
-            # The endpoint given, else the one named like the model (created once, reused by later runs).
             # Only a version that carries its evaluation and is the default serves.
-            target = endpoint_op(resource_name=endpoint_name, display_name=display_name, model=uploaded,
-                                 **where).set_display_name("deployment-endpoint").after(default)
-            deployed = ModelDeployOp(model=uploaded, endpoint=target.outputs["endpoint"],
-                                     dedicated_resources_machine_type=machine_type,
-                                     dedicated_resources_min_replica_count=1,
-                                     dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
-                                     ).set_display_name("deploy-model")
-            # The new version has all the traffic; the versions deployed before would keep their machines.
-            undeployed = undeploy_op(model=uploaded, endpoint=target.outputs["endpoint"],
-                                     **where).set_display_name("undeploy-earlier-versions").after(deployed)
-    for task in (gate, version, first, imported, default, target, deployed, undeployed):
+            deployment = _deploy(endpoint_op, undeploy_op, uploaded, endpoint_name, display_name, machine_type, where)
+            deployment[0].after(default)
+    with dsl.Else(name="baseline-kept"):
+        # Asked to deploy, a run that keeps the baseline (worse, or this very SavedModel from the cache) leaves the
+        # endpoint serving the baseline, the default version: deployed unless it has all the traffic already.
+        with dsl.If(deploy == True, name="deploy-baseline"):  # noqa: E712
+            kept = _deploy(endpoint_op, undeploy_op, gate.outputs["baseline_version"], endpoint_name, display_name,
+                           machine_type, where)
+    for task in (gate, version, first, imported, default, *deployment, *kept):
         task.set_caching_options(False)
+
+
+def _deploy(endpoint_op, undeploy_op, model, endpoint_name, display_name, machine_type, where) -> tuple:
+    """Deploys `model` (a VertexModel, resourceName MODEL@VERSION) with all the endpoint's traffic, then undeploys
+    the versions of it deployed there before; nothing when it has all the traffic already. Returns the tasks.
+
+    The endpoint given, else the one named like the model (created once, reused by later runs).
+    """
+    target = endpoint_op(resource_name=endpoint_name, display_name=display_name, model=model,
+                         **where).set_display_name("deployment-endpoint")
+    with dsl.If(target.outputs["Output"] == registry.DEPLOY, name="not-serving-yet"):
+        deployed = ModelDeployOp(model=model, endpoint=target.outputs["endpoint"],
+                                 dedicated_resources_machine_type=machine_type,
+                                 dedicated_resources_min_replica_count=1,
+                                 dedicated_resources_max_replica_count=1, traffic_split={"0": 100}
+                                 ).set_display_name("deploy-model")
+        # The version deployed has all the traffic; the versions deployed before would keep their machines.
+        undeployed = undeploy_op(model=model, endpoint=target.outputs["endpoint"],
+                                 **where).set_display_name("undeploy-earlier-versions").after(deployed)
+    return target, deployed, undeployed
 
 
 def _custom_job(train_op, hardware: Hardware):

@@ -78,6 +78,16 @@ def test_a_better_baseline_keeps_the_new_model_out_and_the_verdict_names_it(vert
     assert ("GET", f"/v1/{PARENT}/models/42@3/evaluations", None) in _registry_calls(recorded)
 
 
+def test_the_gate_names_the_baseline_version_a_run_that_keeps_it_deploys(vertex):
+    _, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", PERFECT_99_OF_100))
+    task = component(check_baseline)(accuracy=0.95, display_name=NAME, baseline_margin=0.01)
+    assert task.outputs["Output"] == registry.KEEP_BASELINE
+    kept = task.outputs["baseline_version"]
+    assert kept.metadata["resourceName"] == f"{PARENT}/models/42@3"  # What GCPC's ModelDeployOp deploys.
+    assert kept.uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{PARENT}/models/42@3"
+
+
 def test_a_worse_baseline_gets_a_new_version_with_that_model_as_parent(vertex):
     _, handler = vertex
     handler.models.append(registered_model("42", NAME, "3", PERFECT_9_OF_10))
@@ -211,7 +221,8 @@ def _endpoint_for(resource_name="", display_name=NAME, model_name=f"{PARENT}/mod
         model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
                              artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
         return component(deployment_endpoint)(resource_name=resource_name, display_name=display_name,
-                                              model=model.output, project=PROJECT, location=REGION).output
+                                              model=model.output, project=PROJECT, location=REGION
+                                              ).outputs["endpoint"]
 
     return before_deploy(resource_name=resource_name, display_name=display_name, model_name=model_name).output
 
@@ -292,6 +303,46 @@ def test_of_several_endpoints_named_like_the_model_the_newest_is_used_and_named(
     assert _endpoint_for().metadata["resourceName"] == f"{PARENT}/endpoints/3"
     assert f"{PARENT}/endpoints/3, the newest of 3 endpoints of that name" in capfd.readouterr().out
     assert len(handler.endpoints) == 4
+
+
+def _endpoint_answer(model_name, resource_name=f"{PARENT}/endpoints/5"):
+    """What the deployment-endpoint step answers for deploying `model_name`: 'deploy' or 'already-serving'."""
+    from kfp import dsl
+
+    from components.registry import deployment_endpoint
+
+    @dsl.pipeline
+    def before_deploy(resource_name: str, model_name: str) -> str:
+        model = dsl.importer(artifact_uri=f"https://{REGION}-aiplatform.googleapis.com/v1/{model_name}",
+                             artifact_class=artifact_types.VertexModel, metadata={"resourceName": model_name})
+        return component(deployment_endpoint)(resource_name=resource_name, display_name=NAME, model=model.output,
+                                              project=PROJECT, location=REGION).outputs["Output"]
+
+    return before_deploy(resource_name=resource_name, model_name=model_name).output
+
+
+def test_a_version_that_has_all_the_endpoints_traffic_is_not_deployed_again(vertex, capfd):
+    """A kept baseline an earlier run deployed: deploying it again took another machine (and, on Vertex AI, many
+    minutes) and undeployed the identical deployment before it."""
+    recorded, handler = vertex
+    handler.models[:] = [registered_model("7", NAME, "3")]
+    by_number = f"projects/123456789/locations/{REGION}/models/7@3"  # How Vertex AI may name the same version.
+    for deployed, model_name, answer in [
+            ([("101", "7", "3", 100)], f"{PARENT}/models/7@3", registry.ALREADY_SERVING),
+            ([("101", by_number, "3", 100)], f"{PARENT}/models/7@3", registry.ALREADY_SERVING),
+            ([("101", "7", "3", 60), ("102", "7", "3", 40)], f"{PARENT}/models/7@3", registry.ALREADY_SERVING),
+            ([("101", "7", "3", 100)], f"{PARENT}/models/7@4", registry.DEPLOY),
+            ([("101", "7", "3", 50), ("102", "7", "2", 50)], f"{PARENT}/models/7@3", registry.DEPLOY),
+            ([("101", "7", "3", 0), ("102", "7", "2", 100)], f"{PARENT}/models/7@3", registry.DEPLOY),
+            ([], f"{PARENT}/models/7@3", registry.DEPLOY)]:
+        handler.endpoints[:] = [deployed_endpoint("5", NAME, deployed)]
+        assert _endpoint_answer(model_name) == answer, (deployed, model_name)
+        said = f"{model_name} already has all the traffic of {PARENT}/endpoints/5: nothing to deploy"
+        assert (said in capfd.readouterr().out) == (answer == registry.ALREADY_SERVING)
+    handler.endpoints[:] = []  # Created now: nothing serves there.
+    assert _endpoint_answer(f"{PARENT}/models/7@3", resource_name="") == registry.DEPLOY
+    assert len(handler.endpoints) == 1
+    assert not [r for r in recorded if r["path"].endswith((":deployModel", ":undeployModel"))]
 
 
 def _undeploy(endpoint_id, model_name):
@@ -501,11 +552,17 @@ def _dags(spec) -> list[dict]:
 DEPLOY = "inputs.parameter_values['pipelinechannel--deploy'] == true"
 
 
+def _not_serving_yet(endpoint_task: str) -> str:
+    return f"inputs.parameter_values['pipelinechannel--{endpoint_task}-Output'] == '{registry.DEPLOY}'"
+
+
 def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed_after_it(spec):
     tasks = _tasks(spec)
     deploy, target, undeploy = tasks["model-deploy"], tasks["deployment-endpoint"], tasks["undeploy-earlier-versions"]
-    for task in (deploy, target, undeploy):
-        assert task["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
+    assert target["_conditions"][-3:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY]
+    for task in (deploy, undeploy):
+        assert task["_conditions"][-4:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY,
+                                            _not_serving_yet("deployment-endpoint")]
     for task in (target, undeploy):
         assert _from_gate(task) == ("registry_project", "registry_location")
     assert target["inputs"]["parameters"]["resource_name"] == {"componentInputParameter": "pipelinechannel--endpoint"}
@@ -514,8 +571,9 @@ def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed
         "componentInputParameter": "pipelinechannel--endpoint_machine_type"}
     assert params["traffic_split"] == {"runtimeValue": {"constant": {"0": 100.0}}}
     for task in (deploy, undeploy):
+        # deployment-endpoint's output `endpoint`, as a channel into the not-serving-yet group.
         assert task["inputs"]["artifacts"]["endpoint"] == {
-            "taskOutputArtifact": {"outputArtifactKey": "endpoint", "producerTask": "deployment-endpoint"}}
+            "componentInputArtifact": "pipelinechannel--deployment-endpoint-endpoint"}
         assert "oneof" in task["inputs"]["artifacts"]["model"]["componentInputArtifact"]
     assert "model-deploy" in undeploy["dependentTasks"]  # Only once the new version has the traffic.
     # Only a version that carries its evaluation and is the default is deployed: the deploy-requested group
@@ -530,6 +588,28 @@ def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed
     assert "baseline_margin" in pipeline.PARAMETER_RULES  # Checked in [0, 1] before a run starts.
 
 
+def test_a_run_that_keeps_the_baseline_deploys_the_baseline_when_asked_unless_it_serves_already(spec):
+    """A rerun served from the cache up to the export (or a worse model) keeps the baseline: with deploy=true
+    it deployed nothing and ended in success, the endpoint serving whatever it served before, or nothing."""
+    tasks = _tasks(spec)
+    deploy, target, undeploy = (tasks["model-deploy-2"], tasks["deployment-endpoint-2"],
+                                tasks["undeploy-earlier-versions-2"])
+    kept = f"!({GATE} != 'keep-baseline')"
+    assert target["_conditions"][-3:] == [REGISTER, kept, DEPLOY]
+    for task in (deploy, undeploy):
+        assert task["_conditions"][-4:] == [REGISTER, kept, DEPLOY, _not_serving_yet("deployment-endpoint-2")]
+    for task in (deploy, target, undeploy):  # The baseline's version, as the gate found it.
+        assert task["inputs"]["artifacts"]["model"] == {
+            "componentInputArtifact": "pipelinechannel--check-baseline-baseline_version"}
+    for task in (deploy, undeploy):
+        assert task["inputs"]["artifacts"]["endpoint"] == {
+            "componentInputArtifact": "pipelinechannel--deployment-endpoint-2-endpoint"}
+    for task in (target, undeploy):
+        assert _from_gate(task) == ("registry_project", "registry_location")
+    assert deploy["inputs"]["parameters"]["traffic_split"] == {"runtimeValue": {"constant": {"0": 100.0}}}
+    assert "model-deploy-2" in undeploy["dependentTasks"]  # None is served from the cache: test_submit.py.
+
+
 @pytest.mark.parametrize("margin", [0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.01])
 def test_a_version_exactly_margin_below_the_baseline_is_registered_and_one_example_less_is_not(margin):
     baseline = lambda correct: registry.Baseline(f"{PARENT}/models/42", "3", correct / 10000)  # noqa: E731
@@ -538,3 +618,32 @@ def test_a_version_exactly_margin_below_the_baseline_is_registered_and_one_examp
         assert registry.decide((correct - step) / 10000, NAME, baseline(correct), margin)[0] == registry.NEW_VERSION
         decision, verdict = registry.decide((correct - step - 1) / 10000, NAME, baseline(correct), margin)
         assert decision == registry.KEEP_BASELINE, verdict
+
+
+def test_whole_local_run_that_keeps_the_baseline_deploys_it_when_asked_unless_it_serves_already(
+        vertex, synthetic_data, tmp_path, capsys):
+    """deploy=true and a better baseline (as with a rerun served from the cache up to the export): the run
+    ended in success having deployed nothing, and the endpoint served nothing, or an older version."""
+    from pipelines import run_local
+
+    _, handler = vertex
+    handler.models.append(registered_model("42", NAME, "3", [[100, 0], [0, 100]]))
+    parameters = {**UNTRAINED, "deploy": True}
+    with serve_directory(synthetic_data) as url, pytest.raises(RuntimeError) as failed:
+        run_local.run(str(tmp_path / "runs"), {"source": url, **parameters})
+    # No endpoint named like the model: created, then GCPC's deployment of the baseline, a container component
+    # that kfp.local's SubprocessRunner refuses (only Vertex AI runs it).
+    assert "The SubprocessRunner only supports running Lightweight Python Components" in str(failed.value)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert "Executing task 'model-deploy-2'" in out and "Executing task 'model-upload" not in out
+    (created,) = handler.endpoints
+    endpoint_name = created["name"]
+    assert f"no endpoint named {NAME}: created {endpoint_name}" in out
+    # Once the baseline has all that endpoint's traffic, a rerun deploys nothing and succeeds.
+    created["deployedModels"] = [{"id": "101", "model": f"{PARENT}/models/42", "modelVersionId": "3"}]
+    created["trafficSplit"] = {"101": 100}
+    with serve_directory(synthetic_data) as url:
+        run_local.run(str(tmp_path / "again"), {"source": url, **parameters})
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert f"{PARENT}/models/42@3 already has all the traffic of {endpoint_name}: nothing to deploy" in out
+    assert "Executing task 'model-deploy" not in out and "Executing task 'undeploy" not in out
