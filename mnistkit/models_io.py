@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 
@@ -13,6 +14,8 @@ from mnistkit.failures import disk_errors
 from mnistkit.model import create_model, keras
 
 MODEL_FILE = "model.keras"  # What training writes into model_dir.
+CONFIG_FILE = "train_config.json"  # Its settings, written as it starts and again once model.keras is written,
+FINISHED_KEY = "finished"  # with this true (false: that run did not finish; a model.keras is an earlier run's).
 
 
 def save_model(model: keras.Model, path: str) -> None:
@@ -29,8 +32,15 @@ def load_model(model_dir: str) -> keras.Model:
       ValueError: the file does not load, or holds NaN or infinite weights.
     """
     path = os.path.join(model_dir, MODEL_FILE) if os.path.isdir(model_dir) else model_dir
+    unfinished = os.path.isdir(model_dir) and not _finished(model_dir)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: expected a trained model ({MODEL_FILE} written by mnist-train), found none")
+        raise FileNotFoundError(f"{path}: expected a trained model ({MODEL_FILE} written by mnist-train), found none"
+                                + ("; the last mnist-train there did not finish (rerun it to resume)" if unfinished
+                                   else ""))
+    if unfinished:
+        raise ValueError(f"{path}: expected the model of the last mnist-train in {model_dir}, found an earlier "
+                         f"run's: that run did not finish ({CONFIG_FILE}); rerun it to resume, or name the file "
+                         "itself to use this one")
     expected = f"{path}: expected a Keras model saved by mnist-train, found"
     # Keras calls any file that is not a zip archive "File not found"; say what is there instead.
     if not zipfile.is_zipfile(path):
@@ -67,6 +77,17 @@ def load_model(model_dir: str) -> keras.Model:
                              f"NaN or infinite values in {weight.path}; the training that wrote it diverged: "
                              "retrain with a lower --learning_rate")
     return model
+
+
+def _finished(model_dir: str) -> bool:
+    """False when model_dir's train_config.json says its run did not finish; True otherwise (no file, a file
+    from before the flag, or one that does not read: the model's own checks still apply)."""
+    try:
+        with open(os.path.join(model_dir, CONFIG_FILE)) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return True
+    return not isinstance(settings, dict) or settings.get(FINISHED_KEY) is not False
 
 
 def weights_digest(model: keras.Model) -> str:

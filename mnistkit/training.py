@@ -32,7 +32,7 @@ from mnistkit import checkpoints, compiled_steps, distribution, files, inputs, r
 from mnistkit.evaluation import EVAL_BATCH
 from mnistkit.failures import PEER_ERRORS, Diverged, Interrupted, PeerFailure, disk_errors
 from mnistkit.model import create_model, keras
-from mnistkit.models_io import MODEL_FILE, load_model, save_model, weights_digest
+from mnistkit.models_io import CONFIG_FILE, FINISHED_KEY, MODEL_FILE, load_model, save_model, weights_digest
 from mnistkit.optimizers import FusedAdam
 from mnistkit.schedules import learning_rate_schedule
 from mnistkit.sigterm import SigtermFlag
@@ -45,7 +45,6 @@ __all__ = ["CONFIG_FILE", "HISTORY_FILE", "MODEL_FILE", "Diverged", "Interrupted
            "Trainer", "load_model", "resolve_precision", "train", "weights_digest"]
 
 HISTORY_FILE = "history.json"
-CONFIG_FILE = "train_config.json"
 DATA_KEY = "data_sha256"  # In CONFIG_FILE beside the settings: the data's checkpoints.data_fingerprint.
 # AIP_MODEL_DIR, which Vertex AI also sets, is not read: the model goes to the pipeline's Model artifact,
 # which is where the evaluate and export steps look for it.
@@ -273,7 +272,10 @@ class Trainer:
                 "the checkpoint resumed from": (int(self.epoch), int(self.step_in_epoch), weights_digest(self.model))})
         # Evaluations past the restored epoch belong to a run whose checkpoint was lost.
         history = [h for h in self._load_history() if h["epoch"] <= int(self.epoch)] if latest else []
-        self._write_json(CONFIG_FILE, {**dataclasses.asdict(config), DATA_KEY: self._data_sha256})
+        # Not finished until this run's model is written: until then a model.keras in model_dir is an earlier
+        # run's, which load_model refuses to take for this one's (and which stays: it may be the last good one).
+        settings = {**dataclasses.asdict(config), DATA_KEY: self._data_sha256}
+        self._write_json(CONFIG_FILE, {**settings, FINISHED_KEY: False})
         log.info("checkpoints in %s; TensorBoard summaries in %s", self.checkpoint_dir,
                  ", ".join(self.tensorboard_dirs) or "none (not the chief)")
         writers = [tf.summary.create_file_writer(d) for d in self.tensorboard_dirs]
@@ -313,6 +315,7 @@ class Trainer:
                   and int(self.epoch) < config.train_epochs, "epochs": int(self.epoch)}
         self._write_history(result)
         save_model(self.model, os.path.join(self.write_dir, MODEL_FILE))
+        self._write_json(CONFIG_FILE, {**settings, FINISHED_KEY: True})
         # Every worker logs it: in a multi-worker run they must agree.
         log.info("trained weights sha256 %s", weights_digest(self.model))
         return result

@@ -167,6 +167,40 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(data_dir, tmp_path, uninterr
     assert_same_outcome(model_dir, uninterrupted)
 
 
+def test_an_earlier_runs_model_is_not_taken_for_a_rerun_that_stopped_before_its_end(data_dir, tmp_path):
+    """A finished model_dir trained again (here for one more epoch) and stopped: mnist-evaluate and mnist-export
+    took the earlier run's model.keras for this one's, beside this run's train_config.json."""
+    model_dir = str(tmp_path / "model")
+    first = Trainer(data_dir, model_dir, tmp_path / "first.log")
+    assert first.wait() == 0, first.log()[-3000:]
+    path = os.path.join(model_dir, "model.keras")
+    earlier = open(path, "rb").read()
+    second = Trainer(data_dir, model_dir, tmp_path / "second.log", flags=["--train_epochs", "3"])
+    second.wait_for(r"epoch 3: step 6 of 20")
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 143, second.log()[-3000:]
+
+    def step(name, model, *flags):
+        return subprocess.run([sys.executable, "-m", f"mnistkit.commands.{name}", "--model_dir", model, *flags],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    for name, flags in (("evaluate", ["--data_dir", data_dir]), ("export", ["--export_dir", str(tmp_path / "e")])):
+        result = step(name, model_dir, *flags)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"mnist-{name}: error: {path}: expected the model of the last mnist-train in {model_dir}, found an "
+            "earlier run's: that run did not finish (train_config.json); rerun it to resume, or name the file "
+            "itself to use this one")
+    assert not os.path.exists(tmp_path / "e") and not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    # The earlier model is kept, and usable when asked for by its own name.
+    assert open(path, "rb").read() == earlier
+    assert step("evaluate", path, "--data_dir", data_dir).returncode == 0
+    third = Trainer(data_dir, model_dir, tmp_path / "third.log", flags=["--train_epochs", "3"])
+    assert third.wait() == 0, third.log()[-3000:]
+    assert history(model_dir)["epochs"] == 3
+    assert step("evaluate", model_dir, "--data_dir", data_dir).returncode == 0
+
+
 # Writes the trainer's outputs back to back, with the library's own functions,
 # so that a kill at a random moment often lands inside a write.
 WRITER = """

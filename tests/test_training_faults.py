@@ -65,6 +65,10 @@ def test_a_diverging_run_stops_at_once_keeping_the_last_good_checkpoint_and_mode
     assert latest_checkpoint(model_dir) == ckpt1 and checkpoint_weights_finite(ckpt1)
     assert (model_dir / training.MODEL_FILE).read_bytes() == good_model
     assert (model_dir / training.HISTORY_FILE).read_text() == good_history
+    # Kept, but not taken for the diverged run's model unless named itself.
+    with pytest.raises(ValueError, match="found an earlier run's: that run did not finish"):
+        training.load_model(str(model_dir))
+    training.load_model(str(model_dir / training.MODEL_FILE))
 
     # As the line says: a lower rate resumes from that checkpoint and trains on.
     again = train_cmd(synthetic_data, model_dir, "--train_epochs", "2", "--learning_rate", "1e-3", *constant)
