@@ -259,9 +259,11 @@ def local_path(uri: str, what: str) -> str:
     if ".." in uri[len("gs://"):].split("/"):
         # gs://b/../../tmp/x joined to /tmp/x: the VM's own disk, gone when the job ends; or another bucket.
         raise ValueError(f"{what}: expected gs://BUCKET[/PATH] with no '..' part, found {uri!r}")
-    if not os.path.isdir(GCS_FUSE_MOUNT):
+    if not os.path.ismount(GCS_FUSE_MOUNT):
+        # A mount, not a directory: a local /gcs (made by a /gcs/... path on a machine without the mount) would
+        # take the outputs onto this machine's disk.
         raise ValueError(f"{what}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted at "
-                         f"{GCS_FUSE_MOUNT} (as on Vertex AI), found {uri} and no {GCS_FUSE_MOUNT}")
+                         f"{GCS_FUSE_MOUNT} (as on Vertex AI), found {uri} and nothing mounted at {GCS_FUSE_MOUNT}")
     return os.path.join(GCS_FUSE_MOUNT, uri[len("gs://"):])
 
 

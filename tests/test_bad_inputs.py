@@ -332,7 +332,7 @@ def test_a_gs_path_without_the_fuse_mount_is_one_line_and_creates_nothing(tmp_pa
     uri = flags[flags.index(flag) + 1]
     assert error_line(result, f"mnist-{command}") == (
         f"mnist-{command}: error: {flag}: expected a local path, or a gs:// URI where Cloud Storage FUSE is mounted "
-        f"at /gcs (as on Vertex AI), found {uri} and no /gcs")
+        f"at /gcs (as on Vertex AI), found {uri} and nothing mounted at /gcs")
     assert os.listdir(tmp_path) == []  # Not a relative directory named "gs:".
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from mnistkit import checkpoints, exporting, files, training
 from tests import synthetic
+from tests.test_fail_fast import tmpfs
 
 SAVED_MODEL = "saved_model.pb"
 
@@ -135,21 +136,30 @@ def test_an_export_killed_during_the_move_is_swept_by_the_next(synthetic_data, t
 # --- gs:// and the mount. --------------------------------------------------------------
 
 
+@pytest.mark.privileged
 def test_gs_uris_map_to_the_fuse_mount_and_are_refused_without_one(tmp_path, monkeypatch):
+    """A plain directory where the mount goes is no mount: a local /gcs, made by a /gcs/... path on a machine
+    without Cloud Storage FUSE, took the outputs onto that machine's disk. (A tmpfs stands in for the mount.)"""
     assert files.local_path("/data/x", "checkpoint_dir") == "/data/x"
-    monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(tmp_path / "gcs"))
-    with pytest.raises(ValueError) as e:
-        files.local_path("gs://bucket/ckpt", "AIP_CHECKPOINT_DIR")
-    assert str(e.value) == (f"AIP_CHECKPOINT_DIR: expected a local path, or a gs:// URI where Cloud Storage FUSE is "
-                            f"mounted at {tmp_path / 'gcs'} (as on Vertex AI), found gs://bucket/ckpt and no "
-                            f"{tmp_path / 'gcs'}")
-    (tmp_path / "gcs").mkdir()
-    assert files.local_path("gs://bucket/ckpt/", "x") == str(tmp_path / "gcs" / "bucket" / "ckpt") + "/"
+    mount = tmp_path / "gcs"
+    monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(mount))
+    for step in ("none", "a directory"):
+        with pytest.raises(ValueError) as e:
+            files.local_path("gs://bucket/ckpt", "AIP_CHECKPOINT_DIR")
+        assert str(e.value) == (f"AIP_CHECKPOINT_DIR: expected a local path, or a gs:// URI where Cloud Storage FUSE "
+                                f"is mounted at {mount} (as on Vertex AI), found gs://bucket/ckpt and nothing mounted "
+                                f"at {mount}"), step
+        mount.mkdir(exist_ok=True)
+    with tmpfs(mount, "1m"):
+        assert files.local_path("gs://bucket/ckpt/", "x") == str(mount / "bucket" / "ckpt") + "/"
+        assert files.local_path("gs://my-bucket.x_1/runs", "--model_dir") == str(mount / "my-bucket.x_1" / "runs")
+        assert files.local_path("gs://bkt/a..b", "--checkpoint_dir") == str(mount / "bkt" / "a..b")
 
 
+@pytest.mark.privileged
 def test_a_command_given_a_gs_uri_writes_through_the_mount(tmp_path):
     """`mnist-export --export_dir gs://...` as a step on Vertex AI runs it: the SavedModel lands under the mount
-    (a stand-in directory here), and nothing named "gs:" appears where the command ran."""
+    (a tmpfs stands in for it here), and nothing named "gs:" appears where the command ran."""
     from mnistkit.model import create_model
 
     model_dir, mount, cwd = tmp_path / "model", tmp_path / "gcs", tmp_path / "cwd"
@@ -158,32 +168,34 @@ def test_a_command_given_a_gs_uri_writes_through_the_mount(tmp_path):
     create_model("channels_last").save(model_dir / "model.keras")
     code = ("import sys; from mnistkit import files; files.GCS_FUSE_MOUNT = sys.argv.pop(1); "
             "from mnistkit.commands import export; export.run()")
-    done = subprocess.run([sys.executable, "-c", code, str(mount), "--model_dir", str(model_dir),
-                           "--export_dir", "gs://bucket/exports"], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (version,) = os.listdir(mount / "bucket" / "exports")
-    assert done.stdout.strip() == str(mount / "bucket" / "exports" / version)
-    assert (mount / "bucket" / "exports" / version / "saved_model.pb").is_file()
+    with tmpfs(mount, "64m"):
+        done = subprocess.run([sys.executable, "-c", code, str(mount), "--model_dir", str(model_dir),
+                               "--export_dir", "gs://bucket/exports"], cwd=cwd, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (version,) = os.listdir(mount / "bucket" / "exports")
+        assert done.stdout.strip() == str(mount / "bucket" / "exports" / version)
+        assert (mount / "bucket" / "exports" / version / "saved_model.pb").is_file()
     assert os.listdir(cwd) == []
 
 
+@pytest.mark.privileged
 def test_vertex_variables_send_checkpoints_and_summaries_to_the_mount(synthetic_data, tmp_path, monkeypatch):
     """AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR as Vertex AI sets them (gs:// URIs), read through a
-    stand-in for the /gcs mount."""
+    stand-in for the /gcs mount (a tmpfs)."""
     mount = tmp_path / "gcs"
-    mount.mkdir()
     monkeypatch.setattr(files, "GCS_FUSE_MOUNT", str(mount))
     monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://bucket/job/checkpoints/")
     monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", "gs://bucket/job/logs/")
     model_dir = tmp_path / "model"
     cfg = config(synthetic_data, model_dir)
-    training.train(cfg)
-    run_dir = mount / "bucket" / "job" / "checkpoints" / checkpoints.trajectory_key(cfg)
-    assert {"checkpoint", "ckpt-1.index", "history.json"} <= set(os.listdir(run_dir))
+    with tmpfs(mount, "512m"):
+        training.train(cfg)
+        run_dir = mount / "bucket" / "job" / "checkpoints" / checkpoints.trajectory_key(cfg)
+        assert {"checkpoint", "ckpt-1.index", "history.json"} <= set(os.listdir(run_dir))
+        assert [e for e in os.listdir(mount / "bucket" / "job" / "logs") if e.startswith("events.out.tfevents.")]
     assert sorted(os.listdir(model_dir)) == ["history.json", "logs", "model.keras", "train_config.json"]
-    for logs in (model_dir / "logs", mount / "bucket" / "job" / "logs"):
-        assert [e for e in os.listdir(logs) if e.startswith("events.out.tfevents.")], logs
+    assert [e for e in os.listdir(model_dir / "logs") if e.startswith("events.out.tfevents.")]
 
 
 def test_a_resubmitted_run_resumes_from_the_shared_checkpoint_dir(synthetic_data, tmp_path, caplog):

@@ -449,7 +449,7 @@ def test_the_templates_replicas_are_what_its_batch_must_divide_by(tmp_path, caps
     ("/gcs/bucket/../../tmp/ck", "parameter checkpoint_root: expected empty, gs://BUCKET[/PATH] or an absolute "
                                  "path, with no '..' part, found '/gcs/bucket/../../tmp/ck'"),
     ("gs://bucket/ckpt", "parameter checkpoint_root: expected a local path, or a gs:// URI where Cloud Storage FUSE "
-                         "is mounted at /gcs (as on Vertex AI), found gs://bucket/ckpt and no /gcs"),
+                         "is mounted at /gcs (as on Vertex AI), found gs://bucket/ckpt and nothing mounted at /gcs"),
 ])
 def test_a_checkpoint_root_the_train_step_cannot_use_is_refused_before_the_run(tmp_path, capsys, root, message):
     assert not os.path.exists("/gcs")  # This machine has no Cloud Storage FUSE mount.
