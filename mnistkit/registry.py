@@ -257,19 +257,24 @@ def _version_of(deployed) -> str:
     return deployed.model_version_id or deployed.model.partition("@")[2]
 
 
+def _deployments_of(endpoint_name: str, model: str) -> tuple:
+    """(endpoint, its traffic split, its deployments of any version of `model`). Vertex AI may name a deployed
+    model's project by number and give its version apart: models are compared by region and ID."""
+    from google.cloud import aiplatform
+
+    endpoint = aiplatform.Endpoint(endpoint_name)
+    traffic = dict(endpoint.traffic_split)
+    return endpoint, traffic, [d for d in endpoint.list_models() if _region_and_id(d.model) == _region_and_id(model)]
+
+
 def traffic_to(endpoint_name: str, model_name: str) -> int:
     """The percentage of the endpoint's traffic that the version `model_name` (MODEL@VERSION) gets.
 
-    Vertex AI may name a deployed model's project by number and give its version apart: compared by region, model
-    ID and version. Call init_vertex first.
+    Call init_vertex first.
     """
-    from google.cloud import aiplatform
-
     model, version = _versioned(model_name)
-    endpoint = aiplatform.Endpoint(endpoint_name)
-    traffic = dict(endpoint.traffic_split)
-    return sum(traffic.get(d.id, 0) for d in endpoint.list_models()
-               if _region_and_id(d.model) == _region_and_id(model) and _version_of(d) == version)
+    _, traffic, deployed = _deployments_of(endpoint_name, model)
+    return sum(traffic.get(d.id, 0) for d in deployed if _version_of(d) == version)
 
 
 def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
@@ -280,12 +285,8 @@ def undeploy_earlier_versions(endpoint_name: str, model_name: str) -> list[str]:
     their machines at 0%. Nothing is undeployed unless that version serves traffic there; other models on the
     endpoint are left as they are. Call init_vertex first.
     """
-    from google.cloud import aiplatform
-
     model, version = _versioned(model_name)
-    endpoint = aiplatform.Endpoint(endpoint_name)
-    traffic = dict(endpoint.traffic_split)
-    deployed = [d for d in endpoint.list_models() if _region_and_id(d.model) == _region_and_id(model)]
+    endpoint, traffic, deployed = _deployments_of(endpoint_name, model)
     if not any(_version_of(d) == version and traffic.get(d.id, 0) > 0 for d in deployed):
         found = ", ".join(f"version {_version_of(d)} at {traffic.get(d.id, 0)}%" for d in deployed)
         raise ValueError(f"endpoint {endpoint_name}: expected {model_name} deployed there with traffic, found "
