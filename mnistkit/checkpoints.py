@@ -39,8 +39,6 @@ def checkpoint_dir(config: TrainConfig) -> str:
     """
     for what, value in (("checkpoint_dir", config.checkpoint_dir),
                         (CHECKPOINT_DIR_ENV, os.environ.get(CHECKPOINT_DIR_ENV))):
-        if value and not value.strip():
-            raise ValueError(f"{what}: expected a path or a gs:// URI, found {value!r}")
         if value:
             return os.path.join(files.local_path(value, what), trajectory_key(config))
     return os.path.join(config.model_dir, "checkpoints")

@@ -78,7 +78,7 @@ def made_dir(path: str):
     For a step that may find bad input only after making its output directory
     (bad data, a setting that does not fit the data): its failure leaves no
     empty directory behind, and never removes one it did not make or one that
-    something was written to.
+    something was written to. Yields the directories it made, the deepest first.
     """
     missing, parent = [], os.path.abspath(path)
     while not os.path.isdir(parent):
@@ -86,7 +86,7 @@ def made_dir(path: str):
         parent = os.path.dirname(parent)
     os.makedirs(path, exist_ok=True)
     try:
-        yield
+        yield list(missing)
     except BaseException:
         for directory in missing:  # The deepest first.
             try:
@@ -175,7 +175,8 @@ def only_writer(directory: str, what: str):
 
     An advisory lock (flock) on `directory/.lock`: it goes with its holder, so a killed process never leaves
     it taken, and the file is removed when the block ends. Where the file system has no locks (Cloud Storage
-    FUSE), nothing is held: there Vertex AI runs one job at a time per directory.
+    FUSE), nothing is held: there Vertex AI runs one job at a time per directory. Yields the lock file's path
+    when the block's end removes it, else None.
 
     Raises:
       ValueError: another process holds it (named by its pid and host).
@@ -205,7 +206,7 @@ def only_writer(directory: str, what: str):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
     try:
-        yield
+        yield path if fd is not None and (held or created) else None
     finally:
         # Removed while still held (a newcomer that opened it just before takes an orphan: rare, harmless), or,
         # where nothing could be locked, when this run made it.
@@ -249,8 +250,10 @@ def local_path(uri: str, what: str) -> str:
       what: the flag or variable it came from, for the error message.
 
     Raises:
-      ValueError: a gs:// URI where no Cloud Storage FUSE mount exists.
+      ValueError: a blank value, or a gs:// URI where no Cloud Storage FUSE mount exists.
     """
+    if not uri.strip():  # Blank spaces made a directory of that name in the working directory.
+        raise ValueError(f"{what}: expected a path or a gs:// URI, found {uri!r}")
     if not uri.startswith("gs://"):
         return uri
     if not is_bucket_name(uri[len("gs://"):].split("/")[0]):

@@ -94,7 +94,8 @@ class TrainConfig:
                                            pipeline=0, unset=0, unset_means="all")
     collective_timeout_seconds: float | None = hyper(
         300.0, "Multi-worker: fail when a peer does not answer a collective within this many seconds, or when "
-        "the cluster's tasks have not all started within twice as long.", above=0)
+        "the cluster's tasks have not all started within twice as long. TPU: fail when the TPU has not "
+        "answered within twice as long.", above=0)
     # Outside model_dir, where a restarted worker, a retried task or a resubmitted run finds them.
     checkpoint_dir: str | None = hyper(
         None, "Checkpoints go here (a path or gs://, read through Cloud Storage FUSE at /gcs), in a "

@@ -59,7 +59,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
-                 on_evaluation: Callable[[dict], None] | None = None, data: tuple | None = None):
+                 on_evaluation: Callable[[dict], None] | None = None, data: tuple | None = None,
+                 strategy: tf.distribute.Strategy | None = None):
         """Builds the run's model and optimizer and reads the data; restores nothing yet (`train` does).
 
         Args:
@@ -70,12 +71,12 @@ class Trainer:
             record {"epoch", "loss", "accuracy", "evaluated_in"}; the last is the precision the evaluation
             ran in (the training's, such as mixed_bfloat16).
           data: Both splits as `inputs.load_data(config)` returns them, when already read; else read here.
+          strategy: `distribution.get_strategy(...)` for `config`, when already made; else made here.
         """
         config.check()
         self.config = config
         self.on_epoch, self.on_evaluation = on_epoch, on_evaluation
-        self.strategy = distribution.get_strategy(
-            config.distribution_strategy, config.num_gpus, config.tpu, config.collective_timeout_seconds)
+        self.strategy = strategy or _strategy(config)
         self.chief = distribution.is_chief()
         self._multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self._stop = SigtermFlag()
@@ -86,11 +87,8 @@ class Trainer:
             self._stop.install()
         # Steps on a GPU or TPU leave the host's cores to the input pipeline; steps on this CPU need them all.
         self.on_accelerator = bool(config.tpu or tf.config.list_physical_devices("GPU"))
-        # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
-        # bound of its own (a peer stuck reading its data left the others waiting for good): bounded here.
         try:
-            with distribution.replicas_set_up_within(self.strategy, config.collective_timeout_seconds):
-                train_images, train_labels = self._build(config, data)
+            train_images, train_labels = self._build(config, data)
         except BaseException:  # A Trainer that never trains must not keep SIGTERM.
             self._stop.uninstall()
             raise
@@ -425,6 +423,11 @@ class Trainer:
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
+def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    return distribution.get_strategy(config.distribution_strategy, config.num_gpus, config.tpu,
+                                     config.collective_timeout_seconds)
+
+
 def _reached(history: list[dict], threshold: float | None) -> bool:
     return threshold is not None and bool(history) and history[-1]["accuracy"] >= threshold
 
@@ -443,6 +446,9 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     for what, directory in [("--model_dir", config.model_dir), ("the checkpoint directory", checkpoint_dir)] + \
             [("the TensorBoard directory", d) for d in run_dirs.tensorboard_dirs(config)]:
         files.check_dir_path(directory, what)
+    # Before model_dir is made: a cluster whose tasks never all start, or a TPU that never answers, ends this
+    # process from a watchdog (a wait inside TensorFlow holds the GIL) with nothing left to remove.
+    strategy = _strategy(config)
     data = None
     if config.clean and distribution.is_chief():
         # What --clean deletes is checked first: it must not hold the data, and the data must read, so that a
@@ -452,15 +458,16 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
                 raise ValueError(f"--clean: expected a {flag} that does not hold the data, found --data_dir "
                                  f"{config.data_dir} inside {directory}")
         data = inputs.load_data(config)
-    with files.made_dir(config.model_dir), contextlib.ExitStack() as held:  # Bad data etc. leave no model_dir.
+    with files.made_dir(config.model_dir) as made, contextlib.ExitStack() as held:  # Bad data etc. leave none.
+        locks = []
         if distribution.is_chief():
             # A second run writing here would mix its checkpoints and model into this one's, and its start-up
             # sweep (or --clean) would delete this one's save in progress: it is refused instead. Locked before
             # anything is deleted; a checkpoint directory of its own is made first so that it can be locked.
-            held.enter_context(files.only_writer(config.model_dir, "--model_dir"))
+            locks.append(held.enter_context(files.only_writer(config.model_dir, "--model_dir")))
             if not run_dirs.inside(checkpoint_dir, config.model_dir):
-                held.enter_context(files.made_dir(checkpoint_dir))
-                held.enter_context(files.only_writer(checkpoint_dir, "the checkpoint directory"))
+                made = held.enter_context(files.made_dir(checkpoint_dir)) + made
+                locks.append(held.enter_context(files.only_writer(checkpoint_dir, "the checkpoint directory")))
             if config.clean:
                 for directory in (config.model_dir, checkpoint_dir):
                     for entry in os.listdir(directory) if os.path.isdir(directory) else []:
@@ -469,7 +476,12 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
             _remove_leftovers(config.model_dir, checkpoint_dir)
             checkpoints.repair_state(checkpoint_dir)
         try:
-            trainer = Trainer(config, on_epoch, on_evaluation, data)
+            # Multi-worker: the replicas next meet when the model's first weights are broadcast, a wait with no
+            # bound of its own (a peer stuck reading its data left the others waiting for good): bounded here,
+            # and what this run made is removed if the bound ends it.
+            with distribution.replicas_set_up_within(strategy, config.collective_timeout_seconds,
+                                                     [lock for lock in locks if lock] + made):
+                trainer = Trainer(config, on_epoch, on_evaluation, data, strategy)
         except PEER_ERRORS as e:  # The replicas first meet when the model's initial weights are broadcast.
             if sum(map(len, distribution.cluster_spec().get("cluster", {}).values())) < 2:
                 raise

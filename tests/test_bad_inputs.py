@@ -4,15 +4,17 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from mnistkit import idx
 from tests import synthetic
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 LABELS = os.path.join("{d}", idx.TRAIN.labels)
 IMAGES = os.path.join("{d}", idx.TRAIN.images)
@@ -168,6 +170,48 @@ def test_a_tpu_name_no_one_answers_is_one_line_too(synthetic_data, tmp_path, tpu
     assert not (tmp_path / "model").exists()
 
 
+def test_a_tpu_address_where_nothing_listens_is_one_line_at_once(synthetic_data, tmp_path):
+    """TensorFlow retried the connection to a grpc:// address with no bound: the run hung for good."""
+    port = free_port()  # Nothing listens there.
+    started = time.monotonic()
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                          str(tmp_path / "model"), "--tpu", f"grpc://127.0.0.1:{port}", timeout=90), "mnist-train")
+    assert line == (f"mnist-train: error: --tpu grpc://127.0.0.1:{port}: expected a TPU this machine can reach, found "
+                    f"none (nothing answers at 127.0.0.1:{port}: Connection refused); leave --tpu unset to train on "
+                    "the CPU or GPUs")
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("tpu, missing", [("grpc://10.0.0.2", "port number"), ("grpc://:8470", "host"),
+                                          ("grpc://10.0.0.2:tpu", "port number")])
+def test_a_tpu_address_without_host_or_port_is_named(synthetic_data, tmp_path, tpu, missing):
+    line = error_line(run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                          str(tmp_path / "model"), "--tpu", tpu), "mnist-train")
+    assert line == f"mnist-train: error: --tpu {tpu}: expected grpc://HOST:PORT, a TPU name or 'local', found no " \
+                   f"{missing} in it"
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_tpu_address_that_accepts_but_never_answers_ends_the_run_within_its_bound(synthetic_data, tmp_path):
+    """A listener that is no TPU worker: TensorFlow waits for it inside C++ holding the GIL and deaf to SIGTERM.
+    The watchdog ends it after twice --collective_timeout_seconds, and model_dir was not made yet."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # Connections queue in the backlog, accepted by the kernel; nothing ever replies.
+        address = "grpc://127.0.0.1:%d" % listener.getsockname()[1]
+        started = time.monotonic()
+        result = run("-m", "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                     str(tmp_path / "model"), "--tpu", address, "--collective_timeout_seconds", "3", timeout=90)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mnist-train: error: --tpu {address}: expected a TPU this machine can reach, found none that answered "
+        "within 6 s (twice --collective_timeout_seconds); check that the address is a TPU worker's (port 8470), or "
+        "leave --tpu unset to train on the CPU or GPUs"), result.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize("tf_config, message", [
     ("[]", "$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found []"),
     ('{"cluster": ["a"]}', """$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found """
@@ -192,6 +236,11 @@ def test_a_tpu_name_no_one_answers_is_one_line_too(synthetic_data, tmp_path, tpu
      '"127.0.0.1:23470"'),
     ('{"cluster": {"chief": ["h:1"], "worker": []}, "task": {"type": "chief", "index": 0}}',
      "$TF_CONFIG: expected each job of 'cluster' to be a list of host:port addresses, found worker: []"),
+    ('{"task": {"type": "worker", "index": 0}}',
+     """$TF_CONFIG: expected a 'cluster' of host:port addresses beside its 'task', found none in """
+     """{"task": {"type": "worker", "index": 0}}"""),
+    ('{"cluster": {"chief": ["h:1", "h:2"], "worker": ["h:3"]}, "task": {"type": "chief", "index": 1}}',
+     "$TF_CONFIG: expected one 'chief' task, found 2 (h:1, h:2); list the others as 'worker'"),
 ])
 def test_a_malformed_tf_config_names_it(synthetic_data, tmp_path, tf_config, message):
     result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
@@ -228,6 +277,59 @@ def test_vertex_cluster_spec_without_tf_config_is_refused_not_trained_alone_on_e
     assert error_line(result, "mnist-train") == (
         "mnist-train: error: $TF_CONFIG: expected the cluster TensorFlow reads (Vertex AI sets it beside "
         "$CLUSTER_SPEC), found it unset while $CLUSTER_SPEC names 2 replicas; each would train alone")
+    assert not (tmp_path / "model").exists()
+
+
+VERTEX_TWO_REPLICAS = {"cluster": {"workerpool0": ["cmle-training-workerpool0-1-0:2222"],
+                                   "workerpool1": ["cmle-training-workerpool1-1-0:2222"]},
+                       "environment": "cloud", "task": {"type": "workerpool1", "index": 0}}
+
+
+@pytest.mark.parametrize("cluster_spec, tf_config, message", [
+    # Vertex AI's own account of the job, unreadable: it was ignored, and every replica trained as the chief.
+    ("{not json", None, "$CLUSTER_SPEC: expected Vertex AI's JSON object whose 'cluster' lists each worker pool's "
+                        "addresses, found {not json"),
+    ('{"cluster": "workerpool0"}', None, "$CLUSTER_SPEC: expected Vertex AI's JSON object whose 'cluster' lists each "
+                                         """worker pool's addresses, found {"cluster": "workerpool0"}"""),
+    # TF_CONFIG rewritten in the container: Vertex AI made this replica worker 0, TF_CONFIG makes it the chief.
+    (VERTEX_TWO_REPLICAS, {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+                           "task": {"type": "chief", "index": 0}},
+     "$TF_CONFIG: expected the task $CLUSTER_SPEC names (workerpool1 0, which TensorFlow calls worker 0), found "
+     "{'type': 'chief', 'index': 0}; leave TF_CONFIG as Vertex AI sets it"),
+    # ... or names a cluster of another size: a peer that never comes, or one left out.
+    (VERTEX_TWO_REPLICAS, {"cluster": {"chief": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}},
+     "$TF_CONFIG: expected the 2 replicas $CLUSTER_SPEC names, found 1 tasks; leave TF_CONFIG as Vertex AI sets it"),
+])
+def test_a_vertex_cluster_spec_that_is_malformed_or_contradicts_tf_config_is_named(synthetic_data, tmp_path,
+                                                                                   cluster_spec, tf_config, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLUSTER_SPEC")}
+    env["CLUSTER_SPEC"] = cluster_spec if isinstance(cluster_spec, str) else json.dumps(cluster_spec)
+    if tf_config:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
+                             "--model_dir", str(tmp_path / "model")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert error_line(result, "mnist-train") == f"mnist-train: error: {message}"
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("flag, variable", [("--tensorboard_dir", None), ("--checkpoint_dir", None),
+                                            (None, "AIP_TENSORBOARD_LOG_DIR"), (None, "AIP_CHECKPOINT_DIR")])
+def test_a_blank_training_directory_is_named_not_made_in_the_working_directory(synthetic_data, tmp_path, flag,
+                                                                                variable):
+    """A directory named by blanks was made where the run started (Vertex AI: the container's working directory,
+    gone with the job), and the summaries or checkpoints with it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_")}
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    if variable:
+        env[variable] = "  "
+    result = subprocess.run([sys.executable, "-m", "mnistkit.commands.train", "--data_dir", synthetic_data,
+                             "--model_dir", str(tmp_path / "model"), *([flag, "  "] if flag else [])],
+                            cwd=work, capture_output=True, text=True, timeout=120, env=env)
+    assert error_line(result, "mnist-train") == f"mnist-train: error: {flag or variable}: expected a path or a gs:// URI, found '  '"
+    assert os.listdir(work) == []
     assert not (tmp_path / "model").exists()
 
 

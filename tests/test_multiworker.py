@@ -63,6 +63,7 @@ def test_a_peer_that_never_starts_ends_the_other_within_twice_the_collective_tim
         f"chief 0 ({chief}), worker 0 ({worker})) answered within 6 s (twice --collective_timeout_seconds); start "
         f"every task, or check that each reaches the others' addresses")
     assert time.monotonic() - started < 60
+    assert not (tmp_path / "model").exists()  # The strategy starts before model_dir is made: nothing to remove.
 
 
 def test_a_peer_that_fails_while_the_replicas_set_up_ends_the_other_in_one_line(tmp_path):
@@ -126,7 +127,8 @@ def test_a_peer_stuck_before_the_first_broadcast_ends_the_other_within_twice_the
     (stuck / "sitecustomize.py").write_text("import time\nfrom mnistkit import inputs\n"
                                              "inputs.load_data = lambda config: time.sleep(3600)\n")
     processes = start_cluster(data_dir, str(tmp_path / "model"), tmp_path, collective_timeout=5,
-                              worker_env={"PYTHONPATH": os.pathsep.join([str(stuck), REPO])})
+                              worker_env={"PYTHONPATH": os.pathsep.join([str(stuck), REPO])},
+                              worker_flags=["--model_dir", str(tmp_path / "worker-model")])
     (chief, chief_log), (worker, _) = processes
     try:
         assert chief.wait(timeout=120) == -signal.SIGKILL, chief_log.read_text()[-3000:]
@@ -136,6 +138,8 @@ def test_a_peer_stuck_before_the_first_broadcast_ends_the_other_within_twice_the
     assert ("mnist-train: error: multi-worker training could not start: the replicas did not all read their data "
             "and set up the model within 10 s (twice --collective_timeout_seconds); a task is stuck or gone: "
             "restart every task") in chief_log.read_text()
+    # The chief made model_dir and locked it; killed by its watchdog, it could not remove them itself.
+    assert not (tmp_path / "model").exists(), os.listdir(tmp_path / "model")
 
 
 def test_a_sigterm_to_one_replica_stops_every_replica_at_the_same_step_with_a_checkpoint(data_dir, tmp_path):

@@ -75,7 +75,8 @@ def _check_path_flags() -> None:
             # Given, but empty: `--report_dir=$DIR` with DIR unset wrote no report, `--output=` the default file.
             raise UserError(f"--{name}: expected {'a file path' if name == 'output' else 'a directory'}, found an "
                             "empty path")
-        if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
+        # Blanks are left to the command, which names what it expected there.
+        if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str) and flags.FLAGS[name].value.strip():
             flags.FLAGS[name].value = files.local_path(flags.FLAGS[name].value, f"--{name}")
 
 
