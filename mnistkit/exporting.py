@@ -17,6 +17,7 @@ from mnistkit.model import for_inference
 from mnistkit.models_io import load_model
 
 SIGNATURE = "classify"
+_LAST_VERSION = 2**63 - 1  # The highest version number TF Serving can read (int64).
 
 
 class _Serving(tf.Module):
@@ -83,7 +84,12 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
         files.sweep_leftovers(export_dir)
         # Newer than every version there, even with this host's clock behind the one that wrote them: TF Serving
         # and every "newest version" reader take the highest number.
-        stamp = max([int(time.time())] + [int(e) + 1 for e in os.listdir(export_dir) if re.fullmatch("[0-9]+", e)])
+        versions = [int(e) for e in os.listdir(export_dir) if re.fullmatch("[0-9]+", e)]
+        if versions and max(versions) >= _LAST_VERSION:
+            # The next would be past what TF Serving reads a version as (int64): a version it never serves.
+            raise ValueError(f"{export_dir}: expected version directories below {_LAST_VERSION} (TF Serving reads "
+                             f"a version as a 64-bit integer), found {max(versions)}; remove it or export elsewhere")
+        stamp = max([int(time.time())] + [v + 1 for v in versions])
         # Named after its writer, so a later export can tell a killed writer's leftovers from a live one's work.
         partial = files.scratch_path(export_dir, str(stamp))
         try:

@@ -76,6 +76,25 @@ def test_an_export_keeps_the_users_digit_named_directories(model_dir, tmp_path):
     assert {k: v for k, v in tree(export_dir).items() if not k.startswith(version)} == users
 
 
+@pytest.mark.parametrize("highest", [str(2**63 - 1), "99999999999999999999"])
+def test_a_version_directory_at_the_end_of_int64_is_named_not_exported_past(model_dir, tmp_path, highest):
+    """The next version would be one TF Serving cannot read (it takes versions as int64): exported, never served."""
+    export_dir = tmp_path / "export"
+    (export_dir / "1700000000").mkdir(parents=True)
+    (export_dir / highest).mkdir()
+    before = tree(export_dir)
+    line = error_line(export(model_dir, export_dir), "mnist-export")
+    assert line == (f"mnist-export: error: {export_dir}: expected version directories below {2**63 - 1} (TF Serving "
+                    f"reads a version as a 64-bit integer), found {highest}; remove it or export elsewhere")
+    assert tree(export_dir) == before  # Nothing written, no scratch left.
+    (export_dir / highest).rmdir()
+    below = export_dir / str(2**63 - 2)
+    below.mkdir()
+    result = export(model_dir, export_dir)  # The last version TF Serving reads is still free.
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith(str(2**63 - 1))
+
+
 def test_the_pipeline_steps_export_ends_with_one_version_whatever_an_earlier_attempt_left(model_dir, tmp_path):
     """A retried export step (new pod, or the same pid in a restarted container) finds its artifact as the
     killed attempt left it: a whole version, a half-moved one, scratch of another host. It keeps one version."""
