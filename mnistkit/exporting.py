@@ -32,6 +32,15 @@ class _Serving(tf.Module):
 
         @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="image")])
         def classify(image):
+            # Pixels outside [0, 1] (left in 0-255, NaN, infinite) gave confident classes and NaN or saturated
+            # probabilities: refused instead, in a message the caller sees (saved_model_cli, TF Serving's reply).
+            outside = tf.logical_not((image >= 0.0) & (image <= 1.0))  # NaN compares false with both.
+            bad = tf.boolean_mask(image, outside)
+            checked = tf.debugging.Assert(tf.logical_not(tf.reduce_any(outside)), [
+                "image: expected pixels in [0, 1] (0-255 values divided by 255), found", tf.size(bad),
+                "pixels outside it, such as", bad[:3]], summarize=3, name="image_in_range")
+            with tf.control_dependencies([checked]):
+                image = tf.identity(image)
             # An empty batch gets empty answers without running the model: TensorFlow's oneDNN convolutions on the
             # CPU (2.15, which Vertex AI's prediction image runs, to 2.21) fail on a batch of 0 ("input depth must
             # be evenly divisible by filter depth").
@@ -50,7 +59,7 @@ def export(model_dir: str, export_dir: str, sole_writer: bool = False) -> str:
     first, on whichever host it ran: a retried step ends with one version.
 
     The signatures `classify` and `serving_default` take `image` float32
-    [None, 28, 28] in [0, 1] and return `classes` int64 [None] and
+    [None, 28, 28] in [0, 1] (refusing pixels outside it) and return `classes` int64 [None] and
     `probabilities` float32 [None, 10]. The SavedModel is written beside its
     final place and renamed into it, so a reader never sees half of one.
     Where directories cannot be renamed (Cloud Storage FUSE on Vertex AI),

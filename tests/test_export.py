@@ -118,6 +118,33 @@ def test_exported_model_classifies_like_the_trained_one(exported, model_dir, tes
     assert empty["probabilities"].shape == (0, 10) and empty["probabilities"].dtype == tf.float32
 
 
+@pytest.mark.parametrize("how, first", [
+    ("left in 0-255", "[255 0 128]"),
+    ("NaN", "[nan 0 0]"),  # NaN compares false with both bounds: caught by the same test.
+    ("infinite", "[inf -inf 0]"),
+    ("slightly negative", "[-0.01 0 0]"),
+])
+def test_classify_refuses_pixels_outside_0_1_naming_the_input(exported, test_images, how, first):
+    """Unscaled pixels gave confident answers (probabilities near 1), NaN gave NaN probabilities and class 0:
+    a client's bug served as predictions. Refused in the error the caller sees, saved_model_cli or TF Serving."""
+    images = test_images[0][:2].copy()
+    images[0, 0, :3] = np.array(first.strip("[]").split(), dtype=np.float32)
+    if how == "left in 0-255":
+        images = np.round(images * 255)
+        images[0, 0, :3] = [255, 0, 128]
+    classify = tf.saved_model.load(exported[1]).signatures["classify"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as refused:
+        classify(image=tf.constant(images))
+    message = refused.value.message
+    assert "image: expected pixels in [0, 1] (0-255 values divided by 255), found" in message, message
+    outside = int(np.sum(~((images >= 0) & (images <= 1))))
+    assert f"[{outside}] [pixels outside it, such as]" in message, message
+    # The bounds themselves are pixels too.
+    edges = np.zeros((1, 28, 28), np.float32)
+    edges[0, 0, 0] = 1.0
+    assert classify(image=tf.constant(edges))["classes"].shape == (1,)
+
+
 def test_the_export_holds_each_weight_once(exported):
     """Its variables are the model's float32 weights once: an export is copied to Cloud Storage, the Model
     Registry and every serving replica, so a second copy of the 13 MB would double all of that."""

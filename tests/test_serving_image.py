@@ -83,6 +83,10 @@ def test_an_export_of_this_tensorflow_answers_in_the_serving_images_tensorflow(s
         "    out[name] = {k: v.numpy().tolist() for k, v in result.items()}\n"
         "empty = loaded.signatures['classify'](image=tf.zeros([0, 28, 28]))\n"
         "out['empty'] = {k: v.shape.as_list() for k, v in empty.items()}\n"
+        "try:\n"
+        "    loaded.signatures['classify'](image=batch * 255)\n"
+        "except tf.errors.InvalidArgumentError as e:\n"
+        "    out['unscaled'] = e.message\n"
         "print(json.dumps(out))\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
     done = subprocess.run([python, "-c", script, export, str(tmp_path / "batch.npy")], capture_output=True,
@@ -96,3 +100,5 @@ def test_an_export_of_this_tensorflow_answers_in_the_serving_images_tensorflow(s
         np.testing.assert_allclose(there[name]["probabilities"], here["probabilities"].numpy(), atol=1e-5)
     assert np.mean(np.array(there["classify"]["classes"]) == labels[:20]) >= 0.5
     assert there["empty"] == {"classes": [0], "probabilities": [0, 10]}  # A batch of 0 answers, empty.
+    # Pixels left in 0-255 are refused there too, in the message TF Serving returns to the caller.
+    assert "image: expected pixels in [0, 1] (0-255 values divided by 255), found" in there.get("unscaled", "")
