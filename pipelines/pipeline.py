@@ -200,7 +200,8 @@ def build(hardware: Hardware = Hardware(), registry: str | None = None, tag: str
             endpoint, where it takes all the traffic; the versions of the
             model deployed there before are then undeployed. A run that
             registers nothing deploys the baseline (the default version)
-            instead, unless it has all the endpoint's traffic already.
+            instead, unless it has all the endpoint's traffic already;
+            earlier versions at 0% are undeployed either way.
           endpoint_machine_type: The machine type serving the deployed model.
           endpoint: The endpoint to deploy to,
             projects/PROJECT/locations/REGION/endpoints/ID; empty: the one
@@ -337,8 +338,8 @@ def _register(baseline_op, registration_op, default_op, endpoint_op, undeploy_op
 
 
 def _deploy(endpoint_op, undeploy_op, model, endpoint_name, display_name, machine_type, where) -> tuple:
-    """Deploys `model` (a VertexModel, resourceName MODEL@VERSION) with all the endpoint's traffic, then undeploys
-    the versions of it deployed there before; nothing when it has all the traffic already. Returns the tasks.
+    """Deploys `model` (a VertexModel, resourceName MODEL@VERSION) with all the endpoint's traffic, unless it has
+    it already, then undeploys the versions of it deployed there before. Returns the tasks.
 
     The endpoint given, else the one named like the model (created once, reused by later runs).
     """
@@ -353,7 +354,12 @@ def _deploy(endpoint_op, undeploy_op, model, endpoint_name, display_name, machin
         # The version deployed has all the traffic; the versions deployed before would keep their machines.
         undeployed = undeploy_op(model=model, endpoint=target.outputs["endpoint"],
                                  **where).set_display_name("undeploy-earlier-versions").after(deployed)
-    return target, deployed, undeployed
+    with dsl.Else(name="serving-already"):
+        # Versions an earlier run left at 0% (one that failed between its deploy and its undeploy) kept their
+        # machines for as long as the version with the traffic stayed.
+        idle = undeploy_op(model=model, endpoint=target.outputs["endpoint"],
+                           **where).set_display_name("undeploy-earlier-versions")
+    return target, deployed, undeployed, idle
 
 
 def _custom_job(train_op, hardware: Hardware):

@@ -556,6 +556,10 @@ def _not_serving_yet(endpoint_task: str) -> str:
     return f"inputs.parameter_values['pipelinechannel--{endpoint_task}-Output'] == '{registry.DEPLOY}'"
 
 
+def _serving_already(endpoint_task: str) -> str:
+    return f"!({_not_serving_yet(endpoint_task)})"
+
+
 def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed_after_it(spec):
     tasks = _tasks(spec)
     deploy, target, undeploy = tasks["model-deploy"], tasks["deployment-endpoint"], tasks["undeploy-earlier-versions"]
@@ -576,6 +580,13 @@ def test_deploy_is_requested_only_when_asked_and_earlier_versions_are_undeployed
             "componentInputArtifact": "pipelinechannel--deployment-endpoint-endpoint"}
         assert "oneof" in task["inputs"]["artifacts"]["model"]["componentInputArtifact"]
     assert "model-deploy" in undeploy["dependentTasks"]  # Only once the new version has the traffic.
+    # Where the version serves already, versions an earlier run left at 0% are undeployed all the same.
+    idle = tasks["undeploy-earlier-versions-2"]
+    assert idle["_conditions"][-4:] == [REGISTER, f"{GATE} != 'keep-baseline'", DEPLOY,
+                                        _serving_already("deployment-endpoint")]
+    assert idle["inputs"]["artifacts"]["endpoint"] == undeploy["inputs"]["artifacts"]["endpoint"]
+    assert idle["inputs"]["artifacts"]["model"] == undeploy["inputs"]["artifacts"]["model"]
+    assert _from_gate(idle) == ("registry_project", "registry_location")
     # Only a version that carries its evaluation and is the default is deployed: the deploy-requested group
     # (the compiler puts the step's dependency on the group holding it) waits for make-default-version.
     (holder,) = [task for dag in _dags(spec) for task in dag["tasks"].values()
@@ -592,19 +603,20 @@ def test_a_run_that_keeps_the_baseline_deploys_the_baseline_when_asked_unless_it
     """A rerun served from the cache up to the export (or a worse model) keeps the baseline: with deploy=true
     it deployed nothing and ended in success, the endpoint serving whatever it served before, or nothing."""
     tasks = _tasks(spec)
-    deploy, target, undeploy = (tasks["model-deploy-2"], tasks["deployment-endpoint-2"],
-                                tasks["undeploy-earlier-versions-2"])
+    deploy, target, undeploy, idle = (tasks["model-deploy-2"], tasks["deployment-endpoint-2"],
+                                      tasks["undeploy-earlier-versions-3"], tasks["undeploy-earlier-versions-4"])
     kept = f"!({GATE} != 'keep-baseline')"
     assert target["_conditions"][-3:] == [REGISTER, kept, DEPLOY]
     for task in (deploy, undeploy):
         assert task["_conditions"][-4:] == [REGISTER, kept, DEPLOY, _not_serving_yet("deployment-endpoint-2")]
-    for task in (deploy, target, undeploy):  # The baseline's version, as the gate found it.
+    assert idle["_conditions"][-4:] == [REGISTER, kept, DEPLOY, _serving_already("deployment-endpoint-2")]
+    for task in (deploy, target, undeploy, idle):  # The baseline's version, as the gate found it.
         assert task["inputs"]["artifacts"]["model"] == {
             "componentInputArtifact": "pipelinechannel--check-baseline-baseline_version"}
-    for task in (deploy, undeploy):
+    for task in (deploy, undeploy, idle):
         assert task["inputs"]["artifacts"]["endpoint"] == {
             "componentInputArtifact": "pipelinechannel--deployment-endpoint-2-endpoint"}
-    for task in (target, undeploy):
+    for task in (target, undeploy, idle):
         assert _from_gate(task) == ("registry_project", "registry_location")
     assert deploy["inputs"]["parameters"]["traffic_split"] == {"runtimeValue": {"constant": {"0": 100.0}}}
     assert "model-deploy-2" in undeploy["dependentTasks"]  # None is served from the cache: test_submit.py.
@@ -626,7 +638,7 @@ def test_whole_local_run_that_keeps_the_baseline_deploys_it_when_asked_unless_it
     ended in success having deployed nothing, and the endpoint served nothing, or an older version."""
     from pipelines import run_local
 
-    _, handler = vertex
+    recorded, handler = vertex
     handler.models.append(registered_model("42", NAME, "3", [[100, 0], [0, 100]]))
     parameters = {**UNTRAINED, "deploy": True}
     with serve_directory(synthetic_data) as url, pytest.raises(RuntimeError) as failed:
@@ -639,11 +651,17 @@ def test_whole_local_run_that_keeps_the_baseline_deploys_it_when_asked_unless_it
     (created,) = handler.endpoints
     endpoint_name = created["name"]
     assert f"no endpoint named {NAME}: created {endpoint_name}" in out
-    # Once the baseline has all that endpoint's traffic, a rerun deploys nothing and succeeds.
-    created["deployedModels"] = [{"id": "101", "model": f"{PARENT}/models/42", "modelVersionId": "3"}]
-    created["trafficSplit"] = {"101": 100}
+    # Once the baseline has all that endpoint's traffic, a rerun deploys nothing and succeeds; a version an
+    # earlier run left there at 0% (it failed before its undeploy step) no longer keeps its machines.
+    created["deployedModels"] = [{"id": "101", "model": f"{PARENT}/models/42", "modelVersionId": "3"},
+                                 {"id": "102", "model": f"{PARENT}/models/42", "modelVersionId": "2"}]
+    created["trafficSplit"] = {"101": 100, "102": 0}
+    recorded.clear()
     with serve_directory(synthetic_data) as url:
         run_local.run(str(tmp_path / "again"), {"source": url, **parameters})
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
     assert f"{PARENT}/models/42@3 already has all the traffic of {endpoint_name}: nothing to deploy" in out
-    assert "Executing task 'model-deploy" not in out and "Executing task 'undeploy" not in out
+    assert "Executing task 'model-deploy" not in out
+    assert [json.loads(r["body"])["deployedModelId"] for r in recorded if r["path"].endswith(":undeployModel")] \
+        == ["102"]
+    assert [d["id"] for d in created["deployedModels"]] == ["101"] and created["trafficSplit"] == {"101": 100}

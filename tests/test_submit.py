@@ -132,10 +132,12 @@ def test_caching_on_leaves_the_registry_and_endpoint_steps_uncached(endpoint, te
 
     walk(json.loads(create["body"])["pipelineSpec"])
     uncached = sorted(name for name, options in tasks.items() if not options.get("enableCache"))
-    # The -2 deployment steps are the kept baseline's (pipelines/pipeline.py _deploy, twice).
+    # The -2 deployment steps are the kept baseline's (pipelines/pipeline.py _deploy, twice); each _deploy has
+    # two undeploy steps, after a deployment and where the version served already.
     assert uncached == ["check-baseline", "deployment-endpoint", "deployment-endpoint-2", "make-default-version",
                         "model-deploy", "model-deploy-2", "model-evaluation-import", "model-upload", "model-upload-2",
-                        "undeploy-earlier-versions", "undeploy-earlier-versions-2"]
+                        "undeploy-earlier-versions", "undeploy-earlier-versions-2", "undeploy-earlier-versions-3",
+                        "undeploy-earlier-versions-4"]
     assert all(tasks[name] == {"enableCache": True} for name in ("download-data", "train-model", "evaluate-model"))
 
 
