@@ -76,7 +76,7 @@ class Trainer:
         config.check()
         self.config = config
         self.on_epoch, self.on_evaluation = on_epoch, on_evaluation
-        self.strategy = strategy or _strategy(config)
+        self.strategy = strategy if strategy is not None else _strategy(config)
         self.chief = distribution.is_chief()
         self._multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self._stop = SigtermFlag()
@@ -446,9 +446,6 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
     for what, directory in [("--model_dir", config.model_dir), ("the checkpoint directory", checkpoint_dir)] + \
             [("the TensorBoard directory", d) for d in run_dirs.tensorboard_dirs(config)]:
         files.check_dir_path(directory, what)
-    # Before model_dir is made: a cluster whose tasks never all start, or a TPU that never answers, ends this
-    # process from a watchdog (a wait inside TensorFlow holds the GIL) with nothing left to remove.
-    strategy = _strategy(config)
     data = None
     if config.clean and distribution.is_chief():
         # What --clean deletes is checked first: it must not hold the data, and the data must read, so that a
@@ -458,6 +455,9 @@ def train(config: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
                 raise ValueError(f"--clean: expected a {flag} that does not hold the data, found --data_dir "
                                  f"{config.data_dir} inside {directory}")
         data = inputs.load_data(config)
+    # Before model_dir is made: a cluster whose tasks never all start, or a TPU that never answers, ends this
+    # process from a watchdog (a wait inside TensorFlow holds the GIL) with nothing left to remove.
+    strategy = _strategy(config)
     with files.made_dir(config.model_dir) as made, contextlib.ExitStack() as held:  # Bad data etc. leave none.
         locks = []
         if distribution.is_chief():
