@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import json
 import os
@@ -126,30 +127,36 @@ def is_chief() -> bool:
     return task_type == "worker" and index == 0 and "chief" not in config.get("cluster", {})
 
 
-# The watchdog of _ended_unless_done_in: a separate process, since the wait it bounds holds the GIL. Once the
-# parent is gone (this process is handed to another parent), it removes what the parent would have on failing.
+# The watchdog of _ended_unless_done_in: a separate process, since the wait it bounds holds the GIL. It says why,
+# removes what the parent would have removed on failing (the parent is stuck inside TensorFlow, writing nothing),
+# then ends the parent.
 _WATCHDOG = ("import os, signal, sys, time\n"
              "parent, seconds, line, leftovers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]\n"
              "time.sleep(seconds)\n"
              "if os.getppid() == parent:  # Still waiting (an ended parent's pid may belong to another process).\n"
-             "    sys.stderr.write(line + '\\n'); sys.stderr.flush(); os.kill(parent, signal.SIGKILL)\n"
-             "    while os.getppid() == parent:\n"
-             "        time.sleep(0.01)\n"
+             "    sys.stderr.write(line + '\\n'); sys.stderr.flush()\n"
              "    for path in leftovers:\n"
              "        try:\n"
              "            os.rmdir(path) if os.path.isdir(path) else os.remove(path)\n"
              "        except OSError:  # Gone, or a directory something was written to: it stays.\n"
-             "            pass\n")
+             "            pass\n"
+             "    os.kill(parent, signal.SIGKILL)\n")
+# How long after the watchdog's SIGKILL this process ends itself, where that SIGKILL cannot end it.
+_SELF_EXIT_GRACE_SECONDS = 5.0
 
 
 @contextlib.contextmanager
 def _ended_unless_done_in(seconds: float | None, message: str, leftovers: Sequence[str] = ()):
-    """Ends this process with `message` on stderr (and SIGKILL) unless the block is done within `seconds`.
+    """Ends this process with `message` on stderr unless the block is done within `seconds`.
 
     For a wait inside TensorFlow's C++ that holds the GIL: no Python thread or signal handler runs until it
     returns, and TensorFlow's preemption notifier swallows SIGTERM. None: no bound. `leftovers`: files, and
     directories removed only when empty, that the block's failure would have removed (this process's lock
-    files and the directories it made), in that order; the watchdog removes them once this process is gone.
+    files and the directories it made), in that order; the watchdog removes them before it ends this process.
+
+    A watchdog process ends it with SIGKILL. Where this process is its PID namespace's first (a container
+    started without an init, `docker run IMAGE mnist-train ...`), the kernel drops a SIGKILL sent from inside the
+    namespace; there faulthandler's timer thread, which runs without the GIL, ends it (exit 1) a moment later.
     """
     if seconds is None:
         yield
@@ -158,11 +165,14 @@ def _ended_unless_done_in(seconds: float | None, message: str, leftovers: Sequen
 
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds),
                                  f"{prog_name()}: error: {message}", *leftovers], stdin=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        watchdog.kill()
-        watchdog.wait()
+    with open(os.devnull, "w") as nowhere:  # Its thread dumps every thread's stack first: not for the user.
+        faulthandler.dump_traceback_later(seconds + _SELF_EXIT_GRACE_SECONDS, exit=True, file=nowhere)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            watchdog.kill()
+            watchdog.wait()
 
 
 def _training_tasks() -> int:
@@ -255,8 +265,8 @@ def _tpu_strategy(tpu: str, bound: float | None) -> tf.distribute.TPUStrategy:
         except OSError as e:
             raise ValueError(f"{refused} (nothing answers at {host}:{port}: {e.strerror or e}); {remedy}") from None
     within = f" within {bound:g} s (twice --collective_timeout_seconds)" if bound else ""
-    with _ended_unless_done_in(bound, f"{refused} that answered{within}; check that the address is a TPU "
-                                      f"worker's (port 8470), or {remedy}"):
+    check = "that the address is a TPU worker's (port 8470)" if address else "the TPU's name and that it is ready"
+    with _ended_unless_done_in(bound, f"{refused} that answered{within}; check {check}, or {remedy}"):
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
             tf.config.experimental_connect_to_cluster(resolver)

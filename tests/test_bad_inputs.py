@@ -212,6 +212,26 @@ def test_a_tpu_address_that_accepts_but_never_answers_ends_the_run_within_its_bo
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.privileged  # A PID namespace of its own needs root.
+def test_a_bounded_wait_ends_the_run_also_where_it_is_pid_1_which_sigkill_from_inside_cannot_end(synthetic_data,
+                                                                                                  tmp_path):
+    """`docker run IMAGE mnist-train ...` without an init: the kernel drops the watchdog's SIGKILL to its
+    namespace's first process, and the run hung past its bound. faulthandler's timer thread ends it instead."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = "grpc://127.0.0.1:%d" % listener.getsockname()[1]
+        # --kill-child: should the test time out, the run goes with unshare (whose SIGKILL comes from outside).
+        result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m",
+                                 "mnistkit.commands.train", "--data_dir", synthetic_data, "--model_dir",
+                                 str(tmp_path / "model"), "--tpu", address, "--collective_timeout_seconds", "2"],
+                                cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert error_line(result, "mnist-train").startswith(
+        f"mnist-train: error: --tpu {address}: expected a TPU this machine can reach, found none that answered "
+        "within 4 s"), result.stderr[-2000:]
+    assert not (tmp_path / "model").exists()
+
+
 @pytest.mark.parametrize("tf_config, message", [
     ("[]", "$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found []"),
     ('{"cluster": ["a"]}', """$TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects, found """
