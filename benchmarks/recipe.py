@@ -107,8 +107,9 @@ def _plain_worker(data_dir: str, seed: int, max_epochs: int, max_train_examples:
     keras = tf.keras
     start, cpu_start = time.perf_counter(), time.process_time()
     (x, y), (x_test, y_test) = idx.load_split(data_dir, idx.TRAIN), idx.load_split(data_dir, idx.TEST)
-    x, y = x[:max_train_examples] / 255.0, y[:max_train_examples]
-    x_test = x_test / 255.0
+    # float32, as the model computes: `x / 255.0` alone gives float64, which fit then converts batch by batch.
+    x, y = (x[:max_train_examples] / 255.0).astype("float32"), y[:max_train_examples]
+    x_test = (x_test / 255.0).astype("float32")
     keras.utils.set_random_seed(seed)
     model = plain_keras_model(keras)
     model.compile(optimizer=keras.optimizers.Adam(PLAIN["learning_rate"]),
