@@ -156,7 +156,7 @@ def _ended_unless_done_in(seconds: float | None, message: str, leftovers: Sequen
 
     A watchdog process ends it with SIGKILL. Where this process is its PID namespace's first (a container
     started without an init, `docker run IMAGE mnist-train ...`), the kernel drops a SIGKILL sent from inside the
-    namespace; there faulthandler's timer thread, which runs without the GIL, ends it (exit 1) a moment later.
+    namespace; there faulthandler's timer thread, which runs without the GIL, ends it (exit 1) 5 s later.
     """
     if seconds is None:
         yield
